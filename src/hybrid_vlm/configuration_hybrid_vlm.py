@@ -1,0 +1,168 @@
+"""Configuration of HybridVLM: a vision encoder, a projector and any causal language model transformers knows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
+
+# Values accepted by the structural settings. Later families extend these tuples; the model dispatches on them.
+DECODERS = ("interleaved",)
+PROJECTOR_TYPES = ("mlp2x_gelu",)
+FEATURE_SELECT_STRATEGIES = ("default", "full")
+# Vision encoders whose output layout (prefix tokens + a square patch grid) the token-count function knows.
+VISION_MODEL_TYPES = ("clip_vision_model", "siglip_vision_model", "dinov2", "dinov2_with_registers")
+# Composite configs that carry a vision config inside them; we take the vision part.
+_COMPOSITE_VISION_TYPES = ("clip", "siglip")
+
+
+def _as_config(value: Any, name: str, default_type: str) -> PretrainedConfig:
+    """Turn a dict (as found in config.json) or None into a transformers config object."""
+    if value is None:
+        return CONFIG_MAPPING[default_type]()
+    if isinstance(value, PretrainedConfig):
+        return value
+    if isinstance(value, dict):
+        model_type = value.get("model_type")
+        if model_type is None:
+            raise ValueError(f"`{name}` is a dict without a `model_type`; add e.g. model_type='{default_type}'.")
+        if model_type not in CONFIG_MAPPING:
+            raise ValueError(
+                f"`{name}` has model_type '{model_type}', which this transformers version does not know. "
+                "Upgrade transformers or pick another model."
+            )
+        kwargs = {k: v for k, v in value.items() if k != "model_type"}
+        return CONFIG_MAPPING[model_type](**kwargs)
+    raise TypeError(f"`{name}` must be a transformers config, a dict or None, got {type(value).__name__}.")
+
+
+class HybridVLMConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`HybridVLMForConditionalGeneration`].
+
+    The three model families are configurations of this one class: the vision side (`vision_config`), the projector
+    (`projector_type`), how vision reaches the language model (`decoder`) and the language model (`text_config`,
+    any causal LM transformers ships: Jamba, Mamba, Mamba2, Bamba, Zamba2, NemotronH, FalconH1, Llama, Qwen2, ...).
+
+    Args:
+        vision_config: vision encoder config (CLIP, SigLIP or DINOv2 vision config, or a dict with `model_type`).
+            Defaults to CLIP ViT-L/14 at 336 px.
+        text_config: causal language model config (or a dict with `model_type`). Defaults to Jamba.
+        decoder_type: how visual features reach the LM. `"interleaved"`: projected features replace the placeholder
+            tokens in the LM input (LLaVA style). Also accepted as `decoder=`; it is stored as `decoder_type`
+            because transformers reserves `config.decoder` for the decoder sub-config of encoder-decoder models.
+        projector_type: `"mlp2x_gelu"` (LLaVA's two-layer MLP).
+        projector_hidden_act: activation of the MLP projector.
+        multimodal_projector_bias: whether the projector's linear layers have biases.
+        vision_feature_layer: hidden-state index (or list of indices, concatenated on channels) taken from the
+            vision encoder. `-2` is the penultimate layer, as in LLaVA.
+        vision_feature_select_strategy: `"default"` keeps only the patch tokens (drops CLS/register tokens);
+            `"full"` keeps every token the encoder emits.
+        image_token_id: id of the `<image>` placeholder token in the text vocabulary.
+        video_token_id: id of the `<video>` placeholder token in the text vocabulary.
+        tie_word_embeddings: tie `lm_head` to the LM's input embeddings.
+    """
+
+    model_type = "hybrid_vlm"
+    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
+
+    def __init__(
+        self,
+        vision_config: PretrainedConfig | dict | None = None,
+        text_config: PretrainedConfig | dict | None = None,
+        decoder_type: str = "interleaved",
+        projector_type: str = "mlp2x_gelu",
+        projector_hidden_act: str = "gelu",
+        multimodal_projector_bias: bool = True,
+        vision_feature_layer: int | list[int] = -2,
+        vision_feature_select_strategy: str = "default",
+        image_token_id: int | None = None,
+        video_token_id: int | None = None,
+        tie_word_embeddings: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        # TRL reads `auto_map`; transformers breaks on None. Keep it a dict.
+        self.auto_map = kwargs.pop("auto_map", None) or {}
+        vision_config = _as_config(vision_config, "vision_config", "clip_vision_model")
+        if vision_config.model_type in _COMPOSITE_VISION_TYPES and hasattr(vision_config, "vision_config"):
+            vision_config = vision_config.vision_config
+        self.vision_config = vision_config
+        self.text_config = _as_config(text_config, "text_config", "jamba")
+        if "decoder" in kwargs:
+            decoder = kwargs.pop("decoder")
+            if not isinstance(decoder, str):
+                raise TypeError("`decoder` names the fusion (a string such as 'interleaved'); use decoder_type=.")
+            decoder_type = decoder
+        self.decoder_type = decoder_type
+        self.projector_type = projector_type
+        self.projector_hidden_act = projector_hidden_act
+        self.multimodal_projector_bias = multimodal_projector_bias
+        self.vision_feature_layer = vision_feature_layer
+        self.vision_feature_select_strategy = vision_feature_select_strategy
+        self.image_token_id = image_token_id
+        self.video_token_id = video_token_id
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        self.validate_hybrid_config()
+
+    def validate_hybrid_config(self) -> None:
+        """Reject unknown or inconsistent settings now, with a message that says what to change."""
+        if self.decoder_type not in DECODERS:
+            raise ValueError(f"Unknown decoder_type '{self.decoder_type}'. Choose one of {list(DECODERS)}.")
+        if self.projector_type not in PROJECTOR_TYPES:
+            raise ValueError(f"Unknown projector_type '{self.projector_type}'. Choose one of {list(PROJECTOR_TYPES)}.")
+        if self.vision_feature_select_strategy not in FEATURE_SELECT_STRATEGIES:
+            raise ValueError(
+                f"Unknown vision_feature_select_strategy '{self.vision_feature_select_strategy}'. "
+                f"Choose one of {list(FEATURE_SELECT_STRATEGIES)}."
+            )
+        vision_type = self.vision_config.model_type
+        if vision_type not in VISION_MODEL_TYPES:
+            raise ValueError(
+                f"vision_config has model_type '{vision_type}', which HybridVLM cannot use as a vision encoder. "
+                f"Use one of {list(VISION_MODEL_TYPES)} (e.g. CLIPVisionConfig, SiglipVisionConfig, Dinov2Config)."
+            )
+        text_type = self.text_config.model_type
+        if text_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or text_type not in MODEL_MAPPING_NAMES:
+            raise ValueError(
+                f"text_config has model_type '{text_type}', which is not a causal language model this transformers "
+                "version can build with AutoModel/AutoModelForCausalLM. Use a decoder-only LM config such as "
+                "JambaConfig, Mamba2Config, BambaConfig or LlamaConfig."
+            )
+        num_layers = self.vision_config.num_hidden_layers
+        layers = self.vision_feature_layer
+        layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+        if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+            raise TypeError(f"vision_feature_layer must be an int or a list of ints, got {self.vision_feature_layer!r}.")
+        bad = [i for i in layers if not -(num_layers + 1) <= i <= num_layers]
+        if bad:
+            raise ValueError(
+                f"vision_feature_layer {bad} is out of range: the vision encoder has {num_layers} layers, so hidden "
+                f"states are indexed {-(num_layers + 1)}..{num_layers}. Use -2 for the penultimate layer."
+            )
+        vocab_size = self.text_config.vocab_size
+        for name in ("image_token_id", "video_token_id"):
+            token_id = getattr(self, name)
+            if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < vocab_size):
+                raise ValueError(
+                    f"{name}={token_id!r} is not a valid id in the text vocabulary of size {vocab_size}. "
+                    "Add the placeholder token to the tokenizer, resize the embeddings, and pass its id."
+                )
+        if self.image_token_id is not None and self.image_token_id == self.video_token_id:
+            raise ValueError(
+                f"image_token_id and video_token_id are both {self.image_token_id}; images and videos need "
+                "different placeholder tokens."
+            )
+        pad_id = getattr(self.text_config, "pad_token_id", None)
+        if pad_id is not None and pad_id in (self.image_token_id, self.video_token_id):
+            raise ValueError(
+                f"The text config's pad_token_id ({pad_id}) is also a visual placeholder id; padding would be "
+                "mistaken for image positions. Use a distinct pad token."
+            )
+
+    @property
+    def vision_feature_layers(self) -> list[int]:
+        """`vision_feature_layer` as a list."""
+        layers = self.vision_feature_layer
+        return list(layers) if isinstance(layers, (list, tuple)) else [layers]

@@ -1,0 +1,495 @@
+"""HybridVLM: a vision encoder and a projector in front of any causal language model transformers ships.
+
+The layout follows transformers 5's VLMs (`model.vision_tower`, `model.multi_modal_projector`,
+`model.language_model`, `lm_head`), so checkpoints and tooling written for LLaVA-style models apply.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.utils import logging
+
+from .caching import (
+    IS_TRANSFORMERS_5,
+    SSM_ONLY_MODEL_TYPES,
+    cache_seq_length,
+    has_ssm_layers,
+    new_language_model_cache,
+    note_tokens_seen,
+    reorder_state_cache,
+)
+from .configuration_hybrid_vlm import HybridVLMConfig
+from .projectors import build_projector
+from .token_counts import VisualTokenSpec, count_image_tokens
+
+logger = logging.get_logger(__name__)
+
+# Parameters of SSM mixers that must stay in fp32 (fp16/bf16 overflow in exp(A) and dt; DESIGN 5.6).
+SSM_FP32_PARAMETERS = ["A_log", "D", "dt_bias"]
+
+
+@dataclass
+class HybridVLMModelOutputWithPast(BaseModelOutputWithPast):
+    """Base model outputs plus the visual features that were scattered into the sequence."""
+
+    router_logits: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class HybridVLMCausalLMOutputWithPast(ModelOutput):
+    """Causal LM outputs; `aux_loss` is the MoE load-balancing loss when the LM has a router."""
+
+    loss: torch.FloatTensor | None = None
+    aux_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Any = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    router_logits: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+class HybridVLMPreTrainedModel(PreTrainedModel):
+    config_class = HybridVLMConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules: list[str] = []  # the sub-models' own lists are collected by transformers
+    _skip_keys_device_placement = ["past_key_values"]
+    _keep_in_fp32_modules = None  # set per instance in post_init: which SSM parameters exist depends on the LM
+    _supports_flash_attn = True
+    _supports_flash_attn_2 = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _supports_cache_class = True
+    _is_stateful = False  # set per instance when the LM is recurrent
+
+    def post_init(self) -> None:
+        super().post_init()
+        # transformers keeps these in fp32 when loading in fp16 (DESIGN 5.6). Only names the model really has are
+        # listed: transformers 4.x rejects names that match no parameter.
+        names = {part for name, _ in self.named_parameters() for part in name.split(".")}
+        present = [name for name in SSM_FP32_PARAMETERS if name in names]
+        self._keep_in_fp32_modules = present or None
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Only our own layers are initialised here; the vision tower and LM initialise themselves."""
+        std = getattr(self.config.text_config, "initializer_range", 0.02)
+        if isinstance(module, nn.Linear) and _is_projector_module(self, module):
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.data.zero_()
+
+
+def _is_projector_module(model: nn.Module, module: nn.Module) -> bool:
+    projector = getattr(getattr(model, "model", model), "multi_modal_projector", None)
+    return projector is not None and any(module is m for m in projector.modules())
+
+
+class HybridVLMModel(HybridVLMPreTrainedModel):
+    """Vision tower + projector + language model (without the LM head)."""
+
+    def __init__(self, config: HybridVLMConfig) -> None:
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = build_projector(config, self._vision_feature_width())
+        self.language_model = AutoModel.from_config(config.text_config)
+        self._is_stateful = has_ssm_layers(config.text_config)
+        self._lm_arguments = frozenset(inspect.signature(self.language_model.forward).parameters)
+        self._cache_argument = (
+            "cache_params"
+            if "cache_params" in self._lm_arguments and "past_key_values" not in self._lm_arguments
+            else "past_key_values"
+        )
+        self.post_init()
+
+    def _vision_feature_width(self) -> int:
+        return self.config.vision_config.hidden_size * len(self.config.vision_feature_layers)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    @property
+    def visual_token_spec(self) -> VisualTokenSpec:
+        return VisualTokenSpec.from_config(self.config)
+
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs: Any,
+    ) -> torch.FloatTensor:
+        """Encode images and project them: `(num_images, tokens_per_image, text_hidden_size)`."""
+        if pixel_values.dim() != 4:
+            raise ValueError(
+                f"pixel_values must have shape (num_images, channels, height, width), got {tuple(pixel_values.shape)}."
+            )
+        layers = self.config.vision_feature_layers if vision_feature_layer is None else vision_feature_layer
+        layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        tower_dtype = next(self.vision_tower.parameters()).dtype
+        outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True, return_dict=True)
+        features = torch.cat([outputs.hidden_states[i] for i in layers], dim=-1)
+        spec = self.visual_token_spec
+        if strategy == "default" and spec.num_prefix_tokens:
+            features = features[:, spec.num_prefix_tokens :]
+        height, width = pixel_values.shape[-2:]
+        expected = count_image_tokens(
+            VisualTokenSpec(spec.patch_size, spec.num_prefix_tokens, strategy), int(height), int(width)
+        )
+        if features.shape[1] != expected:
+            raise ValueError(
+                f"The vision tower produced {features.shape[1]} tokens per {height}x{width} image but the token-count "
+                f"function expects {expected}; the vision config does not describe this encoder."
+            )
+        return self.multi_modal_projector(features)
+
+    def _merge_image_features(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, image_features: torch.FloatTensor
+    ) -> torch.FloatTensor:
+        """Scatter image features into the placeholder positions, after checking the counts agree."""
+        token_id = self.config.image_token_id
+        if token_id is None:
+            raise ValueError("pixel_values were given but config.image_token_id is None; set the placeholder id.")
+        if input_ids is not None:
+            mask = input_ids == token_id
+        else:
+            placeholder = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+            mask = (inputs_embeds == placeholder).all(-1)
+        num_placeholders = int(mask.sum())
+        num_images, per_image = image_features.shape[:2]
+        if num_placeholders != num_images * per_image:
+            raise ValueError(
+                f"Image features and image tokens do not match: the input has {num_placeholders} image placeholder "
+                f"tokens (id {token_id}) but {num_images} image(s) give {num_images * per_image} feature tokens "
+                f"({per_image} each). Build inputs with HybridVLMProcessor, which expands each <image> to {per_image} "
+                "tokens, and never truncate inside visual tokens (raise max_length or drop the image)."
+            )
+        features = image_features.reshape(-1, image_features.shape[-1]).to(inputs_embeds.device, inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds), features)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        return_dict: bool | None = None,
+        image_sizes: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> HybridVLMModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        image_features = None
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values)
+            inputs_embeds = self._merge_image_features(input_ids, inputs_embeds, image_features)
+        elif input_ids is not None and self.config.image_token_id is not None:
+            if cache_seq_length(past_key_values) == 0 and bool((input_ids == self.config.image_token_id).any()):
+                raise ValueError(
+                    "input_ids contain image placeholder tokens but no pixel_values were given; pass the images "
+                    "(HybridVLMProcessor returns both)."
+                )
+
+        text_config = self.config.text_config
+        use_cache = use_cache if use_cache is not None else (getattr(text_config, "use_cache", True) and not self.training)
+        if self.training and self.is_gradient_checkpointing:
+            use_cache = False
+        cache_position = kwargs.pop("cache_position", None)
+        past_length = cache_seq_length(past_key_values)
+        if use_cache and past_key_values is None:
+            past_key_values = new_language_model_cache(
+                text_config, inputs_embeds.shape[0], inputs_embeds.dtype, inputs_embeds.device
+            )
+            past_length = 0
+        if past_length is None:
+            if cache_position is None:
+                raise ValueError("This cache cannot tell how many tokens it holds; pass cache_position.")
+            past_length = int(cache_position[0])
+
+        lm_kwargs = dict(kwargs)
+        lm_kwargs.update(attention_mask=attention_mask, use_cache=use_cache, return_dict=True)
+        lm_kwargs[self._cache_argument] = past_key_values if use_cache else None
+        optional = {
+            "position_ids": position_ids,
+            "output_attentions": output_attentions,
+            "output_hidden_states": output_hidden_states,
+            "output_router_logits": output_router_logits,
+        }
+        lm_kwargs.update({k: v for k, v in optional.items() if v is not None and k in self._lm_arguments})
+        if not IS_TRANSFORMERS_5 and "cache_position" in self._lm_arguments and use_cache:
+            lm_kwargs["cache_position"] = self._v4_cache_position(past_length, inputs_embeds, cache_position)
+
+        seq_len = inputs_embeds.shape[1]
+        if use_cache and past_length > 0 and seq_len > 1 and self._is_stateful:
+            outputs = self._continue_token_by_token(inputs_embeds, lm_kwargs, past_length)
+        else:
+            outputs = self._call_language_model(inputs_embeds, lm_kwargs)
+        cache = getattr(outputs, "past_key_values", None)
+        if cache is None:
+            cache = getattr(outputs, "cache_params", None)
+        if use_cache and cache is None:
+            cache = past_key_values
+        note_tokens_seen(cache, past_length, seq_len)
+        return HybridVLMModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=cache if use_cache else None,
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+            router_logits=getattr(outputs, "router_logits", None),
+            image_hidden_states=image_features,
+        )
+
+    def _call_language_model(self, inputs_embeds: torch.Tensor, lm_kwargs: dict[str, Any]) -> Any:
+        attention_mask = lm_kwargs.get("attention_mask")
+        if (
+            self.config.text_config.model_type in SSM_ONLY_MODEL_TYPES
+            and attention_mask is not None
+            and attention_mask.dim() == 2
+        ):
+            # SSM-only LMs use the mask just to zero padded inputs; it must cover exactly the new tokens.
+            lm_kwargs = {**lm_kwargs, "attention_mask": attention_mask[:, -inputs_embeds.shape[1] :]}
+        return self.language_model(inputs_embeds=inputs_embeds, **lm_kwargs)
+
+    def _v4_cache_position(
+        self, past_length: int, inputs_embeds: torch.Tensor, cache_position: torch.LongTensor | None
+    ) -> torch.LongTensor:
+        """transformers 4.x SSM caches read `cache_position`; Mamba-1 expects the conv window at prefill."""
+        device = inputs_embeds.device
+        if past_length == 0 and self.config.text_config.model_type in ("mamba", "falcon_mamba"):
+            return torch.arange(self.config.text_config.conv_kernel, device=device)
+        if cache_position is not None:
+            return cache_position
+        return torch.arange(past_length, past_length + inputs_embeds.shape[1], device=device)
+
+    def _continue_token_by_token(
+        self, inputs_embeds: torch.Tensor, lm_kwargs: dict[str, Any], past_length: int
+    ) -> BaseModelOutputWithPast:
+        """Extend a recurrent cache by several tokens, one step at a time.
+
+        The SSM layers of transformers' hybrid LMs start a multi-token forward from a zero state, so a
+        multi-token continuation (a new conversation turn on a returned cache) would silently drop the
+        history. Single-token steps read the cached state correctly.
+        """
+        attention_mask = lm_kwargs.pop("attention_mask", None)
+        position_ids = lm_kwargs.pop("position_ids", None)
+        cache_position = lm_kwargs.pop("cache_position", None)
+        for key in ("output_attentions", "output_hidden_states", "output_router_logits"):
+            lm_kwargs.pop(key, None)
+        seq_len = inputs_embeds.shape[1]
+        hidden = []
+        outputs = None
+        for step in range(seq_len):
+            step_kwargs = dict(lm_kwargs)
+            if attention_mask is not None:
+                step_kwargs["attention_mask"] = attention_mask[:, : attention_mask.shape[1] - seq_len + step + 1]
+            if position_ids is not None:
+                step_kwargs["position_ids"] = position_ids[..., step : step + 1]
+            if cache_position is not None:
+                step_kwargs["cache_position"] = cache_position[step : step + 1]
+            outputs = self._call_language_model(inputs_embeds[:, step : step + 1], step_kwargs)
+            cache = getattr(outputs, "past_key_values", None) or getattr(outputs, "cache_params", None)
+            if cache is not None:
+                lm_kwargs[self._cache_argument] = cache
+            note_tokens_seen(lm_kwargs[self._cache_argument], past_length + step, 1)
+            hidden.append(outputs.last_hidden_state)
+        return BaseModelOutputWithPast(
+            last_hidden_state=torch.cat(hidden, dim=1), past_key_values=lm_kwargs[self._cache_argument]
+        )
+
+
+class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixin):
+    """HybridVLM with a language-modelling head; what `AutoModelForImageTextToText` returns."""
+
+    _tied_weights_keys = (
+        {"lm_head.weight": "model.language_model.embed_tokens.weight"} if IS_TRANSFORMERS_5 else ["lm_head.weight"]
+    )
+
+    def __init__(self, config: HybridVLMConfig) -> None:
+        super().__init__(config)
+        self.model = HybridVLMModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self._is_stateful = self.model._is_stateful
+        if IS_TRANSFORMERS_5:
+            embed_name = _input_embedding_name(self.model.language_model)
+            self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embed_name}.weight"}
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head = new_embeddings
+
+    def get_decoder(self) -> nn.Module:
+        return self.model.language_model
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.language_model
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.model.vision_tower
+
+    @property
+    def multi_modal_projector(self) -> nn.Module:
+        return self.model.multi_modal_projector
+
+    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs: Any) -> torch.FloatTensor:
+        return self.model.get_image_features(pixel_values, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        image_sizes: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> HybridVLMCausalLMOutputWithPast | tuple:
+        text_config = self.config.text_config
+        if output_router_logits is None:
+            output_router_logits = getattr(text_config, "output_router_logits", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_router_logits=output_router_logits,
+            image_sizes=image_sizes,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=text_config.vocab_size, **kwargs)
+        aux_loss = None
+        if output_router_logits and outputs.router_logits:
+            aux_loss = _router_aux_loss(outputs.router_logits, text_config, attention_mask)
+            if loss is not None and aux_loss is not None:
+                loss = loss + text_config.router_aux_loss_coef * aux_loss.to(loss.device)
+
+        result = HybridVLMCausalLMOutputWithPast(
+            loss=loss,
+            aux_loss=aux_loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            router_logits=outputs.router_logits,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+        if return_dict is False:
+            return result.to_tuple()
+        return result
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: Any = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        if IS_TRANSFORMERS_5:
+            # transformers 5 drops pixel_values after prefill by itself (they are a known multimodal input).
+            return super().prepare_inputs_for_generation(
+                input_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                pixel_values=pixel_values,
+                attention_mask=attention_mask,
+                **kwargs,
+            )
+        use_cache = kwargs.get("use_cache", True)
+        cache_position = kwargs.get("cache_position")
+        if use_cache and past_key_values is None:
+            batch = (inputs_embeds if inputs_embeds is not None else input_ids).shape[0]
+            past_key_values = new_language_model_cache(self.config.text_config, batch, self.dtype, self.device)
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            **kwargs,
+        )
+        if cache_position is None or cache_position[0] == 0 or not use_cache:
+            model_inputs["pixel_values"] = pixel_values
+        return model_inputs
+
+    def _supports_default_dynamic_cache(self) -> bool:
+        """Let generate() build a standard cache only where the LM uses one; otherwise `forward` makes ours."""
+        if IS_TRANSFORMERS_5:
+            return self.config.text_config.model_type not in SSM_ONLY_MODEL_TYPES
+        return not self._is_stateful
+
+    def _reorder_cache(self, past_key_values: Any, beam_idx: torch.LongTensor) -> Any:
+        """transformers 4.x beam search hook; its Mamba caches have no `reorder_cache` of their own."""
+        return reorder_state_cache(past_key_values, beam_idx)
+
+
+def _input_embedding_name(language_model: nn.Module) -> str:
+    embeddings = language_model.get_input_embeddings()
+    for name, module in language_model.named_modules():
+        if module is embeddings:
+            return name
+    raise ValueError("Could not locate the language model's input embeddings.")
+
+
+def _router_aux_loss(router_logits: tuple, text_config: Any, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """MoE load-balancing loss, computed the way the LM's own causal-LM class computes it."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    logits = tuple(r for r in router_logits if r is not None and r.dim() == 2)
+    if not logits:
+        return None
+    num_experts = getattr(text_config, "num_experts", None) or getattr(text_config, "num_local_experts")
+    top_k = getattr(text_config, "num_experts_per_tok")
+    return load_balancing_loss_func(logits, num_experts, top_k, attention_mask)
