@@ -20,7 +20,10 @@ IS_TRANSFORMERS_5 = version.parse(transformers.__version__).major >= 5
 _V4_STATE_CACHES = {
     "jamba": ("transformers.models.jamba.modeling_jamba", "HybridMambaAttentionDynamicCache"),
     "bamba": ("transformers.models.bamba.modeling_bamba", "HybridMambaAttentionDynamicCache"),
-    "granitemoehybrid": ("transformers.models.granitemoehybrid.modeling_granitemoehybrid", "HybridMambaAttentionDynamicCache"),
+    "granitemoehybrid": (
+        "transformers.models.granitemoehybrid.modeling_granitemoehybrid",
+        "HybridMambaAttentionDynamicCache",
+    ),
     "zamba2": ("transformers.models.zamba2.modeling_zamba2", "Zamba2HybridDynamicCache"),
     "zamba": ("transformers.models.zamba.modeling_zamba", "ZambaHybridDynamicCache"),
     "falcon_h1": ("transformers.models.falcon_h1.modeling_falcon_h1", "FalconHybridMambaAttentionDynamicCache"),
@@ -33,7 +36,16 @@ _V4_STATE_CACHES = {
 SSM_ONLY_MODEL_TYPES = ("mamba", "mamba2", "falcon_mamba")
 # Language models with any SSM / linear-recurrent layer.
 _SSM_MODEL_TYPES = (
-    "jamba", "bamba", "granitemoehybrid", "zamba", "zamba2", "falcon_h1", "nemotron_h", "lfm2", "mamba", "mamba2",
+    "jamba",
+    "bamba",
+    "granitemoehybrid",
+    "zamba",
+    "zamba2",
+    "falcon_h1",
+    "nemotron_h",
+    "lfm2",
+    "mamba",
+    "mamba2",
     "falcon_mamba",
 )
 

@@ -134,7 +134,9 @@ class HybridVLMConfig(PretrainedConfig):
         layers = self.vision_feature_layer
         layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
         if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
-            raise TypeError(f"vision_feature_layer must be an int or a list of ints, got {self.vision_feature_layer!r}.")
+            raise TypeError(
+                f"vision_feature_layer must be an int or a list of ints, got {self.vision_feature_layer!r}."
+            )
         bad = [i for i in layers if not -(num_layers + 1) <= i <= num_layers]
         if bad:
             raise ValueError(

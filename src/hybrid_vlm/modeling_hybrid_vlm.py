@@ -158,6 +158,22 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             )
         return self.multi_modal_projector(features)
 
+    def _images_not_in_cache(
+        self, input_ids: torch.LongTensor, pixel_values: torch.FloatTensor
+    ) -> torch.FloatTensor | None:
+        """When continuing from a cache, keep only the trailing images whose placeholders are in the new tokens.
+
+        A multi-turn caller passes every image of the conversation; those of earlier turns are already encoded in
+        the cache and their placeholders are not part of `input_ids` any more.
+        """
+        spec = self.visual_token_spec
+        per_image = count_image_tokens(spec, int(pixel_values.shape[-2]), int(pixel_values.shape[-1]))
+        num_placeholders = int((input_ids == self.config.image_token_id).sum())
+        if num_placeholders % per_image or num_placeholders // per_image > pixel_values.shape[0]:
+            return pixel_values  # let the strict check report the numbers
+        new_images = num_placeholders // per_image
+        return pixel_values[pixel_values.shape[0] - new_images :] if new_images else None
+
     def _merge_image_features(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, image_features: torch.FloatTensor
     ) -> torch.FloatTensor:
@@ -202,32 +218,35 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        image_features = None
-        if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values)
-            inputs_embeds = self._merge_image_features(input_ids, inputs_embeds, image_features)
-        elif input_ids is not None and self.config.image_token_id is not None:
-            if cache_seq_length(past_key_values) == 0 and bool((input_ids == self.config.image_token_id).any()):
-                raise ValueError(
-                    "input_ids contain image placeholder tokens but no pixel_values were given; pass the images "
-                    "(HybridVLMProcessor returns both)."
-                )
-
         text_config = self.config.text_config
-        use_cache = use_cache if use_cache is not None else (getattr(text_config, "use_cache", True) and not self.training)
+        use_cache = (
+            use_cache if use_cache is not None else (getattr(text_config, "use_cache", True) and not self.training)
+        )
         if self.training and self.is_gradient_checkpointing:
             use_cache = False
         cache_position = kwargs.pop("cache_position", None)
-        past_length = cache_seq_length(past_key_values)
-        if use_cache and past_key_values is None:
-            past_key_values = new_language_model_cache(
-                text_config, inputs_embeds.shape[0], inputs_embeds.dtype, inputs_embeds.device
-            )
-            past_length = 0
+        past_length = cache_seq_length(past_key_values) if use_cache else 0
         if past_length is None:
             if cache_position is None:
                 raise ValueError("This cache cannot tell how many tokens it holds; pass cache_position.")
             past_length = int(cache_position[0])
+        if use_cache and past_key_values is None:
+            past_key_values = new_language_model_cache(
+                text_config, inputs_embeds.shape[0], inputs_embeds.dtype, inputs_embeds.device
+            )
+
+        image_features = None
+        if pixel_values is not None and past_length > 0 and input_ids is not None:
+            pixel_values = self._images_not_in_cache(input_ids, pixel_values)
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values)
+            inputs_embeds = self._merge_image_features(input_ids, inputs_embeds, image_features)
+        elif input_ids is not None and self.config.image_token_id is not None and past_length == 0:
+            if bool((input_ids == self.config.image_token_id).any()):
+                raise ValueError(
+                    "input_ids contain image placeholder tokens but no pixel_values were given; pass the images "
+                    "(HybridVLMProcessor returns both)."
+                )
 
         lm_kwargs = dict(kwargs)
         lm_kwargs.update(attention_mask=attention_mask, use_cache=use_cache, return_dict=True)
@@ -483,7 +502,9 @@ def _input_embedding_name(language_model: nn.Module) -> str:
     raise ValueError("Could not locate the language model's input embeddings.")
 
 
-def _router_aux_loss(router_logits: tuple, text_config: Any, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+def _router_aux_loss(
+    router_logits: tuple, text_config: Any, attention_mask: torch.Tensor | None
+) -> torch.Tensor | None:
     """MoE load-balancing loss, computed the way the LM's own causal-LM class computes it."""
     from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
