@@ -1,0 +1,1 @@
+"""hybrid_vlm (package init is completed once the processor lands)."""

@@ -26,7 +26,9 @@ from .caching import (
     reorder_state_cache,
 )
 from .configuration_hybrid_vlm import HybridVLMConfig
+from .kernels import use_torch_ssm_path_where_needed
 from .projectors import build_projector
+from .remote_code import write_model_remote_code
 from .token_counts import VisualTokenSpec, count_image_tokens
 
 logger = logging.get_logger(__name__)
@@ -74,13 +76,20 @@ class HybridVLMPreTrainedModel(PreTrainedModel):
     _supports_cache_class = True
     _is_stateful = False  # set per instance when the LM is recurrent
 
+    def save_pretrained(self, save_directory: str, *args: Any, remote_code: bool = False, **kwargs: Any) -> None:
+        """`save_pretrained`; with `remote_code=True` the folder also loads with `trust_remote_code=True` in an
+        environment without hybrid_vlm (the modules are copied next to the weights)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if remote_code:
+            write_model_remote_code(save_directory)
+
     def post_init(self) -> None:
         super().post_init()
         # transformers keeps these in fp32 when loading in fp16 (DESIGN 5.6). Only names the model really has are
         # listed: transformers 4.x rejects names that match no parameter.
         names = {part for name, _ in self.named_parameters() for part in name.split(".")}
-        present = [name for name in SSM_FP32_PARAMETERS if name in names]
-        self._keep_in_fp32_modules = present or None
+        keep = set(self._keep_in_fp32_modules or []) | {name for name in SSM_FP32_PARAMETERS if name in names}
+        self._keep_in_fp32_modules = sorted(keep) or None
 
     def _init_weights(self, module: nn.Module) -> None:
         """Only our own layers are initialised here; the vision tower and LM initialise themselves."""
@@ -104,6 +113,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = build_projector(config, self._vision_feature_width())
         self.language_model = AutoModel.from_config(config.text_config)
+        use_torch_ssm_path_where_needed(self.language_model)
         self._is_stateful = has_ssm_layers(config.text_config)
         self._lm_arguments = frozenset(inspect.signature(self.language_model.forward).parameters)
         self._cache_argument = (
@@ -222,8 +232,6 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         use_cache = (
             use_cache if use_cache is not None else (getattr(text_config, "use_cache", True) and not self.training)
         )
-        if self.training and self.is_gradient_checkpointing:
-            use_cache = False
         cache_position = kwargs.pop("cache_position", None)
         past_length = cache_seq_length(past_key_values) if use_cache else 0
         if past_length is None:
@@ -241,7 +249,8 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         if pixel_values is not None:
             image_features = self.get_image_features(pixel_values)
             inputs_embeds = self._merge_image_features(input_ids, inputs_embeds, image_features)
-        elif input_ids is not None and self.config.image_token_id is not None and past_length == 0:
+        elif input_ids is not None and self.config.image_token_id is not None and input_ids.shape[1] > 1:
+            # (a single decode step may carry a generated placeholder id; it is embedded as text)
             if bool((input_ids == self.config.image_token_id).any()):
                 raise ValueError(
                     "input_ids contain image placeholder tokens but no pixel_values were given; pass the images "
@@ -479,7 +488,9 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
             attention_mask=attention_mask,
             **kwargs,
         )
-        if cache_position is None or cache_position[0] == 0 or not use_cache:
+        # Images go with the prefill and with any later multi-token chunk (a new turn on a returned cache).
+        current_ids = model_inputs.get("input_ids")
+        if not use_cache or current_ids is None or current_ids.shape[1] > 1:
             model_inputs["pixel_values"] = pixel_values
         return model_inputs
 

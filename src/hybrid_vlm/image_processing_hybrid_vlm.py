@@ -1,0 +1,665 @@
+"""Single-resolution image processor for hybrid_vlm.
+
+Built on transformers' ``BaseImageProcessor`` (present with the same role on 4.57 and 5.x) with its own
+``preprocess`` pipeline, so that the behaviour is identical on both lines and never needs torchvision.
+The pixel operations themselves (resize, center crop, rescale, normalize, channel reordering) are
+transformers' NumPy/PIL functions, so outputs match CLIP's and SigLIP's own PIL processors.
+
+AnyRes tiling is not implemented here; it slots in through ``_param_names`` (new saved parameters such as
+``image_grid_pinpoints`` / ``max_tiles``) and ``_views_for_image`` (one image -> global view + tiles).
+"""
+
+import copy
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature, get_size_dict
+from transformers.image_transforms import center_crop, normalize, rescale, resize, to_channel_dimension_format
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    IMAGENET_STANDARD_MEAN,
+    IMAGENET_STANDARD_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    ChannelDimension,
+    PILImageResampling,
+)
+from transformers.processing_utils import ImagesKwargs
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+_NAME = "HybridVLMImageProcessor"
+_EXIF_ORIENTATION = 0x0112
+# PIL modes that carry an alpha channel (straight or premultiplied); all are composited over white.
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+# Standard ImagesKwargs that a ProcessorMixin may forward but that mean nothing for a fixed-size output.
+_IGNORED_CALL_KWARGS = {"do_pad", "pad_size", "default_to_square", "device", "disable_grouping", "image_seq_length"}
+# Keys transformers itself puts into saved image processor configs (its base __init__ handles the last three).
+_SERVICE_INIT_KWARGS = {"image_processor_type", "auto_map", "processor_class", "feature_extractor_type"}
+
+
+class HybridVLMImageProcessorKwargs(ImagesKwargs, total=False):
+    """Per-call keyword arguments; transformers 5 reads this TypedDict to route and validate processor kwargs.
+
+    ``do_convert_rgb`` is not part of ``ImagesKwargs`` on transformers 4.57, hence declared here. AnyRes adds its
+    keys (``image_grid_pinpoints``, ``max_tiles``) to this class.
+    """
+
+    do_convert_rgb: bool | None
+
+
+def _resample_from_any(value: Any) -> PILImageResampling:
+    """Accept an enum, its int value or its name ("bicubic"), so configs and callers can use any of them."""
+    if isinstance(value, str):
+        try:
+            return PILImageResampling[value.strip().upper()]
+        except KeyError:
+            names = ", ".join(m.name.lower() for m in PILImageResampling)
+            raise ValueError(f"{_NAME}: unknown resample {value!r}; use one of: {names}.") from None
+    try:
+        return PILImageResampling(int(value))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{_NAME}: resample must be a PILImageResampling, its int value or its name, got {value!r}."
+        ) from None
+
+
+def _size_dict(size: Any, param_name: str) -> dict[str, int]:
+    """Normalise ``size``/``crop_size`` to one of the two supported dict forms, with a clear error otherwise."""
+    if param_name == "size":
+        # An int means "shortest edge" (CLIP convention); a (height, width) pair means an exact size.
+        size = get_size_dict(size, default_to_square=False, param_name=param_name)
+        allowed = ({"shortest_edge"}, {"height", "width"})
+    else:
+        size = get_size_dict(size, default_to_square=True, param_name=param_name)
+        allowed = ({"height", "width"},)
+    if set(size) not in [set(a) for a in allowed]:
+        forms = " or ".join(str(sorted(a)) for a in allowed)
+        raise ValueError(f"{_NAME}: {param_name} must have the keys {forms}, got {dict(size)}.")
+    out = {}
+    for key, value in size.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"{_NAME}: {param_name}[{key!r}] must be a positive int, got {value!r}.")
+        out[key] = int(value)
+    return out
+
+
+def _derived_crop_size(size: dict[str, int]) -> dict[str, int]:
+    """Crop that keeps a ``size`` result intact: a square of the shortest edge, or the exact size itself."""
+    if "shortest_edge" in size:
+        return {"height": size["shortest_edge"], "width": size["shortest_edge"]}
+    return {"height": size["height"], "width": size["width"]}
+
+
+def _channel_stats(value: Any, name: str) -> list[float]:
+    """Mean/std as a list of three floats (a scalar is broadcast), so configs save as plain JSON."""
+    if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+        values = [float(value)] * 3
+    elif isinstance(value, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(value, str):
+        values = [float(v) for v in np.asarray(value, dtype=np.float64).reshape(-1)]
+    else:
+        raise TypeError(f"{_NAME}: {name} must be a float or three floats, got {value!r}.")
+    if len(values) != 3:
+        raise ValueError(f"{_NAME}: {name} must have 3 values (one per RGB channel), got {len(values)}: {values}.")
+    if name == "image_std" and any(v == 0 for v in values):
+        raise ValueError(f"{_NAME}: image_std must not contain zeros, got {values}.")
+    return values
+
+
+def _resize_target(height: int, width: int, size: dict[str, int]) -> tuple[int, int]:
+    """Output (height, width) of the resize step; the one copy of this arithmetic (CLIP's truncation rule)."""
+    if "shortest_edge" in size:
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = size["shortest_edge"], int(size["shortest_edge"] * long / short)
+        return (new_long, new_short) if width <= height else (new_short, new_long)
+    return size["height"], size["width"]
+
+
+def _to_pixel_scale(array: np.ndarray, what: str, pil_mode: str | None = None) -> np.ndarray:
+    """Bring any dtype to the 0..255 scale (uint8 kept as is, everything else float32).
+
+    Doing this once at input time means ``do_rescale`` always means "divide 0..255 pixels by 255": a float image in
+    [0, 1] is not rescaled twice, and 16-bit data is scaled down instead of clipped at 255.
+    """
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype == np.uint16 or pil_mode in _SIXTEEN_BIT_MODES:
+        return (array.astype(np.float32) / 257.0).astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        low, high = int(array.min()), int(array.max())
+        if low >= 0 and high <= 255:
+            return array.astype(np.uint8)
+        if pil_mode == "I" and low >= 0 and high <= 65535:
+            # 32-bit "I" images mostly come from 16-bit files (older Pillow opens 16-bit PNGs this way).
+            return (array.astype(np.float32) / 257.0).astype(np.float32)
+        raise ValueError(
+            f"{_NAME}: {what} has integer values in [{low}, {high}], outside [0, 255]. Pass 8-bit data as uint8, "
+            "16-bit data as uint16, or floats in [0, 1]."
+        )
+    if np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float32)
+        if not np.isfinite(array).all():
+            raise ValueError(f"{_NAME}: {what} contains NaN or infinite values.")
+        low, high = float(array.min()), float(array.max())
+        if low >= 0.0 and high <= 1.0:
+            return array * np.float32(255.0)
+        if low >= 0.0 and high <= 255.0:
+            return array
+        raise ValueError(
+            f"{_NAME}: {what} has float values in [{low:.4g}, {high:.4g}]; expected [0, 1] or [0, 255]. "
+            "Images that are already normalized must be un-normalized first (or skip this processor)."
+        )
+    raise TypeError(f"{_NAME}: {what} has unsupported dtype {array.dtype}; use uint8, uint16 or float.")
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """Blend straight-alpha RGBA over a white background, as a viewer would show it (not just drop alpha)."""
+    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+    rgb = rgba[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+    if rgba.dtype == np.uint8:
+        return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return rgb.astype(np.float32)
+
+
+def _pil_to_rgb_array(image: PIL.Image.Image, what: str, do_convert_rgb: bool) -> np.ndarray:
+    """PIL image -> (H, W, C) array on the 0..255 scale, converting colour modes correctly when asked to."""
+    mode = image.mode
+    if not do_convert_rgb:
+        return _to_pixel_scale(np.asarray(image), what, pil_mode=mode)
+    try:
+        if mode == "RGB":
+            return np.asarray(image)
+        if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+            return _composite_on_white(np.asarray(image.convert("RGBA")))
+        if mode in _SIXTEEN_BIT_MODES or mode in {"I", "F"}:
+            gray = _to_pixel_scale(np.asarray(image), what, pil_mode=mode)
+            return np.repeat(gray[..., None], 3, axis=-1)
+        # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX: Pillow's own conversions are correct for these.
+        return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{_NAME}: could not convert {what} (PIL mode {mode!r}) to RGB: {err}") from err
+
+
+def _exif_transpose(image: PIL.Image.Image, what: str) -> PIL.Image.Image:
+    """Apply the EXIF orientation so the model sees what a viewer shows; a broken EXIF block is ignored."""
+    try:
+        if image.getexif().get(_EXIF_ORIENTATION, 1) in (None, 1):
+            return image
+        return PIL.ImageOps.exif_transpose(image)
+    except Exception as err:  # noqa: BLE001 - corrupt EXIF must not make an otherwise good image unusable
+        logger.warning(f"{_NAME}: ignoring unreadable EXIF orientation of {what}: {err}")
+        return image
+
+
+def _channel_format(array: np.ndarray, what: str, prefer: ChannelDimension) -> ChannelDimension:
+    """Find the channel axis of a 3-D array. Ties go to an axis of size 3, then to the container's convention."""
+    first, last = array.shape[0], array.shape[-1]
+    candidates = [fmt for fmt, n in ((ChannelDimension.FIRST, first), (ChannelDimension.LAST, last)) if n in (1, 3, 4)]
+    if len(candidates) == 1:
+        return candidates[0]
+    if len(candidates) == 2:
+        if (first == 3) != (last == 3):
+            return ChannelDimension.FIRST if first == 3 else ChannelDimension.LAST
+        return prefer
+    if 2 in (first, last):
+        raise ValueError(
+            f"{_NAME}: {what} has 2 channels (shape {tuple(array.shape)}), which is ambiguous (gray + alpha?). "
+            "Convert it to RGB, or to a PIL image of mode 'LA', before calling the processor."
+        )
+    raise ValueError(
+        f"{_NAME}: cannot find the channel axis of {what} (shape {tuple(array.shape)}); expected (H, W, C) or "
+        "(C, H, W) with C in 1, 3 or 4, or pass input_data_format='channels_first'/'channels_last'."
+    )
+
+
+def _array_to_rgb_array(
+    array: np.ndarray,
+    what: str,
+    do_convert_rgb: bool,
+    input_data_format: ChannelDimension | None,
+    prefer: ChannelDimension,
+) -> np.ndarray:
+    """NumPy image (H, W), (H, W, C) or (C, H, W) -> (H, W, C) array on the 0..255 scale."""
+    if array.ndim == 2:
+        array = array[..., None]
+    elif array.ndim == 3:
+        fmt = input_data_format or _channel_format(array, what, prefer)
+        if fmt == ChannelDimension.FIRST:
+            array = np.moveaxis(array, 0, -1)
+    else:
+        raise ValueError(
+            f"{_NAME}: {what} has {array.ndim} dimensions (shape {tuple(array.shape)}); an image must have 2 or 3 "
+            "(a 4-D array is read as a batch of images)."
+        )
+    channels = array.shape[-1]
+    if channels not in (1, 3, 4):
+        raise ValueError(
+            f"{_NAME}: {what} has {channels} channels (shape {tuple(array.shape)}); expected 1 (gray), 3 (RGB) "
+            "or 4 (RGBA). Convert it to RGB first."
+        )
+    array = _to_pixel_scale(array, what)
+    if channels == 3 or not do_convert_rgb:
+        return array
+    if channels == 1:
+        return np.repeat(array, 3, axis=-1)
+    return _composite_on_white(array)
+
+
+class HybridVLMImageProcessor(BaseImageProcessor):
+    r"""Resize (shortest edge or exact size), center crop, rescale and normalize images to one resolution.
+
+    Accepts PIL images, NumPy arrays (HWC or CHW, uint8, uint16 or float) and torch tensors, alone, as a list, or as
+    a list of lists (one per sample). PIL images are EXIF-transposed and converted to RGB with alpha composited on
+    white and 16-bit data scaled (not clipped). Returns ``pixel_values`` (num_images, 3, H, W) float32 and
+    ``image_sizes`` (num_images, 2), the original (height, width) after EXIF transpose.
+
+    Args:
+        do_resize: resize before cropping.
+        size: ``{"shortest_edge": N}`` (aspect-preserving, CLIP/DINOv2) or ``{"height": H, "width": W}`` (exact,
+            SigLIP). An int means shortest edge, a (height, width) pair an exact size.
+        resample: PIL filter, as an enum, its int value or its name.
+        do_center_crop: center crop after resizing.
+        crop_size: ``{"height": H, "width": W}``; ``None`` derives it from ``size`` (the square of the shortest edge,
+            or ``size`` itself). The same rule applies when a call overrides ``size`` but not ``crop_size``.
+        do_rescale: multiply 0..255 pixels by ``rescale_factor``.
+        rescale_factor: the rescale factor.
+        do_normalize: subtract ``image_mean`` and divide by ``image_std`` per channel.
+        image_mean: per-channel mean (CLIP's by default).
+        image_std: per-channel std (CLIP's by default).
+        do_convert_rgb: convert every input to 3-channel RGB; with ``False`` inputs must already be RGB.
+    """
+
+    model_input_names: ClassVar[list[str]] = ["pixel_values"]
+    valid_kwargs = HybridVLMImageProcessorKwargs
+    # Parameters saved in preprocessor_config.json and overridable per call; AnyRes appends its own.
+    _param_names: ClassVar[tuple[str, ...]] = (
+        "do_resize",
+        "size",
+        "resample",
+        "do_center_crop",
+        "crop_size",
+        "do_rescale",
+        "rescale_factor",
+        "do_normalize",
+        "image_mean",
+        "image_std",
+        "do_convert_rgb",
+    )
+
+    def __init__(
+        self,
+        do_resize: bool = True,
+        size: dict[str, int] | int | tuple[int, int] | None = None,
+        resample: PILImageResampling | int | str = PILImageResampling.BICUBIC,
+        do_center_crop: bool = True,
+        crop_size: dict[str, int] | int | tuple[int, int] | None = None,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
+        do_convert_rgb: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("image_processor_type", None)  # to_dict writes the class name itself
+        unknown = sorted(k for k in kwargs if k not in ImagesKwargs.__annotations__ and k not in _SERVICE_INIT_KWARGS)
+        if unknown:
+            logger.warning(f"{_NAME}: unrecognised init arguments {unknown} are stored but unused.")
+        super().__init__(**kwargs)
+        params = self._resolve_params(
+            {
+                "do_resize": do_resize,
+                "size": {"shortest_edge": 224} if size is None else size,
+                "resample": resample,
+                "do_center_crop": do_center_crop,
+                "crop_size": crop_size,
+                "do_rescale": do_rescale,
+                "rescale_factor": rescale_factor,
+                "do_normalize": do_normalize,
+                "image_mean": OPENAI_CLIP_MEAN if image_mean is None else image_mean,
+                "image_std": OPENAI_CLIP_STD if image_std is None else image_std,
+                "do_convert_rgb": do_convert_rgb,
+            },
+            base=None,
+        )
+        for name, value in params.items():
+            setattr(self, name, value)
+
+    # ------------------------------------------------------------------ construction helpers
+
+    @classmethod
+    def from_vision_config(cls, vision_config: Any, **kwargs: Any) -> "HybridVLMImageProcessor":
+        """Build the processor a vision encoder expects, from its transformers config.
+
+        CLIP: shortest edge = ``image_size`` + center crop, CLIP mean/std. SigLIP: exact ``image_size`` square, no
+        crop, mean/std 0.5. DINOv2: shortest edge = crop = ``image_size`` (not DINOv2's own 256 -> 224), ImageNet
+        mean/std. All bicubic. A full CLIP/SigLIP config uses its ``vision_config``; a list of encoders is accepted
+        when they all need the same preprocessing. ``kwargs`` override any derived parameter.
+        """
+        if isinstance(vision_config, (list, tuple)):
+            if not vision_config:
+                raise ValueError(f"{_NAME}.from_vision_config: got an empty list of vision configs.")
+            built = [cls.from_vision_config(c, **kwargs) for c in vision_config]
+            dicts = [{k: b.to_dict()[k] for k in cls._param_names} for b in built]
+            if any(d != dicts[0] for d in dicts[1:]):
+                raise ValueError(
+                    f"{_NAME}.from_vision_config: the vision encoders need different preprocessing ({dicts}); "
+                    "build one processor per encoder."
+                )
+            return built[0]
+        if isinstance(vision_config, dict):
+            from transformers import AutoConfig
+
+            if "model_type" not in vision_config:
+                raise ValueError(f"{_NAME}.from_vision_config: a config dict needs a 'model_type' key.")
+            config_dict = dict(vision_config)
+            vision_config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+        model_type = getattr(vision_config, "model_type", None)
+        if model_type in ("clip", "siglip") and getattr(vision_config, "vision_config", None) is not None:
+            vision_config = vision_config.vision_config
+            model_type = vision_config.model_type
+        supported = ("clip_vision_model", "siglip_vision_model", "dinov2", "dinov2_with_registers")
+        if model_type not in supported:
+            raise ValueError(
+                f"{_NAME}.from_vision_config: no preset for vision config model_type {model_type!r}; supported: "
+                f"{', '.join(supported)} (or full clip/siglip configs). Construct HybridVLMImageProcessor(...) with "
+                "explicit parameters instead."
+            )
+        image_size = getattr(vision_config, "image_size", None)
+        if isinstance(image_size, (list, tuple)) and len(image_size) == 2:
+            height, width = int(image_size[0]), int(image_size[1])
+        elif isinstance(image_size, int) and image_size > 0:
+            height = width = image_size
+        else:
+            raise ValueError(
+                f"{_NAME}.from_vision_config: the vision config has no usable image_size ({image_size!r})."
+            )
+
+        params: dict[str, Any] = {"crop_size": {"height": height, "width": width}}
+        if model_type == "siglip_vision_model":
+            # SigLIP squashes the whole image to its input size: no aspect-preserving resize, no crop.
+            params.update(size={"height": height, "width": width}, do_center_crop=False)
+            params.update(image_mean=IMAGENET_STANDARD_MEAN, image_std=IMAGENET_STANDARD_STD)
+        else:
+            params.update(size={"shortest_edge": min(height, width)}, do_center_crop=True)
+            if model_type == "clip_vision_model":
+                params.update(image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
+            else:
+                params.update(image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD)
+        params.update(resample=PILImageResampling.BICUBIC, do_resize=True, do_rescale=True, do_normalize=True)
+        params.update(rescale_factor=1 / 255, do_convert_rgb=True)
+        params.update(kwargs)
+        return cls(**params)
+
+    # ------------------------------------------------------------------ parameters
+
+    def _resolve_params(self, overrides: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
+        """Merge overrides into ``base`` (the stored parameters) and validate/normalise every value.
+
+        ``None`` means "not overridden", as in transformers. When ``size`` changes without ``crop_size``, the crop is
+        re-derived from the new size so the output has the size that was asked for.
+        """
+        given = {k: v for k, v in overrides.items() if v is not None}
+        params = dict(base or {})
+        params.update(given)
+        out: dict[str, Any] = {}
+        for name in ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb"):
+            value = params.get(name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{_NAME}: {name} must be True or False, got {value!r}.")
+            out[name] = bool(value)
+        out["size"] = _size_dict(params["size"], "size")
+        crop = params.get("crop_size")
+        if crop is None or ("size" in given and "crop_size" not in given):
+            crop = _derived_crop_size(out["size"])
+        out["crop_size"] = _size_dict(crop, "crop_size")
+        out["resample"] = _resample_from_any(params["resample"])
+        factor = params["rescale_factor"]
+        if isinstance(factor, bool) or not isinstance(factor, (int, float, np.floating)) or not factor > 0:
+            raise ValueError(f"{_NAME}: rescale_factor must be a positive number, got {factor!r}.")
+        out["rescale_factor"] = float(factor)
+        out["image_mean"] = _channel_stats(params["image_mean"], "image_mean")
+        out["image_std"] = _channel_stats(params["image_std"], "image_std")
+        # Parameters added by extensions (AnyRes) pass through unchanged unless their own code validates them.
+        for name in self._param_names:
+            if name not in out:
+                out[name] = params.get(name)
+        return out
+
+    def _call_params(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Stored parameters with this call's overrides applied; rejects misspelled keys instead of ignoring them."""
+        unknown = set(overrides) - set(self._param_names) - _IGNORED_CALL_KWARGS - {"data_format", "input_data_format"}
+        if unknown:
+            raise TypeError(
+                f"{_NAME}: unexpected keyword argument(s) {sorted(unknown)}; valid per-call overrides are "
+                f"{list(self._param_names)}, plus data_format and input_data_format."
+            )
+        base = {name: getattr(self, name) for name in self._param_names}
+        return self._resolve_params({k: v for k, v in overrides.items() if k in self._param_names}, base=base)
+
+    def output_image_size(self, height: int, width: int, **overrides: Any) -> tuple[int, int]:
+        """(height, width) of ``pixel_values`` for an image of this size, without touching pixels.
+
+        Token-count code uses this instead of repeating the resize/crop arithmetic.
+        """
+        params = self._call_params(overrides)
+        if params["do_resize"]:
+            height, width = _resize_target(height, width, params["size"])
+        if params["do_center_crop"]:
+            height, width = params["crop_size"]["height"], params["crop_size"]["width"]
+        return height, width
+
+    @classmethod
+    def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """Route load-time overrides through ``__init__`` so they are validated the same way on 4.x and 5.x.
+
+        (4.x would ``setattr`` them after construction, unvalidated.) A ``size`` override without ``crop_size``
+        re-derives the crop, as at construction and per call.
+        """
+        image_processor_dict = dict(image_processor_dict)
+        if kwargs.get("size") is not None and kwargs.get("crop_size") is None:
+            image_processor_dict.pop("crop_size", None)
+        for name in cls._param_names:
+            if kwargs.get(name) is not None:
+                image_processor_dict[name] = kwargs.pop(name)
+        return super().from_dict(image_processor_dict, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialize with every parameter present (even ``None``) and as plain JSON types."""
+        output = super().to_dict()
+        for name in self._param_names:
+            output[name] = copy.deepcopy(getattr(self, name, None))
+        if output.get("resample") is not None:
+            output["resample"] = int(output["resample"])
+        for key in ("_valid_kwargs_names", "_valid_processor_keys"):
+            output.pop(key, None)
+        return output
+
+    # ------------------------------------------------------------------ input handling
+
+    def _flatten_images(self, images: Any) -> list[Any]:
+        """Flatten a single image, a list, or a per-sample list of lists into one list, with clear errors."""
+        if isinstance(images, (list, tuple)):
+            if len(images) == 0:
+                raise ValueError(f"{_NAME}: got an empty list of images; pass at least one image.")
+            flat: list[Any] = []
+            for i, item in enumerate(images):
+                if isinstance(item, (list, tuple)):
+                    for j, sub in enumerate(item):
+                        flat.extend(self._expand_image(sub, f"images[{i}][{j}]", allow_batch=True))
+                else:
+                    flat.extend(self._expand_image(item, f"images[{i}]", allow_batch=True))
+            if not flat:
+                raise ValueError(f"{_NAME}: every sample's image list is empty; pass at least one image.")
+            return flat
+        return self._expand_image(images, "the input", allow_batch=True)
+
+    @staticmethod
+    def _expand_image(item: Any, where: str, allow_batch: bool) -> list[Any]:
+        """One image -> [image]; a 4-D array/tensor -> its images; anything else -> TypeError."""
+        if isinstance(item, PIL.Image.Image):
+            return [item]
+        if isinstance(item, (str, os.PathLike)):
+            if isinstance(item, str) and item.startswith(("http://", "https://")):
+                raise TypeError(
+                    f"{_NAME}: {where} is a URL; download it first, e.g. transformers.image_utils.load_image(url)."
+                )
+            if not os.path.isfile(item):
+                raise TypeError(f"{_NAME}: {where} is a string/path but no such file exists: {item!r}.")
+            return [item]
+        if isinstance(item, (np.ndarray, torch.Tensor)):
+            if item.ndim == 4 and allow_batch:
+                return list(item)
+            return [item]
+        raise TypeError(
+            f"{_NAME}: {where} has unsupported type {type(item).__name__}; pass a PIL.Image.Image, a numpy array, "
+            "a torch tensor or a local file path (or a list, or a list of lists per sample, of those)."
+        )
+
+    def _load(
+        self, image: Any, index: int, do_convert_rgb: bool, input_data_format: ChannelDimension | None
+    ) -> tuple[np.ndarray, tuple[int, int]]:
+        """Any supported input -> ((H, W, C) array on the 0..255 scale, original (height, width))."""
+        what = f"image {index}"
+        if isinstance(image, (str, os.PathLike)):
+            try:
+                with PIL.Image.open(image) as opened:
+                    opened.load()
+                    image = opened
+            except OSError as err:
+                raise ValueError(f"{_NAME}: {what} ({image!s}) could not be read as an image: {err}") from err
+        if isinstance(image, PIL.Image.Image):
+            image = _exif_transpose(image, what)
+            width, height = image.size
+            if height == 0 or width == 0:
+                raise ValueError(f"{_NAME}: {what} is empty (height={height}, width={width}); drop it from the batch.")
+            array = _pil_to_rgb_array(image, what, do_convert_rgb)
+            if array.ndim == 2:
+                array = array[..., None]
+        else:
+            prefer = ChannelDimension.LAST
+            if isinstance(image, torch.Tensor):
+                prefer = ChannelDimension.FIRST  # torch images are (C, H, W) by convention
+                tensor = image.detach().cpu()
+                if tensor.is_floating_point() and tensor.dtype != torch.float64:
+                    tensor = tensor.float()
+                image = tensor.numpy()
+            if image.size == 0:
+                raise ValueError(f"{_NAME}: {what} is empty (shape {tuple(image.shape)}); drop it from the batch.")
+            array = _array_to_rgb_array(image, what, do_convert_rgb, input_data_format, prefer)
+            height, width = array.shape[:2]
+            if height == 0 or width == 0:
+                raise ValueError(f"{_NAME}: {what} is empty (height={height}, width={width}); drop it from the batch.")
+        if array.shape[-1] != 3:
+            raise ValueError(
+                f"{_NAME}: {what} has {array.shape[-1]} channel(s) but do_convert_rgb=False; pass RGB images or "
+                "set do_convert_rgb=True."
+            )
+        return array, (height, width)
+
+    # ------------------------------------------------------------------ pixel pipeline
+
+    @staticmethod
+    def _resize(image: np.ndarray, target: tuple[int, int], resample: PILImageResampling) -> np.ndarray:
+        """uint8 goes through transformers' PIL resize (bit-exact with CLIP/SigLIP); float keeps its precision."""
+        if image.dtype == np.uint8:
+            return resize(
+                image,
+                target,
+                resample=resample,
+                data_format=ChannelDimension.LAST,
+                input_data_format=ChannelDimension.LAST,
+            )
+        height, width = target
+        channels = [
+            np.asarray(PIL.Image.fromarray(np.ascontiguousarray(image[..., c])).resize((width, height), resample))
+            for c in range(image.shape[-1])
+        ]
+        return np.clip(np.stack(channels, axis=-1), 0.0, 255.0).astype(np.float32)
+
+    def _process_view(self, image: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+        """Resize, crop, rescale, normalize one (H, W, 3) view; returns (H', W', 3) float32."""
+        if params["do_resize"]:
+            target = _resize_target(image.shape[0], image.shape[1], params["size"])
+            if target != image.shape[:2]:
+                image = self._resize(image, target, params["resample"])
+        if params["do_center_crop"]:
+            crop = params["crop_size"]
+            image = center_crop(
+                image,
+                (crop["height"], crop["width"]),
+                data_format=ChannelDimension.LAST,
+                input_data_format=ChannelDimension.LAST,
+            )
+        if params["do_rescale"]:
+            image = rescale(
+                image,
+                params["rescale_factor"],
+                data_format=ChannelDimension.LAST,
+                input_data_format=ChannelDimension.LAST,
+            )
+        if params["do_normalize"]:
+            image = normalize(
+                image,
+                params["image_mean"],
+                params["image_std"],
+                data_format=ChannelDimension.LAST,
+                input_data_format=ChannelDimension.LAST,
+            )
+        return np.asarray(image, dtype=np.float32)
+
+    def _views_for_image(self, image: np.ndarray, params: dict[str, Any]) -> list[np.ndarray]:
+        """All views one image becomes. Single resolution: exactly one; AnyRes will return global view + tiles."""
+        return [self._process_view(image, params)]
+
+    # ------------------------------------------------------------------ public API
+
+    def preprocess(self, images: Any, return_tensors: str | None = None, **overrides: Any) -> BatchFeature:
+        """Turn images into ``pixel_values`` (num_images, 3, H, W) float32 and ``image_sizes`` (num_images, 2).
+
+        ``return_tensors``: None or "np" for NumPy arrays, "pt" for torch tensors. Any constructor parameter can be
+        overridden for this call; ``input_data_format`` forces the channel axis of array inputs and ``data_format``
+        ("channels_first" default, or "channels_last") sets the output layout.
+        """
+        params = self._call_params(overrides)
+        input_format = overrides.get("input_data_format")
+        input_format = ChannelDimension(input_format) if input_format is not None else None
+        output_format = ChannelDimension(overrides.get("data_format") or ChannelDimension.FIRST)
+
+        flat = self._flatten_images(images)
+        views: list[np.ndarray] = []
+        sizes: list[tuple[int, int]] = []
+        for index, image in enumerate(flat):
+            array, original_size = self._load(image, index, params["do_convert_rgb"], input_format)
+            sizes.append(original_size)
+            views.extend(self._views_for_image(array, params))
+
+        shapes = sorted({v.shape[:2] for v in views})
+        if len(shapes) > 1:
+            raise ValueError(
+                f"{_NAME}: processed images have different sizes {shapes} and cannot be stacked. Enable "
+                "do_center_crop, use size={'height': H, 'width': W}, or process the images one at a time."
+            )
+        pixel_values = np.stack([to_channel_dimension_format(v, output_format, ChannelDimension.LAST) for v in views])
+        data = {
+            "pixel_values": np.ascontiguousarray(pixel_values, dtype=np.float32),
+            "image_sizes": np.asarray(sizes, dtype=np.int64).reshape(-1, 2),
+        }
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def __call__(self, images: Any, return_tensors: str | None = None, **overrides: Any) -> BatchFeature:
+        """Same as :meth:`preprocess`."""
+        return self.preprocess(images, return_tensors=return_tensors, **overrides)
+
+
+__all__ = ["HybridVLMImageProcessor", "HybridVLMImageProcessorKwargs"]

@@ -1,0 +1,238 @@
+"""Named configurations: tiny random models for tests and demos, and the papers' full-size shapes.
+
+Tiny presets build in well under two seconds on a CPU with the tokenizer shipped in the package. Full-size presets
+are for inspecting shapes and parameter counts: build them on the meta device (`device="meta"`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+
+from .configuration_hybrid_vlm import HybridVLMConfig
+
+# CLIP ViT-L/14 at 336 px: the vision tower of LLaVA-1.5/1.6, LongLLaVA and MMJamba.
+CLIP_VIT_L_336 = {
+    "model_type": "clip_vision_model",
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 336,
+    "patch_size": 14,
+    "projection_dim": 768,
+}
+# Jamba-v0.1 (AI21): 32 layers, attention:Mamba 1:7, MoE (16 experts, top-2) every other layer, 52B parameters.
+JAMBA_V01 = {
+    "model_type": "jamba",
+    "vocab_size": 65536,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "attn_layer_period": 8,
+    "attn_layer_offset": 4,
+    "expert_layer_period": 2,
+    "expert_layer_offset": 1,
+    "num_experts": 16,
+    "num_experts_per_tok": 2,
+    "mamba_d_state": 16,
+    "mamba_d_conv": 4,
+    "mamba_expand": 2,
+    "mamba_dt_rank": 256,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+# A small CLIP-style tower: 28x28 crops of 14 px patches -> 4 patch tokens (+ CLS).
+TINY_CLIP = {
+    "model_type": "clip_vision_model",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 56,
+    "patch_size": 14,
+    "projection_dim": 32,
+}
+_TINY_WIDTH = {"hidden_size": 64, "num_hidden_layers": 8}
+# Jamba pattern at tiny scale: 8 layers, one attention layer (index 4) per 7 Mamba layers, MoE every other layer.
+TINY_JAMBA = {
+    "model_type": "jamba",
+    **_TINY_WIDTH,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "attn_layer_period": 8,
+    "attn_layer_offset": 4,
+    "expert_layer_period": 2,
+    "expert_layer_offset": 1,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "mamba_d_state": 8,
+    "mamba_d_conv": 4,
+    "mamba_expand": 2,
+    "mamba_dt_rank": 8,
+}
+TINY_MAMBA2 = {
+    "model_type": "mamba2",
+    **_TINY_WIDTH,
+    "num_heads": 8,
+    "head_dim": 16,
+    "expand": 2,
+    "state_size": 16,
+    "n_groups": 1,
+    "conv_kernel": 4,
+    "chunk_size": 16,
+}
+# The baseline: a plain transformer of the same width and depth as the tiny Jamba.
+TINY_LLAMA = {
+    "model_type": "llama",
+    **_TINY_WIDTH,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named configuration; `tiny` ones come with the embedded tokenizer and a ready processor."""
+
+    description: str
+    vision_config: dict[str, Any]
+    text_config: dict[str, Any]
+    tiny: bool
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "jamba-llava-tiny": Preset(
+        "LongLLaVA/MMJamba-shaped: CLIP tower, mlp2x_gelu, Jamba LM (attention:Mamba 1:7, MoE every other layer)",
+        TINY_CLIP,
+        TINY_JAMBA,
+        tiny=True,
+    ),
+    "mamba2-llava-tiny": Preset("LLaVA with a Mamba-2 language model", TINY_CLIP, TINY_MAMBA2, tiny=True),
+    "llava-tiny": Preset(
+        "Pure-transformer LLaVA baseline, same width and depth as jamba-llava-tiny", TINY_CLIP, TINY_LLAMA, tiny=True
+    ),
+    "longllava-a13b": Preset(
+        "LongLLaVA-A13B: CLIP ViT-L/14-336 + Jamba-v0.1 (52B total, 13B active)", CLIP_VIT_L_336, JAMBA_V01, tiny=False
+    ),
+    "longllava-9b": Preset(
+        "LongLLaVA-9B: CLIP ViT-L/14-336 + Jamba with only expert 0 kept in each MoE layer",
+        CLIP_VIT_L_336,
+        {**JAMBA_V01, "num_experts": 1, "num_experts_per_tok": 1},
+        tiny=False,
+    ),
+    "mmjamba-52b": Preset(
+        "MMJamba: CLIP ViT-L/14-336 + Jamba-v0.1 (AnyRes with up to 4 tiles comes with the processor issue)",
+        CLIP_VIT_L_336,
+        JAMBA_V01,
+        tiny=False,
+    ),
+}
+
+
+def list_presets() -> dict[str, str]:
+    """Preset names and what each one is."""
+    return {name: preset.description for name, preset in PRESETS.items()}
+
+
+def _get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset '{name}'. Available presets: {', '.join(PRESETS)}.")
+    return PRESETS[name]
+
+
+def preset_config(name: str, **overrides: Any) -> HybridVLMConfig:
+    """The `HybridVLMConfig` of a preset. `text_config=`/`vision_config=` dicts update the sub-configs' fields;
+    other keywords set top-level config fields."""
+    preset = _get_preset(name)
+    vision = copy.deepcopy(preset.vision_config)
+    text = copy.deepcopy(preset.text_config)
+    for key, target in (("vision_config", vision), ("text_config", text)):
+        update = overrides.pop(key, None)
+        if update is not None:
+            if not isinstance(update, dict):
+                raise TypeError(f"{key} override must be a dict of fields to change, got {type(update).__name__}.")
+            if "model_type" in update and update["model_type"] != target["model_type"]:
+                target.clear()
+            target.update(update)
+    options = {**preset.options, **overrides}
+    if preset.tiny:
+        from .tokenization_utils import load_tiny_tokenizer
+
+        tokenizer = load_tiny_tokenizer()
+        text.setdefault("vocab_size", len(tokenizer))
+        text.setdefault("pad_token_id", tokenizer.pad_token_id)
+        text.setdefault("bos_token_id", tokenizer.bos_token_id)
+        text.setdefault("eos_token_id", tokenizer.eos_token_id)
+        options.setdefault("image_token_id", tokenizer.convert_tokens_to_ids("<image>"))
+        options.setdefault("video_token_id", tokenizer.convert_tokens_to_ids("<video>"))
+    return HybridVLMConfig(vision_config=vision, text_config=text, **options)
+
+
+def from_preset(
+    name: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    seed: int | None = 0,
+    **overrides: Any,
+) -> tuple[Any, Any]:
+    """Build `(model, processor)` for a preset with random weights.
+
+    Tiny presets return a processor around the embedded tokenizer. Full-size presets must be built with
+    `device="meta"` (no memory is allocated; use it to read shapes and `model.num_parameters()`), and return no
+    processor: their tokenizer comes with real checkpoints.
+    """
+    from .modeling_hybrid_vlm import HybridVLMForConditionalGeneration
+
+    preset = _get_preset(name)
+    config = preset_config(name, **overrides)
+    device = torch.device(device) if device is not None else None
+    if not preset.tiny and (device is None or device.type != "meta"):
+        raise ValueError(
+            f"Preset '{name}' is full size; building it with random weights would allocate the whole model. "
+            f"Pass device='meta' to inspect it, or load real weights with from_pretrained."
+        )
+    if seed is not None and (device is None or device.type != "meta"):
+        torch.manual_seed(seed)
+    if device is not None and device.type == "meta":
+        with torch.device("meta"):
+            model = HybridVLMForConditionalGeneration(config)
+    else:
+        model = HybridVLMForConditionalGeneration(config)
+        if device is not None:
+            model.to(device)
+    if dtype is not None:
+        model.to(dtype)
+    model.eval()
+    processor = None
+    if preset.tiny:
+        from .processing_hybrid_vlm import HybridVLMProcessor
+        from .tokenization_utils import load_tiny_tokenizer
+
+        processor = HybridVLMProcessor.from_model_config(config, load_tiny_tokenizer())
+        model.generation_config = _tiny_generation_config(config)
+    return model, processor
+
+
+def _tiny_generation_config(config: HybridVLMConfig) -> GenerationConfig:
+    """Greedy, short, and never emitting a visual placeholder (it would break the next turn's image count)."""
+    text = config.text_config
+    placeholders = [i for i in (config.image_token_id, config.video_token_id) if i is not None]
+    return GenerationConfig(
+        max_new_tokens=20,
+        do_sample=False,
+        bos_token_id=text.bos_token_id,
+        eos_token_id=text.eos_token_id,
+        pad_token_id=text.pad_token_id,
+        suppress_tokens=placeholders or None,
+    )

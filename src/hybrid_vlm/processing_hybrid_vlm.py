@@ -1,0 +1,649 @@
+"""HybridVLMProcessor: tokenizer + image processor, with `<image>` placeholders expanded to the model's token count.
+
+The number of tokens an image becomes comes from `token_counts.count_image_tokens`, the same function the model uses
+to check its features, so processor and model cannot disagree (DESIGN 5.4). Truncation that would cut into visual
+tokens is an error here, with the numbers, instead of a shape mismatch deep inside the model (DESIGN 5.3).
+
+One class serves transformers 4.57 and 5.x. The two `ProcessorMixin`s differ in how they find the sub-processors
+(4.x: the `attributes` list and `*_class` names; 5.x: the parameter names of `__init__`) and in how they save
+(4.x: `preprocessor_config.json` next to `processor_config.json`; 5.x: one nested `processor_config.json`);
+`save_pretrained` writes a folder with both, and tokenizer files both lines read.
+
+Extension points for the next issues: `replace_image_token` (AnyRes tiles, `<img>...</img>` layout markers) and
+`_expand_videos` (the video path).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import transformers
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
+from transformers.processing_utils import ImagesKwargs, ProcessorMixin
+from transformers.utils import logging
+
+from .configuration_hybrid_vlm import FEATURE_SELECT_STRATEGIES, HybridVLMConfig
+from .image_processing_hybrid_vlm import HybridVLMImageProcessor
+from .token_counts import VisualTokenSpec, count_image_tokens
+from .tokenization_utils import IMAGE_TOKEN, make_tokenizer_files_portable
+
+logger = logging.get_logger(__name__)
+
+_IS_TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
+_NAME = "HybridVLMProcessor"
+_IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
+
+# Keyword arguments of the tokenizer's __call__ that the processor forwards (both transformers lines accept them).
+_TOKENIZER_KWARGS = frozenset(
+    {
+        "add_special_tokens",
+        "padding",
+        "truncation",
+        "max_length",
+        "stride",
+        "pad_to_multiple_of",
+        "padding_side",
+        "return_attention_mask",
+        "return_token_type_ids",
+        "return_overflowing_tokens",
+        "return_special_tokens_mask",
+        "return_offsets_mapping",
+        "return_length",
+        "verbose",
+    }
+)
+# Options the processor itself implements on top of the tokenizer (transformers 5's names).
+_PROCESSOR_TEXT_OPTIONS = frozenset({"return_text_replacement_offsets", "return_mm_token_type_ids"})
+# Accepted and ignored: apply_chat_template of either line may pass these; they mean nothing without audio/video.
+_IGNORED_KWARGS = frozenset({"sanitize_control_tokens", "sampling_rate", "load_audio_backend", "do_sample_frames"})
+# Nested per-modality dicts, as transformers processors accept them (`common_kwargs` is 4.x's shared dict).
+_NESTED_KWARGS = ("text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs", "common_kwargs")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _is_single_image(item: Any) -> bool:
+    """What the image processor treats as one image (a 4-D array or tensor is a batch of them)."""
+    if isinstance(item, (np.ndarray, torch.Tensor)):
+        return item.ndim in (2, 3)
+    return not isinstance(item, (list, tuple))
+
+
+def _image_items(item: Any) -> list[Any]:
+    """One user-level item -> the images it contains (a 4-D array/tensor holds several)."""
+    if isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 4:
+        return list(item)
+    return [item]
+
+
+def _flatten_sample_images(images: Any, num_samples: int) -> tuple[list[Any], list[list[Any]] | None]:
+    """Flat list of images, and the per-sample lists when `images` was nested (one list per text)."""
+    if images is None:
+        return [], None
+    if _is_single_image(images) or isinstance(images, (np.ndarray, torch.Tensor)):
+        return _image_items(images), None
+    items = list(images)
+    nested = [isinstance(item, (list, tuple)) for item in items]
+    if any(nested) and not all(nested):
+        raise ValueError(
+            f"{_NAME}: `images` mixes single images and lists. Pass either a flat list of images or one list of "
+            "images per text sample (use [] for a sample without images)."
+        )
+    if items and all(nested):
+        if len(items) != num_samples:
+            raise ValueError(
+                f"{_NAME}: `images` holds {len(items)} per-sample image lists but there are {num_samples} text "
+                "sample(s). Pass one list per text (use [] for a sample without images)."
+            )
+        per_sample = [[image for item in sample for image in _image_items(item)] for sample in items]
+        return [image for sample in per_sample for image in sample], per_sample
+    return [image for item in items for image in _image_items(item)], None
+
+
+def _map_offsets_to_input(
+    offsets: Sequence[Sequence[int]], replacements: list[dict[str, Any]]
+) -> list[tuple[int, int]]:
+    """Token offsets into the expanded text -> offsets into the caller's text.
+
+    Every token of an expanded placeholder maps to the placeholder's own span; other positions shift back by the
+    characters the expansions before them added.
+    """
+    if not replacements:
+        return [(int(s), int(e)) for s, e in offsets]
+    new_starts = [r["new_span"][0] for r in replacements]
+    new_ends = [r["new_span"][1] for r in replacements]
+    gained = [0]
+    for r in replacements:
+        gained.append(gained[-1] + (r["new_span"][1] - r["new_span"][0]) - (r["span"][1] - r["span"][0]))
+
+    def inside(pos: int) -> int | None:
+        k = bisect.bisect_right(new_starts, pos) - 1
+        return k if k >= 0 and pos < new_ends[k] else None
+
+    mapped = []
+    for start, end in offsets:
+        start, end = int(start), int(end)
+        k = inside(start)
+        if k is not None:
+            mapped.append(tuple(replacements[k]["span"]))
+            continue
+        k_end = inside(end - 1) if end > start else None
+        new_end = replacements[k_end]["span"][1] if k_end is not None else end - gained[bisect.bisect_right(new_ends, end)]
+        mapped.append((start - gained[bisect.bisect_right(new_ends, start)], new_end))
+    return mapped
+
+
+class HybridVLMProcessor(ProcessorMixin):
+    r"""
+    Tokenizer and image processor of a HybridVLM model.
+
+    `__call__` turns prompts with one `<image>` placeholder per image into `input_ids` where each placeholder is
+    expanded to as many image tokens as the model produces features for that image (`count_image_tokens`), plus
+    `pixel_values` and `image_sizes` from the image processor.
+
+    Args:
+        image_processor: the image processor (a [`HybridVLMImageProcessor`] normally).
+        tokenizer: a tokenizer that has `image_token` as a single, never-split token.
+        patch_size: the vision encoder's patch size.
+        num_prefix_tokens: tokens the encoder emits before its patch grid (CLS, registers).
+        vision_feature_select_strategy: `"default"` (patch tokens only) or `"full"`, as in the model config.
+        image_token: the placeholder string for one image in prompts.
+        chat_template: Jinja chat template; defaults to the tokenizer's.
+
+    Use [`HybridVLMProcessor.from_model_config`] to fill the token-count settings from a model config.
+    """
+
+    # transformers 4.x finds sub-processors through these; 5.x reads `__init__`'s parameters and warns about
+    # `*_class` attributes, so they are only declared on 4.x.
+    if not _IS_TRANSFORMERS_5:
+        attributes: ClassVar[list[str]] = ["image_processor", "tokenizer"]
+        image_processor_class = "AutoImageProcessor"
+        tokenizer_class = "AutoTokenizer"
+
+    def __init__(
+        self,
+        image_processor: BaseImageProcessor | None = None,
+        tokenizer: Any = None,
+        patch_size: int | None = None,
+        num_prefix_tokens: int | None = None,
+        vision_feature_select_strategy: str = "default",
+        image_token: str = IMAGE_TOKEN,
+        chat_template: str | dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if image_processor is None or tokenizer is None:
+            raise ValueError(f"{_NAME} needs both an image_processor and a tokenizer.")
+        if patch_size is None or num_prefix_tokens is None:
+            raise ValueError(
+                f"{_NAME} needs patch_size and num_prefix_tokens to count image tokens; build it with "
+                f"{_NAME}.from_model_config(config, tokenizer), which takes them from the model config."
+            )
+        for name, value, low in (("patch_size", patch_size, 1), ("num_prefix_tokens", num_prefix_tokens, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{_NAME}: {name} must be an int >= {low}, got {value!r}.")
+        if vision_feature_select_strategy not in FEATURE_SELECT_STRATEGIES:
+            raise ValueError(
+                f"{_NAME}: unknown vision_feature_select_strategy {vision_feature_select_strategy!r}; use one of "
+                f"{list(FEATURE_SELECT_STRATEGIES)}."
+            )
+        # Keys transformers itself may put into a saved processor config; nothing else is silently accepted.
+        for key in ("processor_class", "auto_map", "_processor_class"):
+            kwargs.pop(key, None)
+        if kwargs:
+            raise TypeError(f"{_NAME}.__init__ got unexpected keyword argument(s) {sorted(kwargs)}.")
+
+        image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        if image_token_id is None or image_token_id == tokenizer.unk_token_id:
+            raise ValueError(
+                f"{_NAME}: the tokenizer does not know the image token {image_token!r}. Add it as a special token "
+                "(tokenizer.add_special_tokens) and resize the model's embeddings."
+            )
+        if tokenizer.encode(image_token, add_special_tokens=False) != [image_token_id]:
+            raise ValueError(
+                f"{_NAME}: the tokenizer splits {image_token!r} into several tokens; it must be one special token."
+            )
+        self.patch_size = patch_size
+        self.num_prefix_tokens = num_prefix_tokens
+        self.vision_feature_select_strategy = vision_feature_select_strategy
+        self.image_token = image_token
+        self.image_token_id = image_token_id
+        if chat_template is None:
+            chat_template = getattr(tokenizer, "chat_template", None)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+
+    @classmethod
+    def from_model_config(
+        cls,
+        config: HybridVLMConfig,
+        tokenizer: Any,
+        image_processor: BaseImageProcessor | None = None,
+        **kwargs: Any,
+    ) -> HybridVLMProcessor:
+        """The processor that matches `config`: token-count settings from the same spec the model derives."""
+        spec = VisualTokenSpec.from_config(config)
+        if image_processor is None:
+            image_processor = HybridVLMImageProcessor.from_vision_config(config.vision_config)
+        processor = cls(
+            image_processor,
+            tokenizer,
+            patch_size=spec.patch_size,
+            num_prefix_tokens=spec.num_prefix_tokens,
+            vision_feature_select_strategy=spec.vision_feature_select_strategy,
+            **kwargs,
+        )
+        config_id = getattr(config, "image_token_id", None)
+        if config_id is not None and config_id != processor.image_token_id:
+            raise ValueError(
+                f"{_NAME}: the tokenizer gives {processor.image_token!r} the id {processor.image_token_id} but the "
+                f"model config has image_token_id={config_id}. Set config.image_token_id to "
+                f"{processor.image_token_id} (or use the tokenizer the model was trained with)."
+            )
+        return processor
+
+    # ------------------------------------------------------------------ token counts
+
+    @property
+    def visual_token_spec(self) -> VisualTokenSpec:
+        return VisualTokenSpec(self.patch_size, self.num_prefix_tokens, self.vision_feature_select_strategy)
+
+    def num_image_tokens(self, height: int, width: int) -> int:
+        """Image tokens for one image of `height` x `width` pixels as fed to the encoder."""
+        return count_image_tokens(self.visual_token_spec, int(height), int(width))
+
+    def replace_image_token(self, image_inputs: dict[str, Any], image_idx: int, **kwargs: Any) -> str:
+        """The text that stands for image `image_idx` in the prompt (transformers 5's hook name).
+
+        Single resolution: the image token repeated once per visual feature. AnyRes and layout markers override this.
+        """
+        pixel_values = image_inputs["pixel_values"]
+        height, width = pixel_values[image_idx].shape[-2:]
+        return self.image_token * self.num_image_tokens(height, width)
+
+    def _get_num_multimodal_tokens(self, image_sizes: Iterable[Sequence[int]] | None = None, **kwargs: Any) -> Any:
+        """Tokens per image for original (height, width) sizes, without processing pixels (vLLM asks for this)."""
+        from transformers.processing_utils import MultiModalData
+
+        if image_sizes is None:
+            return MultiModalData()
+        counts = []
+        for height, width in image_sizes:
+            if hasattr(self.image_processor, "output_image_size"):
+                height, width = self.image_processor.output_image_size(int(height), int(width))
+            counts.append(self.num_image_tokens(height, width))
+        return MultiModalData(num_image_tokens=counts, num_image_patches=[1] * len(counts))
+
+    # ------------------------------------------------------------------ __call__
+
+    def __call__(
+        self,
+        images: Any = None,
+        text: str | list[str] | None = None,
+        videos: Any = None,
+        return_tensors: str | None = None,
+        padding: bool | str | None = None,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Tokenize `text` with every `<image>` expanded, and process `images`.
+
+        Args:
+            images: one image, a flat list of images (taken in placeholder order across the batch), or one list of
+                images per text sample. PIL images, arrays, tensors or local paths.
+            text: a prompt or a list of prompts, with one `<image>` where each image goes.
+            videos: not supported yet.
+            return_tensors: `"pt"`, `"np"` or None (lists).
+            padding, truncation, max_length: as for the tokenizer (padding defaults to False, on the tokenizer's
+                padding side). Truncation that would cut an image's tokens raises a ValueError.
+            **kwargs: image processor options (`do_resize`, `size`, ...) and tokenizer options (`padding_side`,
+                `add_special_tokens`, `return_offsets_mapping`, ...), flat or as `images_kwargs` / `text_kwargs`.
+                `return_offsets_mapping=True` gives character spans into the text as passed (each image token spans
+                its `<image>`); with `return_text_replacement_offsets=True` as well, the spans index the expanded text
+                and `text_replacement_offsets` lists the expansions (transformers 5's convention).
+
+        Returns:
+            `BatchFeature` with `input_ids`, `attention_mask` and, when images were given, `pixel_values` and
+            `image_sizes`.
+        """
+        audio = kwargs.pop("audio", None)
+        if audio is not None:
+            raise ValueError(f"{_NAME} does not take audio.")
+        explicit = {"return_tensors": return_tensors, "padding": padding, "truncation": truncation}
+        explicit["max_length"] = max_length
+        text_kwargs, image_kwargs, options = self._split_kwargs(kwargs, explicit)
+        if videos is not None:
+            self._expand_videos(videos, options)
+
+        if text is None:
+            if images is not None:
+                raise ValueError(
+                    f"{_NAME} got images but no text. Pass a prompt with one {self.image_token} placeholder per image, "
+                    f"e.g. text='{self.image_token}\\nDescribe the image.'"
+                )
+            raise ValueError(f"{_NAME} needs text (and optionally images).")
+        texts = self._text_batch(text)
+        flat_images, per_sample = _flatten_sample_images(images, len(texts))
+        placeholder_counts = [sample.count(self.image_token) for sample in texts]
+        self._check_placeholders(placeholder_counts, flat_images, per_sample)
+
+        image_inputs: dict[str, Any] = {}
+        replacements: list[str] = []
+        if flat_images:
+            image_inputs = dict(self.image_processor(flat_images, **image_kwargs))
+            replacements = [self.replace_image_token(image_inputs, i) for i in range(len(flat_images))]
+        expanded, replacement_offsets = self._expand_placeholders(texts, replacements)
+
+        want_offsets = bool(text_kwargs.get("return_offsets_mapping"))
+        encoding = self.tokenizer(expanded, **text_kwargs)
+        input_ids = [list(row) for row in encoding["input_ids"]]
+        self._check_visual_tokens(input_ids, expanded, texts, text_kwargs)
+
+        data: dict[str, Any] = dict(encoding)
+        if want_offsets and not options["return_text_replacement_offsets"]:
+            data["offset_mapping"] = [
+                _map_offsets_to_input(offsets, replacement_offsets[i])
+                for i, offsets in enumerate(encoding["offset_mapping"])
+            ]
+        if options["return_mm_token_type_ids"]:
+            data["mm_token_type_ids"] = [[int(t == self.image_token_id) for t in row] for row in input_ids]
+        data.update(image_inputs)
+        output = BatchFeature(data=data, tensor_type=options["return_tensors"])
+        if options["return_text_replacement_offsets"]:
+            # Added after tensor conversion: a list of dicts per sample, never a tensor.
+            output["text_replacement_offsets"] = replacement_offsets
+        return output
+
+    def _image_kwarg_names(self) -> set[str]:
+        """Per-call options the image processor takes (its declared kwargs and saved parameters)."""
+        names = set(getattr(getattr(self.image_processor, "valid_kwargs", None), "__annotations__", {}))
+        names |= set(ImagesKwargs.__annotations__) | set(getattr(self.image_processor, "_param_names", ()))
+        return names - {"return_tensors"}
+
+    def _split_kwargs(
+        self, kwargs: dict[str, Any], explicit: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Route flat and nested keyword arguments to the tokenizer, the image processor or the processor itself.
+
+        Returns (tokenizer kwargs, image processor kwargs, processor options). A key given both flat and nested with
+        different values is an error, as in transformers' processors.
+        """
+        nested = {name: dict(kwargs.pop(name, None) or {}) for name in _NESTED_KWARGS}
+        if nested["audio_kwargs"]:
+            raise ValueError(f"{_NAME} does not take audio; got audio_kwargs={nested['audio_kwargs']}.")
+        image_keys = self._image_kwarg_names()
+        options: dict[str, Any] = {name: False for name in _PROCESSOR_TEXT_OPTIONS}
+        options["return_tensors"] = None
+        text_kwargs: dict[str, Any] = {}
+        image_kwargs = {k: v for k, v in nested["images_kwargs"].items() if k != "return_tensors"}
+        nested_text = {**nested["common_kwargs"], **nested["text_kwargs"]}
+        for key, value in nested_text.items():
+            (options if key in options else text_kwargs)[key] = value
+
+        flat = {key: value for key, value in explicit.items() if value is not None}
+        flat.update(kwargs)
+        unknown = []
+        for key, value in flat.items():
+            if key in options or key in _TOKENIZER_KWARGS:
+                target, source, name = (options if key in options else text_kwargs), nested_text, "text_kwargs"
+            elif key in image_keys:
+                target, source, name = image_kwargs, nested["images_kwargs"], "images_kwargs"
+            else:
+                if key not in _IGNORED_KWARGS:
+                    unknown.append(key)
+                continue
+            if key in source and source[key] != value:
+                raise TypeError(f"{_NAME}: `{key}` was passed both as a keyword and in {name}, with different values.")
+            target[key] = value
+        if unknown:
+            logger.warning(f"{_NAME}: ignoring unknown keyword argument(s) {sorted(unknown)}.")
+        options["videos_kwargs"] = nested["videos_kwargs"]
+
+        text_kwargs.setdefault("padding", False)
+        # 4.x tokenizers also return token_type_ids; the model has no use for them.
+        text_kwargs.setdefault("return_token_type_ids", False)
+        if text_kwargs.get("return_overflowing_tokens"):
+            raise ValueError(
+                f"{_NAME}: return_overflowing_tokens would split prompts across rows and separate image tokens from "
+                "their pixels; raise max_length instead."
+            )
+        if str(image_kwargs.get("data_format") or "channels_first") not in ("channels_first", "ChannelDimension.FIRST"):
+            raise ValueError(f"{_NAME}: the model takes channels-first pixel_values; drop data_format.")
+        return text_kwargs, image_kwargs, options
+
+    def _text_batch(self, text: Any) -> list[str]:
+        if isinstance(text, str):
+            return [text]
+        if isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text):
+            if not text:
+                raise ValueError(f"{_NAME}: got an empty list of texts.")
+            return list(text)
+        raise TypeError(f"{_NAME}: text must be a string or a list of strings, got {type(text).__name__}.")
+
+    def _check_placeholders(
+        self, counts: list[int], flat_images: list[Any], per_sample: list[list[Any]] | None
+    ) -> None:
+        """One placeholder per image, per sample when the images came per sample, else in total."""
+        token = self.image_token
+        hint = (
+            f"Put one {token} in the text where each image goes (apply_chat_template does this for "
+            '{"type": "image"} blocks), or pass exactly the images the text refers to.'
+        )
+        if per_sample is not None:
+            for index, (count, sample_images) in enumerate(zip(counts, per_sample)):
+                if count != len(sample_images):
+                    raise ValueError(
+                        f"{_NAME}: sample {index} has {count} {token} placeholder(s) in its text but "
+                        f"{len(sample_images)} image(s) were given for it. {hint}"
+                    )
+            return
+        total = sum(counts)
+        if total != len(flat_images):
+            if not flat_images:
+                raise ValueError(
+                    f"{_NAME}: the text has {total} {token} placeholder(s) (per sample: {counts}) but no images were "
+                    f"given. Pass images=..., or remove the placeholders."
+                )
+            raise ValueError(
+                f"{_NAME}: the text has {total} {token} placeholder(s) (per sample: {counts}) but {len(flat_images)} "
+                f"image(s) were given. {hint}"
+            )
+
+    def _expand_placeholders(
+        self, texts: list[str], replacements: list[str]
+    ) -> tuple[list[str], list[list[dict[str, Any]]]]:
+        """Replace the i-th placeholder of the batch by `replacements[i]`; record where (5.x offset format)."""
+        token = self.image_token
+        pending = iter(replacements)
+        expanded: list[str] = []
+        all_offsets: list[list[dict[str, Any]]] = []
+        for sample in texts:
+            pieces: list[str] = []
+            offsets: list[dict[str, Any]] = []
+            last = new_length = 0
+            start = sample.find(token) if replacements else -1
+            while start != -1:
+                end = start + len(token)
+                replacement = next(pending)
+                pieces.append(sample[last:start])
+                new_start = new_length + (start - last)
+                offsets.append(
+                    {
+                        "type": "image",
+                        "span": (start, end),
+                        "new_span": (new_start, new_start + len(replacement)),
+                        "text": token,
+                        "replacement": replacement,
+                    }
+                )
+                pieces.append(replacement)
+                new_length = new_start + len(replacement)
+                last = end
+                start = sample.find(token, end)
+            pieces.append(sample[last:])
+            expanded.append("".join(pieces))
+            all_offsets.append(offsets)
+        return expanded, all_offsets
+
+    def _check_visual_tokens(
+        self, input_ids: list[list[int]], expanded: list[str], texts: list[str], text_kwargs: dict[str, Any]
+    ) -> None:
+        """Every sample must still hold all its image tokens after tokenization; truncation must not cut them."""
+        for index, (ids, sample) in enumerate(zip(input_ids, expanded)):
+            expected = sample.count(self.image_token)
+            found = ids.count(self.image_token_id)
+            if found == expected:
+                continue
+            num_images = texts[index].count(self.image_token)
+            if text_kwargs.get("truncation") not in (None, False, "do_not_truncate"):
+                untruncated = {k: v for k, v in text_kwargs.items() if k not in ("truncation", "max_length", "padding")}
+                needed = len(self.tokenizer(sample, **untruncated)["input_ids"])
+                limit = text_kwargs.get("max_length") or self.tokenizer.model_max_length
+                raise ValueError(
+                    f"{_NAME}: truncation to max_length={limit} would cut visual tokens of sample {index}: it keeps "
+                    f"{found} of its {expected} image tokens ({num_images} image(s)); the sample needs {needed} "
+                    "tokens. Raise max_length to at least that, drop images from this sample, or disable truncation."
+                )
+            raise ValueError(
+                f"{_NAME}: sample {index} should hold {expected} image tokens (id {self.image_token_id}) after "
+                f"tokenization but holds {found}. Does the text contain the image token in another form?"
+            )
+
+    def _expand_videos(self, videos: Any, options: dict[str, Any]) -> None:
+        """The video path (frame sampling, `<video>` expansion) slots in here."""
+        raise NotImplementedError(
+            f"{_NAME} does not process videos yet; pass frames as images with one {self.image_token} each."
+        )
+
+    # ------------------------------------------------------------------ chat template
+
+    def apply_chat_template(
+        self, conversation: Any, chat_template: str | None = None, **kwargs: Any
+    ) -> str | list[str] | BatchFeature | Any:
+        """transformers' `apply_chat_template`, plus images given separately and 4.x's string-content crash fixed.
+
+        `images=`: images for `{"type": "image"}` blocks that carry none, in order (one list per conversation for a
+        batch, or a flat list). Everything else is the parent's: content blocks with an `"image"` (or url/path) key
+        supply the images, `tokenize=True, return_dict=True` returns this processor's `__call__` output, and
+        `return_assistant_tokens_mask=True` marks assistant tokens (the offsets `__call__` returns keep that right with
+        expanded image tokens on both lines).
+        """
+        images = kwargs.pop("images", None)
+        tokenize = bool(kwargs.get("tokenize", False))
+        if images is not None or (tokenize and not _IS_TRANSFORMERS_5):
+            conversation = _prepare_conversations(conversation, images, blocks_for_strings=not _IS_TRANSFORMERS_5)
+        if _IS_TRANSFORMERS_5 and tokenize:
+            # 5.x routes unknown kwargs to __call__ anyway, but warns on every call (TRL's collator passes padding=).
+            processor_kwargs = dict(kwargs.pop("processor_kwargs", None) or {})
+            known = _TOKENIZER_KWARGS | _PROCESSOR_TEXT_OPTIONS | self._image_kwarg_names() | set(_NESTED_KWARGS)
+            for key in [k for k in kwargs if k in known]:
+                if key in processor_kwargs:
+                    raise TypeError(f"{_NAME}: `{key}` was passed both as a keyword and in processor_kwargs.")
+                processor_kwargs[key] = kwargs.pop(key)
+            kwargs["processor_kwargs"] = processor_kwargs
+        return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+
+    # ------------------------------------------------------------------ decoding, names, saving
+
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args: Any, **kwargs: Any) -> str:
+        return self.tokenizer.decode(*args, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        """What `__call__` returns for the model: the tokenizer's names (no token_type_ids) and the image inputs."""
+        names = [n for n in self.tokenizer.model_input_names if n != "token_type_ids"]
+        names += list(getattr(self.image_processor, "model_input_names", ["pixel_values"])) + ["image_sizes"]
+        return list(dict.fromkeys(names))
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], push_to_hub: bool = False, **kwargs: Any) -> Any:
+        """Save a folder that `AutoProcessor.from_pretrained` loads on transformers 4.57 and 5.x alike.
+
+        On top of the parent's files: tokenizer files rewritten to what both lines read, and the image processor
+        also in `preprocessor_config.json` (5.x nests it in `processor_config.json` only).
+        """
+        hub_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in ("repo_id", "commit_message", "token", "private")}
+        files = super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
+        directory = Path(save_directory)
+        make_tokenizer_files_portable(directory)
+        image_processor_file = directory / _IMAGE_PROCESSOR_FILE
+        if not image_processor_file.exists():
+            if hasattr(self.image_processor, "_set_processor_class"):  # 4.x records it; 5.x has no such method
+                self.image_processor._set_processor_class(self.__class__.__name__)
+            _write_text_atomic(image_processor_file, self.image_processor.to_json_string())
+        if push_to_hub:
+            # push_to_hub saves again through this method into a temporary folder, so the upload is portable too.
+            repo_id = hub_kwargs.pop("repo_id", None) or directory.resolve().name
+            self.push_to_hub(repo_id, **hub_kwargs)
+        return files
+
+
+def _copy_conversation(conversation: list[dict[str, Any]], blocks_for_strings: bool) -> list[dict[str, Any]]:
+    """Copies of the messages (the caller's dicts are never modified); optionally string content -> a text block."""
+    copied = []
+    for message in conversation:
+        message = dict(message)
+        content = message.get("content")
+        if isinstance(content, str) and blocks_for_strings:
+            message["content"] = [{"type": "text", "text": content}]
+        elif isinstance(content, (list, tuple)):
+            message["content"] = [dict(block) if isinstance(block, dict) else block for block in content]
+        copied.append(message)
+    return copied
+
+
+def _prepare_conversations(conversation: Any, images: Any, blocks_for_strings: bool) -> Any:
+    """Put separately given images into the image blocks that carry none; keep the batched/single shape."""
+    is_batched = isinstance(conversation, (list, tuple)) and bool(conversation) and (
+        isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "content")
+    )
+    conversations = [_copy_conversation(c, blocks_for_strings) for c in (conversation if is_batched else [conversation])]
+    if images is not None:
+        bare = [
+            [
+                block
+                for message in conv
+                for block in (message.get("content") if isinstance(message.get("content"), list) else [])
+                if isinstance(block, dict)
+                and block.get("type") == "image"
+                and not any(key in block for key in ("image", "url", "path", "base64"))
+            ]
+            for conv in conversations
+        ]
+        flat, per_conversation = _flatten_sample_images(images, len(conversations))
+        groups = per_conversation if per_conversation is not None else [flat]
+        targets = bare if per_conversation is not None else [[b for blocks in bare for b in blocks]]
+        for index, (blocks, given) in enumerate(zip(targets, groups)):
+            if len(blocks) != len(given):
+                where = f"conversation {index}" if per_conversation is not None else "the conversation(s)"
+                raise ValueError(
+                    f"{_NAME}: {where} has {len(blocks)} image block(s) without image data but {len(given)} image(s) "
+                    'were passed with images=. Give one image per {"type": "image"} block.'
+                )
+            for block, image in zip(blocks, given):
+                block["image"] = image
+    return conversations if is_batched else conversations[0]
+
+
+__all__ = ["HybridVLMProcessor"]

@@ -1,0 +1,35 @@
+"""Registration with transformers' Auto classes (called on import)."""
+
+from __future__ import annotations
+
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+)
+
+from .configuration_hybrid_vlm import HybridVLMConfig
+from .image_processing_hybrid_vlm import HybridVLMImageProcessor
+from .modeling_hybrid_vlm import HybridVLMForConditionalGeneration, HybridVLMModel
+from .processing_hybrid_vlm import HybridVLMProcessor
+
+
+def register_auto_classes() -> None:
+    """Make `Auto*.from_pretrained` return our classes for `model_type: hybrid_vlm`. Safe to call twice."""
+    AutoConfig.register(HybridVLMConfig.model_type, HybridVLMConfig, exist_ok=True)
+    AutoModel.register(HybridVLMConfig, HybridVLMModel, exist_ok=True)
+    # The ImageTextToText and Vision2Seq mappings are separate objects: register both (Vision2Seq is gone in 5.x).
+    AutoModelForImageTextToText.register(HybridVLMConfig, HybridVLMForConditionalGeneration, exist_ok=True)
+    vision2seq = getattr(transformers, "AutoModelForVision2Seq", None)
+    if vision2seq is not None:
+        vision2seq.register(HybridVLMConfig, HybridVLMForConditionalGeneration, exist_ok=True)
+    # TRL falls back to AutoModelForCausalLM when it is given a model path.
+    AutoModelForCausalLM.register(HybridVLMConfig, HybridVLMForConditionalGeneration, exist_ok=True)
+    AutoImageProcessor.register(
+        HybridVLMConfig, slow_image_processor_class=HybridVLMImageProcessor, exist_ok=True
+    )
+    AutoProcessor.register(HybridVLMConfig, HybridVLMProcessor, exist_ok=True)

@@ -1,0 +1,82 @@
+"""Write the package's modules next to a checkpoint so it loads with `trust_remote_code=True` without hybrid_vlm.
+
+transformers' `register_for_auto_class` records one Auto class per object; a HybridVLM checkpoint must answer to
+ImageTextToText, Vision2Seq (transformers 4.x) and CausalLM (TRL's fallback), so we write `auto_map` ourselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from transformers.dynamic_module_utils import get_relative_import_files
+
+PACKAGE_DIR = Path(__file__).parent
+
+MODEL_AUTO_MAP = {
+    "AutoConfig": "configuration_hybrid_vlm.HybridVLMConfig",
+    "AutoModel": "modeling_hybrid_vlm.HybridVLMModel",
+    "AutoModelForImageTextToText": "modeling_hybrid_vlm.HybridVLMForConditionalGeneration",
+    "AutoModelForVision2Seq": "modeling_hybrid_vlm.HybridVLMForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_hybrid_vlm.HybridVLMForConditionalGeneration",
+}
+PROCESSOR_AUTO_MAP = {
+    "AutoProcessor": "processing_hybrid_vlm.HybridVLMProcessor",
+    "AutoImageProcessor": "image_processing_hybrid_vlm.HybridVLMImageProcessor",
+}
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON so a crash never leaves a half-written file where a good one was."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _copy_modules(entry_modules: list[str], save_directory: Path) -> list[str]:
+    """Copy the given modules and everything they import relatively."""
+    files: set[Path] = set()
+    for module in entry_modules:
+        module_file = PACKAGE_DIR / f"{module}.py"
+        files.add(module_file)
+        files.update(Path(f) for f in get_relative_import_files(str(module_file)))
+    for file in sorted(files):
+        shutil.copyfile(file, save_directory / file.name)
+    return sorted(f.name for f in files)
+
+
+def _add_auto_map(json_path: Path, auto_map: dict[str, str]) -> None:
+    data = json.loads(json_path.read_text(encoding="utf-8"))
+    data["auto_map"] = {**(data.get("auto_map") or {}), **auto_map}
+    write_json_atomic(json_path, data)
+
+
+def write_model_remote_code(save_directory: str | os.PathLike) -> list[str]:
+    """Copy the modelling modules into a saved model folder and point `config.json`'s `auto_map` at them."""
+    save_directory = Path(save_directory)
+    copied = _copy_modules(["modeling_hybrid_vlm"], save_directory)
+    _add_auto_map(save_directory / "config.json", MODEL_AUTO_MAP)
+    return copied
+
+
+def write_processor_remote_code(save_directory: str | os.PathLike) -> list[str]:
+    """Copy the processing modules into a saved processor folder and add `auto_map` to its config files."""
+    save_directory = Path(save_directory)
+    copied = _copy_modules(["processing_hybrid_vlm"], save_directory)
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        path = save_directory / name
+        if path.exists():
+            _add_auto_map(path, PROCESSOR_AUTO_MAP)
+    return copied

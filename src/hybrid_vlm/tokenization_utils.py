@@ -1,0 +1,281 @@
+"""The tiny tokenizer shipped with the package, and tokenizer folders that load on transformers 4.x and 5.x alike.
+
+transformers 5 writes tokenizer files that 4.57 cannot read (``tokenizer_class: "TokenizersBackend"``,
+``extra_special_tokens`` as a list); :func:`make_tokenizer_files_portable` rewrites a saved folder into the
+subset both lines understand, so a checkpoint saved by this library loads everywhere with the same ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import transformers
+from transformers import PreTrainedTokenizerFast
+
+__all__ = [
+    "BOS_TOKEN",
+    "CHAT_TEMPLATE",
+    "EOS_TOKEN",
+    "IMAGE_END_TOKEN",
+    "IMAGE_START_TOKEN",
+    "IMAGE_TOKEN",
+    "IM_END_TOKEN",
+    "IM_START_TOKEN",
+    "NAMED_SPECIAL_TOKENS",
+    "PAD_TOKEN",
+    "SPECIAL_TOKENS",
+    "TIMESTAMP_TOKEN",
+    "VIDEO_END_TOKEN",
+    "VIDEO_START_TOKEN",
+    "VIDEO_TOKEN",
+    "load_tiny_tokenizer",
+    "make_tokenizer_files_portable",
+    "tiny_tokenizer_path",
+]
+
+PAD_TOKEN = "<|pad|>"
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+IM_START_TOKEN = "<|im_start|>"
+IM_END_TOKEN = "<|im_end|>"
+IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"
+IMAGE_START_TOKEN = "<img>"
+IMAGE_END_TOKEN = "</img>"
+VIDEO_START_TOKEN = "<vid>"
+VIDEO_END_TOKEN = "</vid>"
+TIMESTAMP_TOKEN = "<t>"
+
+# Order matters: build_tiny_tokenizer.py appends these after the BPE vocabulary, so a token's id is 500 + its index.
+# Append new tokens at the end only, never reorder: that keeps every existing id stable.
+SPECIAL_TOKENS: tuple[str, ...] = (
+    PAD_TOKEN,
+    BOS_TOKEN,
+    EOS_TOKEN,
+    IM_START_TOKEN,
+    IM_END_TOKEN,
+    IMAGE_TOKEN,
+    VIDEO_TOKEN,
+    IMAGE_START_TOKEN,
+    IMAGE_END_TOKEN,
+    VIDEO_START_TOKEN,
+    VIDEO_END_TOKEN,
+    TIMESTAMP_TOKEN,
+)
+# Named special tokens beyond bos/eos/pad: they become ``tokenizer.image_token`` / ``tokenizer.image_token_id``.
+NAMED_SPECIAL_TOKENS: dict[str, str] = {"image_token": IMAGE_TOKEN, "video_token": VIDEO_TOKEN}
+
+# ChatML turns. Content is a string or a list of blocks; image/video blocks become one placeholder each, which the
+# processor later expands. The assistant turn, including its closing <|im_end|>, sits inside {% generation %} so
+# that `return_assistant_tokens_mask=True` (TRL's assistant-only loss) marks exactly what the model must learn.
+CHAT_TEMPLATE = r"""{#- ChatML with image/video content blocks; {% generation %} marks what the assistant says. -#}
+{%- macro render_content(content) -%}
+    {%- if content is string -%}
+        {{- content -}}
+    {%- elif content is mapping -%}
+        {{- raise_exception('Message content must be a string or a list of content blocks.') -}}
+    {%- elif content is not none -%}
+        {%- for block in content -%}
+            {%- if block is not mapping -%}
+                {{- raise_exception('Content blocks must be dicts with a "type" key.') -}}
+            {%- elif block['type'] == 'text' -%}
+                {{- block['text'] -}}
+            {%- elif block['type'] == 'image' -%}
+                {{- '<image>' -}}
+            {%- elif block['type'] == 'video' -%}
+                {{- '<video>' -}}
+            {%- else -%}
+                {{- raise_exception('Unsupported content block type: ' ~ block['type']) -}}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- endif -%}
+{%- endmacro -%}
+{%- for message in messages -%}
+    {%- if message['role'] == 'assistant' -%}
+        {{- '<|im_start|>assistant\n' -}}
+        {%- generation -%}
+            {{- render_content(message['content']) + '<|im_end|>' -}}
+        {%- endgeneration -%}
+        {{- '\n' -}}
+    {%- elif message['role'] in ['system', 'user'] -%}
+        {{- '<|im_start|>' + message['role'] + '\n' + render_content(message['content']) + '<|im_end|>\n' -}}
+    {%- else -%}
+        {{- raise_exception('Unsupported role: ' ~ message['role'] ~ ' (use system, user or assistant).') -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- '<|im_start|>assistant\n' -}}
+{%- endif -%}
+"""
+
+TINY_MODEL_MAX_LENGTH = 32768
+_TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+# Where the two lines (and 5.x's own __init__ kwargs) keep the extra special tokens.
+_EXTRA_TOKEN_KEYS = ("additional_special_tokens", "extra_special_tokens", "model_specific_special_tokens")
+# Attributes every transformers version knows by name; any other "*_token" key in a config is a named extra token.
+_STANDARD_TOKEN_KEYS = frozenset(
+    {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}
+)
+
+
+def tiny_tokenizer_path() -> Path:
+    """Folder of the shipped tiny tokenizer (package data, so it works from a wheel as well as from a checkout)."""
+    return Path(__file__).resolve().parent / "assets" / "tiny_tokenizer"
+
+
+def load_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Load the tiny tokenizer offline, with special tokens, left padding and the chat template set.
+
+    Left padding because batched prompts are for generation: every row must end at the next token to predict.
+    """
+    tokenizer_file = tiny_tokenizer_path() / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise FileNotFoundError(
+            f"{tokenizer_file} is missing; regenerate it with src/hybrid_vlm/assets/build_tiny_tokenizer.py"
+        )
+    extra = [t for t in SPECIAL_TOKENS if t not in (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)]
+    # The two lines spell "unnamed extra tokens" and "named extra tokens" differently.
+    if _TRANSFORMERS_MAJOR >= 5:
+        # 5.x: a list means unnamed extra tokens; any other "*_token" keyword becomes a named one.
+        special_kwargs: dict[str, Any] = {"extra_special_tokens": extra, **NAMED_SPECIAL_TOKENS}
+    else:
+        special_kwargs = {"additional_special_tokens": extra, "extra_special_tokens": dict(NAMED_SPECIAL_TOKENS)}
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(tokenizer_file),
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        padding_side="left",
+        model_max_length=TINY_MODEL_MAX_LENGTH,
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+        **special_kwargs,
+    )
+
+
+def _is_token_value(value: Any) -> bool:
+    """A token as tokenizer configs store it: a string, or a serialized ``AddedToken``."""
+    return isinstance(value, str) or (isinstance(value, dict) and "content" in value)
+
+
+def _token_text(value: Any) -> str:
+    return value if isinstance(value, str) else value["content"]
+
+
+def _split_special_tokens(config: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """Collect the unnamed (list) and named (dict) extra special tokens, whichever line wrote ``config``."""
+    unnamed: list[Any] = []
+    named: dict[str, Any] = {}
+    for key in _EXTRA_TOKEN_KEYS:
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            for name, token in value.items():
+                if not _is_token_value(token):
+                    raise TypeError(f"`{key}[{name!r}]` must be a string or an AddedToken dict, got {token!r}")
+            named.update(value)
+        elif isinstance(value, (list, tuple)):
+            unnamed.extend(value)
+        else:
+            raise TypeError(f"`{key}` must be a list or a dict, got {type(value).__name__}")
+    for key, value in config.items():
+        if key.endswith("_token") and key not in _STANDARD_TOKEN_KEYS and _is_token_value(value):
+            named.setdefault(key, value)
+    seen: set[str] = set()
+    deduped = []
+    for token in unnamed:
+        if not _is_token_value(token):
+            raise TypeError(f"special tokens must be strings or AddedToken dicts, got {token!r}")
+        if _token_text(token) not in seen:
+            seen.add(_token_text(token))
+            deduped.append(token)
+    return deduped, named
+
+
+def _normalize_special_tokens(data: dict[str, Any], *, named_as_dict: bool) -> dict[str, Any]:
+    """Spell extra special tokens the way both lines read them.
+
+    Unnamed ones go to ``additional_special_tokens`` (4.57's key; 5.x converts it to its list on load). Named ones
+    (``image_token`` ...) stay top-level keys (5.x) and, in tokenizer_config.json, also go to ``extra_special_tokens``
+    as a dict (4.57). With that dict non-empty, 5.x still reads ``additional_special_tokens``.
+    """
+    unnamed, named = _split_special_tokens(data)
+    data = {key: value for key, value in data.items() if key not in _EXTRA_TOKEN_KEYS}
+    if unnamed:
+        data["additional_special_tokens"] = unnamed
+    if named and named_as_dict:
+        data["extra_special_tokens"] = named
+    data.update(named)
+    return data
+
+
+def _portable_tokenizer_config(config: dict[str, Any]) -> dict[str, Any]:
+    """tokenizer_config.json: also swap ``TokenizersBackend`` (5.x only) for ``PreTrainedTokenizerFast`` (5.x maps
+    it back to ``TokenizersBackend``)."""
+    config = _normalize_special_tokens(config, named_as_dict=True)
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    return config
+
+
+def _portable_special_tokens_map(tokens_map: dict[str, Any]) -> dict[str, Any]:
+    """special_tokens_map.json (4.x writes it): 4.57 reads every dict value there as one AddedToken, so no dict."""
+    return _normalize_special_tokens(tokens_map, named_as_dict=False)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` in one step so a crash never leaves a half-written file; keep its permissions."""
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _rewrite_json(path: Path, transform: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise TypeError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    new = transform(data)
+    if new != data:
+        # Written only when something changed, in the layout transformers itself uses (indent 2, sorted keys).
+        _write_text_atomic(path, json.dumps(new, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def make_tokenizer_files_portable(save_directory: str | os.PathLike[str]) -> None:
+    """Rewrite, in place, a folder written by ``tokenizer.save_pretrained`` on transformers 4.x or 5.x.
+
+    Afterwards ``AutoTokenizer.from_pretrained(save_directory)`` works on both lines and gives the same ids, special
+    tokens and chat template. ``tokenizer.json`` and ``chat_template.jinja`` are already read alike by both and are
+    left untouched; only ``tokenizer_config.json`` (and a ``special_tokens_map.json`` 4.x wrote) change.
+    Idempotent: running it twice changes nothing the second time.
+    """
+    if not isinstance(save_directory, (str, os.PathLike)):
+        raise TypeError(f"save_directory must be a path, got {type(save_directory).__name__}")
+    directory = Path(save_directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory; call tokenizer.save_pretrained() on it first")
+    config_file = directory / "tokenizer_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found; is {directory} a saved tokenizer folder?")
+    if not (directory / "tokenizer.json").is_file():
+        raise ValueError(
+            f"{directory} has no tokenizer.json: only fast (tokenizers-backed) tokenizers can be made portable"
+        )
+    _rewrite_json(config_file, _portable_tokenizer_config)
+    tokens_map_file = directory / "special_tokens_map.json"
+    if tokens_map_file.is_file():
+        _rewrite_json(tokens_map_file, _portable_special_tokens_map)

@@ -1,0 +1,83 @@
+"""Shared tiny builders. Every model here is random and builds in well under a second on a CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import CLIPVisionConfig
+
+from hybrid_vlm.configuration_hybrid_vlm import HybridVLMConfig
+from hybrid_vlm.modeling_hybrid_vlm import HybridVLMForConditionalGeneration
+
+IMAGE_TOKEN_ID = 99
+VOCAB = 100
+PAD_ID = 0
+
+TINY_VISION = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28, patch_size=14
+)
+
+# Small language models of every family the issue names; each works with the wrapper.
+TEXT_CONFIGS = {
+    "jamba": dict(
+        model_type="jamba", hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+        expert_layer_offset=1, num_experts=4, num_experts_per_tok=2, mamba_d_state=8, mamba_dt_rank=4,
+    ),
+    "mamba2": dict(
+        model_type="mamba2", hidden_size=32, num_hidden_layers=2, num_heads=4, head_dim=16, state_size=8, n_groups=1,
+        chunk_size=4,
+    ),
+    "llama": dict(
+        model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+}
+CORE_LMS = list(TEXT_CONFIGS)
+
+
+def tiny_config(lm: str = "llama", **overrides) -> HybridVLMConfig:
+    text = dict(TEXT_CONFIGS[lm]) if isinstance(lm, str) else dict(lm)
+    text.update(vocab_size=VOCAB, pad_token_id=PAD_ID)
+    text.update(overrides.pop("text", {}))
+    vision = CLIPVisionConfig(**{**TINY_VISION, **overrides.pop("vision", {})})
+    return HybridVLMConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID, **overrides)
+
+
+def tiny_model(lm: str = "llama", seed: int = 0, **overrides) -> HybridVLMForConditionalGeneration:
+    torch.manual_seed(seed)
+    return HybridVLMForConditionalGeneration(tiny_config(lm, **overrides)).eval()
+
+
+def tokens_per_image() -> int:
+    return (TINY_VISION["image_size"] // TINY_VISION["patch_size"]) ** 2
+
+
+def prompt(*parts: int | str) -> list[int]:
+    """Token ids where the string "img" stands for one image's expanded placeholder run."""
+    ids: list[int] = []
+    for part in parts:
+        ids.extend([IMAGE_TOKEN_ID] * tokens_per_image() if part == "img" else [part])
+    return ids
+
+
+def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[PAD_ID] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+GREEDY = dict(do_sample=False, suppress_tokens=[IMAGE_TOKEN_ID], pad_token_id=PAD_ID)
+
+
+@pytest.fixture
+def other_python() -> str:
+    """The interpreter of the other transformers line (4.57 <-> 5.x), for cross-version checks."""
+    path = os.environ.get("HYBRID_VLM_OTHER_PYTHON")
+    if not path or not Path(path).exists():
+        pytest.skip("set HYBRID_VLM_OTHER_PYTHON to the other transformers line's python (.ci/run does)")
+    return path
