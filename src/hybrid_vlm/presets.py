@@ -220,19 +220,21 @@ def from_preset(
         from .tokenization_utils import load_tiny_tokenizer
 
         processor = HybridVLMProcessor.from_model_config(config, load_tiny_tokenizer())
-        model.generation_config = _tiny_generation_config(config)
+        model.generation_config = _tiny_generation_config(config, processor.tokenizer)
     return model, processor
 
 
-def _tiny_generation_config(config: HybridVLMConfig) -> GenerationConfig:
-    """Greedy, short, and never emitting a visual placeholder (it would break the next turn's image count)."""
+def _tiny_generation_config(config: HybridVLMConfig, tokenizer: Any) -> GenerationConfig:
+    """Greedy, short, stopping at the end of a chat turn, never emitting a visual placeholder (a generated
+    placeholder would break the next turn's image count)."""
     text = config.text_config
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
     placeholders = [i for i in (config.image_token_id, config.video_token_id) if i is not None]
     return GenerationConfig(
         max_new_tokens=20,
         do_sample=False,
         bos_token_id=text.bos_token_id,
-        eos_token_id=text.eos_token_id,
+        eos_token_id=[text.eos_token_id, end_of_turn],
         pad_token_id=text.pad_token_id,
         suppress_tokens=placeholders or None,
     )
