@@ -42,8 +42,9 @@ def _chat_inputs(processor, image: Image.Image, question: str):
 
 def run_demo(preset: str, output: str | None, max_new_tokens: int, question: str) -> int:
     """Build a tiny preset, answer a question about a generated image, save, reload through the Auto classes."""
-    import hybrid_vlm
     from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import hybrid_vlm
 
     timings: list[tuple[str, float]] = []
     print(f"hybrid_vlm {hybrid_vlm.__version__} demo with preset '{preset}' (random weights: the text is noise)")
@@ -84,8 +85,9 @@ def run_demo(preset: str, output: str | None, max_new_tokens: int, question: str
 
 def run_generate(model_path: str, image_path: str, prompt: str, max_new_tokens: int) -> int:
     """Answer `prompt` about an image with a saved HybridVLM folder."""
-    import hybrid_vlm  # noqa: F401  (registers the Auto classes)
     from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import hybrid_vlm  # noqa: F401  (registers the Auto classes)
 
     path = Path(image_path)
     if not path.is_file():

@@ -477,7 +477,6 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
                 **kwargs,
             )
         use_cache = kwargs.get("use_cache", True)
-        cache_position = kwargs.get("cache_position")
         if use_cache and past_key_values is None:
             batch = (inputs_embeds if inputs_embeds is not None else input_ids).shape[0]
             past_key_values = new_language_model_cache(self.config.text_config, batch, self.dtype, self.device)
@@ -522,6 +521,6 @@ def _router_aux_loss(
     logits = tuple(r for r in router_logits if r is not None and r.dim() == 2)
     if not logits:
         return None
-    num_experts = getattr(text_config, "num_experts", None) or getattr(text_config, "num_local_experts")
-    top_k = getattr(text_config, "num_experts_per_tok")
+    num_experts = getattr(text_config, "num_experts", None) or text_config.num_local_experts
+    top_k = text_config.num_experts_per_tok
     return load_balancing_loss_func(logits, num_experts, top_k, attention_mask)
