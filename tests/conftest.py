@@ -44,7 +44,8 @@ def tiny_config(lm: str = "llama", **overrides) -> HybridVLMConfig:
     text.update(vocab_size=VOCAB, pad_token_id=PAD_ID)
     text.update(overrides.pop("text", {}))
     vision = CLIPVisionConfig(**{**TINY_VISION, **overrides.pop("vision", {})})
-    return HybridVLMConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID, **overrides)
+    overrides.setdefault("image_token_id", IMAGE_TOKEN_ID)
+    return HybridVLMConfig(vision_config=vision, text_config=text, **overrides)
 
 
 def tiny_model(lm: str = "llama", seed: int = 0, **overrides) -> HybridVLMForConditionalGeneration:

@@ -40,7 +40,9 @@ IS_TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 TINY_VISION = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28, patch_size=14
 )
-TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+TINY_TEXT = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
 PROMPTS = ["<image>What is this?", "Compare <image> with <image>, please describe both in detail."]
 
 
@@ -161,6 +163,7 @@ def test_expansion_matches_token_count_and_model_features(vision, strategy):
         model(**out)  # the model's own placeholder check passes
     assert image_token_counts(processor, out["input_ids"]) == [expected]
     assert features.shape[1] == expected
+    assert processor._get_num_multimodal_tokens(image_sizes=[(40, 50)]).num_image_tokens == [expected]
     # CLIP has a CLS token, which "full" keeps; SigLIP has none.
     assert expected == 4 + (vision == "clip" and strategy == "full")
 
@@ -176,7 +179,7 @@ def test_forward_runs_and_batch_is_left_padded(processor, model):
     assert mask[:, -1].tolist() == [1, 1] and mask[1].all()
     # Left padding: each row ends with its unpadded encoding.
     for i, prompt in enumerate(PROMPTS):
-        single = processor(images=sample_images()[: 1] if i == 0 else sample_images()[1:], text=prompt)
+        single = processor(images=sample_images()[:1] if i == 0 else sample_images()[1:], text=prompt)
         row = single["input_ids"][0]
         assert ids[i, -len(row) :].tolist() == row and mask[i].sum() == len(row)
     with torch.no_grad():
@@ -225,6 +228,20 @@ def test_offsets_refer_to_the_text_as_passed(processor):
     spans = [tuple(span) for token, span in zip(ids, offsets) if token == processor.image_token_id]
     assert spans == [(3, 10)] * 4
     assert text[offsets[-1][0] : offsets[-1][1]].strip() == "there"
+    # Left padding stays zero-width; a placeholder at the very start keeps its own span.
+    batch = processor(
+        images=[make_image(28, 28)] * 2,
+        text=["<image>a", "a longer text <image> b"],
+        padding=True,
+        return_offsets_mapping=True,
+    )
+    first_ids, first_offsets = batch["input_ids"][0], batch["offset_mapping"][0]
+    pad = processor.tokenizer.pad_token_id
+    assert {tuple(span) for token, span in zip(first_ids, first_offsets) if token == pad} == {(0, 0)}
+    assert {tuple(span) for token, span in zip(first_ids, first_offsets) if token == processor.image_token_id} == {
+        (0, 7)
+    }
+    assert tuple(first_offsets[-1]) == (7, 8)
     # transformers 5's convention: offsets into the expanded text plus where the expansions are.
     out = processor(
         images=[make_image(28, 28)], text=text, return_offsets_mapping=True, return_text_replacement_offsets=True
@@ -239,7 +256,9 @@ def test_offsets_refer_to_the_text_as_passed(processor):
 
 def test_too_few_and_too_many_images(processor):
     images = sample_images()
-    with pytest.raises(ValueError, match=r"the text has 3 <image> placeholder\(s\) \(per sample: \[1, 2\]\) but 2 image"):
+    with pytest.raises(
+        ValueError, match=r"the text has 3 <image> placeholder\(s\) \(per sample: \[1, 2\]\) but 2 image"
+    ):
         processor(images=images[:2], text=PROMPTS)
     with pytest.raises(ValueError, match=r"the text has 1 <image> placeholder\(s\) .* but 3 image\(s\) were given"):
         processor(images=images, text="<image>only one")

@@ -1,0 +1,35 @@
+"""The README's main job and the other commands."""
+
+from __future__ import annotations
+
+from hybrid_vlm.cli import demo_image, main
+
+
+def test_demo_generates_saves_and_reloads(tmp_path, capsys):
+    assert main(["demo", "--output", str(tmp_path / "saved"), "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "answer:" in out
+    assert "reload check: HybridVLMForConditionalGeneration" in out and "-> OK" in out
+    assert (tmp_path / "saved" / "config.json").exists() and list((tmp_path / "saved").glob("*.safetensors"))
+
+
+def test_generate_answers_with_a_saved_folder(tmp_path, capsys):
+    main(["demo", "--output", str(tmp_path / "m"), "--max-new-tokens", "2", "--preset", "llava-tiny"])
+    demo_image().save(tmp_path / "picture.png")
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "m"), "--image", str(tmp_path / "picture.png"), "--prompt", "Hi",
+                 "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+
+
+def test_env_reports_versions_and_paths(capsys):
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    for field in ("transformers", "torch", "SSM path", "attention", "mamba-ssm"):
+        assert field in out
+
+
+def test_presets_lists_counts(capsys):
+    assert main(["presets", "--count"]) == 0
+    out = capsys.readouterr().out
+    assert "longllava-a13b" in out and "51.89B" in out
