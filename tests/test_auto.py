@@ -44,9 +44,13 @@ def test_auto_classes_load_our_model_with_identical_logits(saved_jamba, auto_nam
     model, folder = saved_jamba
     loaded = auto.from_pretrained(folder).eval()
     assert type(loaded) is HybridVLMForConditionalGeneration
+    saved, reloaded = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == reloaded.keys()
+    assert all(torch.equal(saved[k], reloaded[k]) for k in saved)  # bit-identical weights
     inputs = _inputs()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+        # identical weights; on transformers 4.57 the loaded copy's memory layout can change BLAS rounding (~1e-7)
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_config_and_base_model_through_auto(saved_jamba):
@@ -104,7 +108,7 @@ def test_remote_code_loads_without_the_package(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                             env={**_clean_env(), "HF_HOME": str(tmp_path / "hf_home")})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "MAXDIFF 0.0" in result.stdout
+    assert _maxdiff(result.stdout) < 1e-5
 
 
 def _tiny_preset_inputs(processor):
@@ -125,7 +129,7 @@ def test_checkpoint_saved_by_the_other_transformers_line_loads_here(other_python
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     check(tmp_path)
-    assert "MAXDIFF 0.0" in capsys.readouterr().out
+    assert _maxdiff(capsys.readouterr().out) < 1e-4  # same weights; the two lines' kernels round differently
 
 
 @pytest.mark.parametrize("preset", ["jamba-llava-tiny", "mamba2-llava-tiny"])
@@ -134,4 +138,8 @@ def test_checkpoint_saved_here_loads_on_the_other_transformers_line(other_python
     result = subprocess.run([other_python, str(HELPER), "check", str(tmp_path)], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "MAXDIFF 0.0" in result.stdout
+    assert _maxdiff(result.stdout) < 1e-4
+
+
+def _maxdiff(output: str) -> float:
+    return float(output.split("MAXDIFF")[-1].split()[0])

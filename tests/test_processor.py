@@ -301,6 +301,8 @@ def test_bad_construction_is_explained(processor):
         HybridVLMProcessor.from_model_config(tiny_config(tokenizer), tokenizer, image_token="<nope>")
     with pytest.raises(NotImplementedError, match="does not process videos yet"):
         processor(text="<video>", videos=[np.zeros((2, 28, 28, 3), dtype=np.uint8)])
+    with pytest.raises(NotImplementedError, match=r"text with 1 video placeholder\(s\)"):
+        processor(text="what happens in <video>?")
 
 
 # ------------------------------------------------------------------------------------------------ chat template

@@ -18,6 +18,17 @@ VISION_MODEL_TYPES = ("clip_vision_model", "siglip_vision_model", "dinov2", "din
 _COMPOSITE_VISION_TYPES = ("clip", "siglip")
 
 
+def _decode_special_floats(value: Any) -> Any:
+    """transformers 5 writes inf/nan in config.json as {"__float__": "Infinity"}; 4.x does not read that back."""
+    if isinstance(value, dict):
+        if set(value) == {"__float__"}:
+            return float(value["__float__"])
+        return {k: _decode_special_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_special_floats(v) for v in value]
+    return value
+
+
 def _as_config(value: Any, name: str, default_type: str) -> PretrainedConfig:
     """Turn a dict (as found in config.json) or None into a transformers config object."""
     if value is None:
@@ -33,7 +44,7 @@ def _as_config(value: Any, name: str, default_type: str) -> PretrainedConfig:
                 f"`{name}` has model_type '{model_type}', which this transformers version does not know. "
                 "Upgrade transformers or pick another model."
             )
-        kwargs = {k: v for k, v in value.items() if k != "model_type"}
+        kwargs = {k: _decode_special_floats(v) for k, v in value.items() if k != "model_type"}
         return CONFIG_MAPPING[model_type](**kwargs)
     raise TypeError(f"`{name}` must be a transformers config, a dict or None, got {type(value).__name__}.")
 

@@ -105,16 +105,51 @@ def _is_projector_module(model: nn.Module, module: nn.Module) -> bool:
     return projector is not None and any(module is m for m in projector.modules())
 
 
+class UnwrappedVisionModel(nn.Module):
+    """A transformers 4.x CLIP/SigLIP vision model seen without its `vision_model` wrapper.
+
+    transformers 5 dropped that wrapper (and renames keys when loading old checkpoints). Registering the inner
+    modules directly here gives the 5.x weight layout (`model.vision_tower.encoder...`) on 4.x too, so a folder
+    saved by either line loads on the other; `forward` still runs the full 4.x model (hidden-state capture lives
+    in its decorated forward). The modules are shared, not copied.
+    """
+
+    def __init__(self, wrapped: nn.Module) -> None:
+        super().__init__()
+        for name, child in wrapped.vision_model.named_children():
+            self.add_module(name, child)
+        object.__setattr__(self, "wrapped", wrapped)  # not a registered child: no second copy of the keys
+        self.config = wrapped.config
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.wrapped(*args, **kwargs)
+
+
+def build_vision_tower(vision_config: Any) -> nn.Module:
+    """The vision encoder, with the same weight names on transformers 4.x and 5.x."""
+    encoder = AutoModel.from_config(vision_config)
+    if isinstance(getattr(encoder, "vision_model", None), nn.Module):
+        return UnwrappedVisionModel(encoder)
+    return encoder
+
+
+def _vision_no_split_modules(config: HybridVLMConfig) -> set[str]:
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    return set(getattr(MODEL_MAPPING[type(config.vision_config)], "_no_split_modules", None) or [])
+
+
 class HybridVLMModel(HybridVLMPreTrainedModel):
     """Vision tower + projector + language model (without the LM head)."""
 
     def __init__(self, config: HybridVLMConfig) -> None:
         super().__init__(config)
-        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.vision_tower = build_vision_tower(config.vision_config)
         self.multi_modal_projector = build_projector(config, self._vision_feature_width())
         self.language_model = AutoModel.from_config(config.text_config)
         use_torch_ssm_path_where_needed(self.language_model)
         self._is_stateful = has_ssm_layers(config.text_config)
+        self._no_split_modules = sorted(set(self._no_split_modules or []) | _vision_no_split_modules(config))
         self._lm_arguments = frozenset(inspect.signature(self.language_model.forward).parameters)
         self._cache_argument = (
             "cache_params"
@@ -152,7 +187,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
         tower_dtype = next(self.vision_tower.parameters()).dtype
-        outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True, return_dict=True)
+        outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True)
         features = torch.cat([outputs.hidden_states[i] for i in layers], dim=-1)
         spec = self.visual_token_spec
         if strategy == "default" and spec.num_prefix_tokens:

@@ -16,6 +16,7 @@ Extension points for the next issues: `replace_image_token` (AnyRes tiles, `<img
 from __future__ import annotations
 
 import bisect
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -27,11 +28,12 @@ import torch
 import transformers
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
-from transformers.processing_utils import ImagesKwargs, ProcessorMixin
+from transformers.processing_utils import ImagesKwargs, MultiModalData, ProcessorMixin
 from transformers.utils import logging
 
 from .configuration_hybrid_vlm import FEATURE_SELECT_STRATEGIES, HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
+from .remote_code import write_processor_remote_code
 from .token_counts import VisualTokenSpec, count_image_tokens
 from .tokenization_utils import IMAGE_TOKEN, make_tokenizer_files_portable
 
@@ -126,7 +128,7 @@ def _map_offsets_to_input(
     """Token offsets into the expanded text -> offsets into the caller's text.
 
     Every token of an expanded placeholder maps to the placeholder's own span; other positions shift back by the
-    characters the expansions before them added.
+    characters the expansions before them added. Zero-width tokens (padding, added specials) stay zero-width.
     """
     if not replacements:
         return [(int(s), int(e)) for s, e in offsets]
@@ -136,20 +138,20 @@ def _map_offsets_to_input(
     for r in replacements:
         gained.append(gained[-1] + (r["new_span"][1] - r["new_span"][0]) - (r["span"][1] - r["span"][0]))
 
-    def inside(pos: int) -> int | None:
-        k = bisect.bisect_right(new_starts, pos) - 1
-        return k if k >= 0 and pos < new_ends[k] else None
+    def position(pos: int, is_end: bool) -> int:
+        char = pos - 1 if is_end else pos  # the character a start points at, or an end follows
+        k = bisect.bisect_right(new_starts, char) - 1
+        if k >= 0 and char < new_ends[k]:
+            return replacements[k]["span"][1 if is_end else 0]
+        return pos - gained[bisect.bisect_right(new_ends, pos)]
 
     mapped = []
     for start, end in offsets:
         start, end = int(start), int(end)
-        k = inside(start)
-        if k is not None:
-            mapped.append(tuple(replacements[k]["span"]))
-            continue
-        k_end = inside(end - 1) if end > start else None
-        new_end = replacements[k_end]["span"][1] if k_end is not None else end - gained[bisect.bisect_right(new_ends, end)]
-        mapped.append((start - gained[bisect.bisect_right(new_ends, start)], new_end))
+        if start == end:
+            mapped.append((position(start, False),) * 2)
+        else:
+            mapped.append((position(start, False), position(end, True)))
     return mapped
 
 
@@ -279,10 +281,10 @@ class HybridVLMProcessor(ProcessorMixin):
         height, width = pixel_values[image_idx].shape[-2:]
         return self.image_token * self.num_image_tokens(height, width)
 
-    def _get_num_multimodal_tokens(self, image_sizes: Iterable[Sequence[int]] | None = None, **kwargs: Any) -> Any:
+    def _get_num_multimodal_tokens(
+        self, image_sizes: Iterable[Sequence[int]] | None = None, **kwargs: Any
+    ) -> MultiModalData:
         """Tokens per image for original (height, width) sizes, without processing pixels (vLLM asks for this)."""
-        from transformers.processing_utils import MultiModalData
-
         if image_sizes is None:
             return MultiModalData()
         counts = []
@@ -331,8 +333,6 @@ class HybridVLMProcessor(ProcessorMixin):
         explicit = {"return_tensors": return_tensors, "padding": padding, "truncation": truncation}
         explicit["max_length"] = max_length
         text_kwargs, image_kwargs, options = self._split_kwargs(kwargs, explicit)
-        if videos is not None:
-            self._expand_videos(videos, options)
 
         if text is None:
             if images is not None:
@@ -342,6 +342,9 @@ class HybridVLMProcessor(ProcessorMixin):
                 )
             raise ValueError(f"{_NAME} needs text (and optionally images).")
         texts = self._text_batch(text)
+        video_token = getattr(self.tokenizer, "video_token", None)
+        if videos is not None or (video_token and any(video_token in sample for sample in texts)):
+            texts = self._expand_videos(texts, videos, options)
         flat_images, per_sample = _flatten_sample_images(images, len(texts))
         placeholder_counts = [sample.count(self.image_token) for sample in texts]
         self._check_placeholders(placeholder_counts, flat_images, per_sample)
@@ -415,7 +418,7 @@ class HybridVLMProcessor(ProcessorMixin):
                 raise TypeError(f"{_NAME}: `{key}` was passed both as a keyword and in {name}, with different values.")
             target[key] = value
         if unknown:
-            logger.warning(f"{_NAME}: ignoring unknown keyword argument(s) {sorted(unknown)}.")
+            logger.warning_once(f"{_NAME}: ignoring unknown keyword argument(s) {sorted(unknown)}.")
         options["videos_kwargs"] = nested["videos_kwargs"]
 
         text_kwargs.setdefault("padding", False)
@@ -528,10 +531,12 @@ class HybridVLMProcessor(ProcessorMixin):
                 f"tokenization but holds {found}. Does the text contain the image token in another form?"
             )
 
-    def _expand_videos(self, videos: Any, options: dict[str, Any]) -> None:
-        """The video path (frame sampling, `<video>` expansion) slots in here."""
+    def _expand_videos(self, texts: list[str], videos: Any, options: dict[str, Any]) -> list[str]:
+        """The video path slots in here: process `videos`, return `texts` with each `<video>` expanded."""
         raise NotImplementedError(
-            f"{_NAME} does not process videos yet; pass frames as images with one {self.image_token} each."
+            f"{_NAME} does not process videos yet (got {'videos and ' if videos is not None else ''}text with "
+            f"{sum(sample.count(str(self.tokenizer.video_token)) for sample in texts)} video placeholder(s)); pass "
+            f"frames as images with one {self.image_token} each."
         )
 
     # ------------------------------------------------------------------ chat template
@@ -577,26 +582,44 @@ class HybridVLMProcessor(ProcessorMixin):
         names += list(getattr(self.image_processor, "model_input_names", ["pixel_values"])) + ["image_sizes"]
         return list(dict.fromkeys(names))
 
-    def save_pretrained(self, save_directory: str | os.PathLike[str], push_to_hub: bool = False, **kwargs: Any) -> Any:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        push_to_hub: bool = False,
+        remote_code: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         """Save a folder that `AutoProcessor.from_pretrained` loads on transformers 4.57 and 5.x alike.
 
         On top of the parent's files: tokenizer files rewritten to what both lines read, and the image processor
-        also in `preprocessor_config.json` (5.x nests it in `processor_config.json` only).
+        also in `preprocessor_config.json` (5.x nests it in `processor_config.json` only). With `remote_code=True`
+        the processing modules are copied in too, for `trust_remote_code=True` loading without this package.
         """
         hub_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in ("repo_id", "commit_message", "token", "private")}
         files = super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
         directory = Path(save_directory)
         make_tokenizer_files_portable(directory)
-        image_processor_file = directory / _IMAGE_PROCESSOR_FILE
-        if not image_processor_file.exists():
-            if hasattr(self.image_processor, "_set_processor_class"):  # 4.x records it; 5.x has no such method
-                self.image_processor._set_processor_class(self.__class__.__name__)
-            _write_text_atomic(image_processor_file, self.image_processor.to_json_string())
+        # Always rewritten (never left over from an earlier save): 4.x loads the image processor from this file.
+        if hasattr(self.image_processor, "_set_processor_class"):  # 4.x records it; 5.x has no such method
+            self.image_processor._set_processor_class(self.__class__.__name__)
+        _write_text_atomic(directory / _IMAGE_PROCESSOR_FILE, self.image_processor.to_json_string())
+        if remote_code:
+            write_processor_remote_code(directory)
+            _nest_auto_map(directory / "processor_config.json")
         if push_to_hub:
             # push_to_hub saves again through this method into a temporary folder, so the upload is portable too.
             repo_id = hub_kwargs.pop("repo_id", None) or directory.resolve().name
             self.push_to_hub(repo_id, **hub_kwargs)
         return files
+
+
+def _nest_auto_map(processor_config: Path) -> None:
+    """5.x reads the image processor from the dict nested in processor_config.json; it needs the auto_map too."""
+    data = json.loads(processor_config.read_text(encoding="utf-8"))
+    nested, auto_map = data.get("image_processor"), data.get("auto_map") or {}
+    if isinstance(nested, dict) and auto_map and nested.get("auto_map") != auto_map:
+        nested["auto_map"] = auto_map
+        _write_text_atomic(processor_config, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _copy_conversation(conversation: list[dict[str, Any]], blocks_for_strings: bool) -> list[dict[str, Any]]:
@@ -615,10 +638,14 @@ def _copy_conversation(conversation: list[dict[str, Any]], blocks_for_strings: b
 
 def _prepare_conversations(conversation: Any, images: Any, blocks_for_strings: bool) -> Any:
     """Put separately given images into the image blocks that carry none; keep the batched/single shape."""
-    is_batched = isinstance(conversation, (list, tuple)) and bool(conversation) and (
-        isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "content")
+    is_batched = (
+        isinstance(conversation, (list, tuple))
+        and bool(conversation)
+        and (isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "content"))
     )
-    conversations = [_copy_conversation(c, blocks_for_strings) for c in (conversation if is_batched else [conversation])]
+    conversations = [
+        _copy_conversation(c, blocks_for_strings) for c in (conversation if is_batched else [conversation])
+    ]
     if images is not None:
         bare = [
             [
