@@ -33,8 +33,9 @@ def save(folder: Path, preset: str) -> None:
 
 def check(folder: Path) -> None:
     """Load with the Auto classes, recompute, print the largest logit difference to the saved reference."""
-    import hybrid_vlm  # noqa: F401
     from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import hybrid_vlm  # noqa: F401
 
     model = AutoModelForImageTextToText.from_pretrained(folder).eval()
     processor = AutoProcessor.from_pretrained(folder)

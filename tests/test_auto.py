@@ -13,7 +13,7 @@ import torch
 import transformers
 from conftest import prompt, tiny_model
 from cross_version_helper import check, save
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModel, AutoProcessor
 
 import hybrid_vlm
 from hybrid_vlm import HybridVLMConfig, HybridVLMForConditionalGeneration, HybridVLMModel, HybridVLMProcessor
