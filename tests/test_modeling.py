@@ -184,3 +184,18 @@ def test_ssm_parameters_stay_fp32_when_loading_fp16(lm, tmp_path):
     ssm = {n: p.dtype for n, p in loaded.named_parameters() if n.split(".")[-1] in ("A_log", "D", "dt_bias")}
     assert ssm and set(ssm.values()) == {torch.float32}
     assert loaded.lm_head.weight.dtype == torch.float16
+
+
+@pytest.mark.parametrize("lm", CORE_LMS)
+def test_bf16_model_generates_and_matches_fp32_roughly(lm):
+    model = tiny_model(lm)
+    ids = torch.tensor([prompt(5, "img", 7, 8)])
+    pixel_values = _images(1)
+    with torch.no_grad():
+        reference = model(input_ids=ids, pixel_values=pixel_values).logits
+        model.to(torch.bfloat16)
+        logits = model(input_ids=ids, pixel_values=pixel_values).logits
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), reference, atol=0.1, rtol=0.1)
+    out = model.generate(input_ids=ids, pixel_values=pixel_values, max_new_tokens=4, **GREEDY)
+    assert out.shape == (1, ids.shape[1] + 4)
