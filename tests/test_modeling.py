@@ -199,3 +199,30 @@ def test_bf16_model_generates_and_matches_fp32_roughly(lm):
     torch.testing.assert_close(logits.float(), reference, atol=0.1, rtol=0.1)
     out = model.generate(input_ids=ids, pixel_values=pixel_values, max_new_tokens=4, **GREEDY)
     assert out.shape == (1, ids.shape[1] + 4)
+
+
+def test_video_frames_fill_video_placeholders_in_order():
+    model = tiny_model("llama", video_token_id=98)
+    video = torch.randn(1, 3, 3, 28, 28)  # one video, three frames
+    frame_tokens = tokens_per_image()
+    ids = torch.tensor([[5] + [98] * (3 * frame_tokens) + [6]])
+    captured = {}
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: captured.update(embeds=kwargs["inputs_embeds"]), with_kwargs=True
+    )
+    with torch.no_grad():
+        model(input_ids=ids, pixel_values_videos=video)
+        frames = model.get_image_features(video[0])
+    hook.remove()
+    torch.testing.assert_close(captured["embeds"][0, 1:-1], frames.reshape(-1, frames.shape[-1]))
+    with pytest.raises(ValueError, match=f"give {3 * frame_tokens} feature tokens"):
+        model(input_ids=ids[:, :-3], pixel_values_videos=video)
+
+
+def test_videos_of_different_lengths_as_a_list_and_generation():
+    model = tiny_model("jamba", video_token_id=98)
+    videos = [torch.randn(2, 3, 28, 28), torch.randn(1, 3, 28, 28)]
+    ids = torch.tensor([[5] + [98] * (3 * tokens_per_image()) + [6]])
+    cached = model.generate(input_ids=ids, pixel_values_videos=videos, max_new_tokens=4, **GREEDY)
+    reference = model.generate(input_ids=ids, pixel_values_videos=videos, max_new_tokens=4, use_cache=False, **GREEDY)
+    assert cached.tolist() == reference.tolist()

@@ -29,7 +29,7 @@ from .configuration_hybrid_vlm import HybridVLMConfig
 from .kernels import use_torch_ssm_path_where_needed
 from .projectors import build_projector
 from .remote_code import write_model_remote_code
-from .token_counts import VisualTokenSpec, count_image_tokens
+from .token_counts import VisualTokenSpec, count_image_tokens, count_video_tokens
 
 logger = logging.get_logger(__name__)
 
@@ -203,45 +203,108 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             )
         return self.multi_modal_projector(features)
 
-    def _images_not_in_cache(
-        self, input_ids: torch.LongTensor, pixel_values: torch.FloatTensor
-    ) -> torch.FloatTensor | None:
-        """When continuing from a cache, keep only the trailing images whose placeholders are in the new tokens.
+    def get_video_features(self, pixel_values_videos: torch.FloatTensor | list[torch.FloatTensor]) -> list[torch.Tensor]:
+        """Encode every frame like an image: one `(frames * tokens_per_frame, hidden)` tensor per video."""
+        videos = _video_list(pixel_values_videos)
+        frames = torch.cat(videos, dim=0)
+        features = self.get_image_features(frames)
+        per_video = [v.shape[0] for v in videos]
+        return [f.reshape(-1, f.shape[-1]) for f in torch.split(features, per_video, dim=0)]
+
+    def _image_token_counts(self, pixel_values: torch.FloatTensor) -> list[int]:
+        per_image = count_image_tokens(self.visual_token_spec, int(pixel_values.shape[-2]), int(pixel_values.shape[-1]))
+        return [per_image] * pixel_values.shape[0]
+
+    def _video_token_counts(self, pixel_values_videos: torch.FloatTensor | list[torch.FloatTensor]) -> list[int]:
+        spec = self.visual_token_spec
+        return [
+            count_video_tokens(spec, v.shape[0], int(v.shape[-2]), int(v.shape[-1]), include_markers=False)
+            for v in _video_list(pixel_values_videos)
+        ]
+
+    @staticmethod
+    def _items_not_in_cache(input_ids: torch.LongTensor, token_id: int, counts: list[int]) -> int | None:
+        """How many trailing images/videos have their placeholders in the new tokens of a cache continuation.
 
         A multi-turn caller passes every image of the conversation; those of earlier turns are already encoded in
-        the cache and their placeholders are not part of `input_ids` any more.
+        the cache and their placeholders are not part of `input_ids` any more. None: the numbers do not add up
+        (the strict check then reports them).
         """
-        spec = self.visual_token_spec
-        per_image = count_image_tokens(spec, int(pixel_values.shape[-2]), int(pixel_values.shape[-1]))
-        num_placeholders = int((input_ids == self.config.image_token_id).sum())
-        if num_placeholders % per_image or num_placeholders // per_image > pixel_values.shape[0]:
-            return pixel_values  # let the strict check report the numbers
-        new_images = num_placeholders // per_image
-        return pixel_values[pixel_values.shape[0] - new_images :] if new_images else None
+        remaining = int((input_ids == token_id).sum())
+        kept = 0
+        for count in reversed(counts):
+            if remaining <= 0:
+                break
+            remaining -= count
+            kept += 1
+        return kept if remaining == 0 else None
 
-    def _merge_image_features(
-        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, image_features: torch.FloatTensor
-    ) -> torch.FloatTensor:
-        """Scatter image features into the placeholder positions, after checking the counts agree."""
-        token_id = self.config.image_token_id
-        if token_id is None:
-            raise ValueError("pixel_values were given but config.image_token_id is None; set the placeholder id.")
+    def _placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, token_id: int
+    ) -> torch.BoolTensor:
         if input_ids is not None:
-            mask = input_ids == token_id
-        else:
-            placeholder = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
-            mask = (inputs_embeds == placeholder).all(-1)
+            return input_ids == token_id
+        placeholder = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+        return (inputs_embeds == placeholder).all(-1)
+
+    def _merge_visual_features(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.FloatTensor,
+        features: list[torch.Tensor],
+        kind: str,
+    ) -> torch.FloatTensor:
+        """Scatter per-item features (`(tokens, hidden)` each) into the placeholder positions, after checking counts."""
+        token_id = getattr(self.config, f"{kind}_token_id")
+        if token_id is None:
+            raise ValueError(f"{kind} inputs were given but config.{kind}_token_id is None; set the placeholder id.")
+        mask = self._placeholder_mask(input_ids, inputs_embeds, token_id)
         num_placeholders = int(mask.sum())
-        num_images, per_image = image_features.shape[:2]
-        if num_placeholders != num_images * per_image:
+        counts = [f.shape[0] for f in features]
+        if num_placeholders != sum(counts):
             raise ValueError(
-                f"Image features and image tokens do not match: the input has {num_placeholders} image placeholder "
-                f"tokens (id {token_id}) but {num_images} image(s) give {num_images * per_image} feature tokens "
-                f"({per_image} each). Build inputs with HybridVLMProcessor, which expands each <image> to {per_image} "
-                "tokens, and never truncate inside visual tokens (raise max_length or drop the image)."
+                f"{kind.capitalize()} features and {kind} tokens do not match: the input has {num_placeholders} {kind} "
+                f"placeholder tokens (id {token_id}) but {len(counts)} {kind}(s) give {sum(counts)} feature tokens "
+                f"({', '.join(map(str, counts))}). Build inputs with HybridVLMProcessor, which expands each <{kind}> "
+                "with the same token-count function, and never truncate inside visual tokens (raise max_length or "
+                f"drop the {kind})."
             )
-        features = image_features.reshape(-1, image_features.shape[-1]).to(inputs_embeds.device, inputs_embeds.dtype)
-        return inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds), features)
+        flat = torch.cat(features, dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds), flat)
+
+    def _embed_visual_inputs(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.FloatTensor,
+        pixel_values: torch.FloatTensor | None,
+        pixel_values_videos: Any,
+        past_length: int,
+    ) -> tuple[torch.FloatTensor, torch.FloatTensor | None]:
+        """Encode images and videos whose placeholders are in this chunk and scatter them in."""
+        image_features = None
+        for kind, values in (("image", pixel_values), ("video", pixel_values_videos)):
+            token_id = getattr(self.config, f"{kind}_token_id")
+            if values is not None and past_length > 0 and input_ids is not None and token_id is not None:
+                counts = self._image_token_counts(values) if kind == "image" else self._video_token_counts(values)
+                kept = self._items_not_in_cache(input_ids, token_id, counts)
+                if kept is not None:
+                    values = values[len(counts) - kept :] if kept else None
+            if values is not None:
+                if kind == "image":
+                    image_features = self.get_image_features(values)
+                    features = list(image_features)
+                else:
+                    features = self.get_video_features(values)
+                inputs_embeds = self._merge_visual_features(input_ids, inputs_embeds, features, kind)
+            elif input_ids is not None and token_id is not None and input_ids.shape[1] > 1:
+                # (a single decode step may carry a generated placeholder id; it is embedded as text)
+                if bool((input_ids == token_id).any()):
+                    name = "pixel_values" if kind == "image" else "pixel_values_videos"
+                    raise ValueError(
+                        f"input_ids contain {kind} placeholder tokens but no {name} were given; pass the {kind}s "
+                        "(HybridVLMProcessor returns both)."
+                    )
+        return inputs_embeds, image_features
 
     def forward(
         self,
@@ -257,6 +320,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         output_router_logits: bool | None = None,
         return_dict: bool | None = None,
         image_sizes: torch.Tensor | None = None,
+        pixel_values_videos: torch.FloatTensor | list[torch.FloatTensor] | None = None,
         **kwargs: Any,
     ) -> HybridVLMModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
@@ -278,19 +342,9 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
                 text_config, inputs_embeds.shape[0], inputs_embeds.dtype, inputs_embeds.device
             )
 
-        image_features = None
-        if pixel_values is not None and past_length > 0 and input_ids is not None:
-            pixel_values = self._images_not_in_cache(input_ids, pixel_values)
-        if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values)
-            inputs_embeds = self._merge_image_features(input_ids, inputs_embeds, image_features)
-        elif input_ids is not None and self.config.image_token_id is not None and input_ids.shape[1] > 1:
-            # (a single decode step may carry a generated placeholder id; it is embedded as text)
-            if bool((input_ids == self.config.image_token_id).any()):
-                raise ValueError(
-                    "input_ids contain image placeholder tokens but no pixel_values were given; pass the images "
-                    "(HybridVLMProcessor returns both)."
-                )
+        inputs_embeds, image_features = self._embed_visual_inputs(
+            input_ids, inputs_embeds, pixel_values, pixel_values_videos, past_length
+        )
 
         lm_kwargs = dict(kwargs)
         lm_kwargs.update(attention_mask=attention_mask, use_cache=use_cache, return_dict=True)
@@ -446,6 +500,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         image_sizes: torch.Tensor | None = None,
+        pixel_values_videos: torch.FloatTensor | list[torch.FloatTensor] | None = None,
         **kwargs: Any,
     ) -> HybridVLMCausalLMOutputWithPast | tuple:
         text_config = self.config.text_config
@@ -463,6 +518,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
             output_hidden_states=output_hidden_states,
             output_router_logits=output_router_logits,
             image_sizes=image_sizes,
+            pixel_values_videos=pixel_values_videos,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -500,6 +556,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         inputs_embeds: torch.FloatTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        pixel_values_videos: Any = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
         if IS_TRANSFORMERS_5:
@@ -510,6 +567,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
                 inputs_embeds=inputs_embeds,
                 pixel_values=pixel_values,
                 attention_mask=attention_mask,
+                pixel_values_videos=pixel_values_videos,
                 **kwargs,
             )
         use_cache = kwargs.get("use_cache", True)
@@ -527,6 +585,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         current_ids = model_inputs.get("input_ids")
         if not use_cache or current_ids is None or current_ids.shape[1] > 1:
             model_inputs["pixel_values"] = pixel_values
+            model_inputs["pixel_values_videos"] = pixel_values_videos
         return model_inputs
 
     def _supports_default_dynamic_cache(self) -> bool:
@@ -538,6 +597,18 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
     def _reorder_cache(self, past_key_values: Any, beam_idx: torch.LongTensor) -> Any:
         """transformers 4.x beam search hook; its Mamba caches have no `reorder_cache` of their own."""
         return reorder_state_cache(past_key_values, beam_idx)
+
+
+def _video_list(pixel_values_videos: torch.FloatTensor | list[torch.FloatTensor]) -> list[torch.FloatTensor]:
+    """Videos as a list of `(frames, 3, H, W)` tensors (the processor returns a list when frame counts differ)."""
+    videos = list(pixel_values_videos)
+    for video in videos:
+        if video.dim() != 4:
+            raise ValueError(
+                "pixel_values_videos must be (num_videos, frames, 3, H, W) or a list of (frames, 3, H, W) tensors, "
+                f"got an item of shape {tuple(video.shape)}."
+            )
+    return videos
 
 
 def _input_embedding_name(language_model: nn.Module) -> str:

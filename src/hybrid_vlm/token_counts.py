@@ -8,6 +8,7 @@ register tokens, pooling), which otherwise surfaces as a shape error deep inside
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from numbers import Integral
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -60,3 +61,38 @@ def count_image_tokens(spec: VisualTokenSpec, height: int, width: int) -> int:
     if spec.vision_feature_select_strategy == "full":
         return patches + spec.num_prefix_tokens
     return patches
+
+
+# How a video is laid out in the prompt. Both put one placeholder token (the video token) per visual feature; they
+# differ in the marker tokens around the frames. Every marker is one special token (the processor checks).
+#   plain:     <video> x (frames * tokens per frame)
+#   longllava: <vid> <img>[frame 0]</img> <t> <img>[frame 1]</img> ... <img>[frame F-1]</img> </vid>
+VIDEO_LAYOUTS: tuple[str, ...] = ("plain", "longllava")
+
+
+def count_video_tokens(
+    spec: VisualTokenSpec,
+    num_frames: int,
+    height: int,
+    width: int,
+    layout: str = "plain",
+    include_markers: bool = True,
+) -> int:
+    """Number of LM tokens one video of `num_frames` frames of `height` x `width` pixels (as fed to the encoder) is.
+
+    Every frame is encoded like an image, so the feature count is `num_frames * count_image_tokens(...)`: that is what
+    the model scatters into the video-token positions, and what `include_markers=False` returns for any layout. With
+    `include_markers=True` (the default) the layout's marker tokens are added, i.e. the length of the whole expansion
+    of one `<video>` placeholder: `longllava` adds `<vid>`, `</vid>`, `<img>`/`</img>` per frame and a `<t>` between
+    consecutive frames (3 * num_frames + 1); `plain` adds none. The processor uses both numbers, the model the first.
+    """
+    if layout not in VIDEO_LAYOUTS:
+        raise ValueError(f"Unknown video layout {layout!r}; use one of {list(VIDEO_LAYOUTS)}.")
+    if isinstance(num_frames, bool) or not isinstance(num_frames, Integral) or num_frames < 1:
+        raise ValueError(f"A video needs at least one frame, got num_frames={num_frames!r}.")
+    num_frames = int(num_frames)
+    tokens = num_frames * count_image_tokens(spec, height, width)
+    if include_markers and layout == "longllava":
+        # <vid> + </vid>, <img> + </img> around every frame, <t> between consecutive frames.
+        tokens += 2 + 2 * num_frames + (num_frames - 1)
+    return tokens
