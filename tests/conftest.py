@@ -72,6 +72,12 @@ def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
+def assert_same_continuation(batched_row: torch.Tensor, single: torch.Tensor) -> None:
+    """A batched row generated the same tokens as the prompt alone; it may be padded after an early EOS."""
+    assert batched_row[: len(single)].tolist() == single.tolist()
+    assert set(batched_row[len(single) :].tolist()) <= {PAD_ID}
+
+
 GREEDY = dict(do_sample=False, suppress_tokens=[IMAGE_TOKEN_ID], pad_token_id=PAD_ID)
 
 

@@ -3,6 +3,7 @@
 Importing the package registers `HybridVLMConfig`, the models and the processors with transformers' Auto classes.
 """
 
+from .builders import build_vamba
 from .configuration_hybrid_vlm import HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
 from .modeling_hybrid_vlm import HybridVLMForConditionalGeneration, HybridVLMModel, HybridVLMPreTrainedModel
@@ -24,6 +25,7 @@ __all__ = [
     "HybridVLMProcessor",
     "VisualTokenSpec",
     "__version__",
+    "build_vamba",
     "count_image_tokens",
     "from_preset",
     "list_presets",

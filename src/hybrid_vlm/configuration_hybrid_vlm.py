@@ -9,7 +9,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
 
 # Values accepted by the structural settings. Later families extend these tuples; the model dispatches on them.
-DECODERS = ("interleaved",)
+DECODERS = ("interleaved", "vamba")
 PROJECTOR_TYPES = ("mlp2x_gelu",)
 FEATURE_SELECT_STRATEGIES = ("default", "full")
 # Vision encoders whose output layout (prefix tokens + a square patch grid) the token-count function knows.
@@ -62,7 +62,9 @@ class HybridVLMConfig(PretrainedConfig):
             Defaults to CLIP ViT-L/14 at 336 px.
         text_config: causal language model config (or a dict with `model_type`). Defaults to Jamba.
         decoder_type: how visual features reach the LM. `"interleaved"`: projected features replace the placeholder
-            tokens in the LM input (LLaVA style). Also accepted as `decoder=`; it is stored as `decoder_type`
+            tokens in the LM input (LLaVA style). `"vamba"`: text tokens see the visual tokens only through a
+            per-layer cross-attention while a Mamba block updates the visual stream (see docs/vamba.md).
+            Also accepted as `decoder=`; it is stored as `decoder_type`
             because transformers reserves `config.decoder` for the decoder sub-config of encoder-decoder models.
         projector_type: `"mlp2x_gelu"` (LLaVA's two-layer MLP).
         projector_hidden_act: activation of the MLP projector.
@@ -74,6 +76,8 @@ class HybridVLMConfig(PretrainedConfig):
         image_token_id: id of the `<image>` placeholder token in the text vocabulary.
         video_token_id: id of the `<video>` placeholder token in the text vocabulary.
         tie_word_embeddings: tie `lm_head` to the LM's input embeddings.
+        vamba_options: settings of the Vamba decoder (`hybrid_vlm.vamba.VambaOptions` fields), only with
+            `decoder_type="vamba"`.
     """
 
     model_type = "hybrid_vlm"
@@ -92,6 +96,7 @@ class HybridVLMConfig(PretrainedConfig):
         image_token_id: int | None = None,
         video_token_id: int | None = None,
         tie_word_embeddings: bool = False,
+        vamba_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         # TRL reads `auto_map`; transformers breaks on None. Keep it a dict.
@@ -114,6 +119,7 @@ class HybridVLMConfig(PretrainedConfig):
         self.vision_feature_select_strategy = vision_feature_select_strategy
         self.image_token_id = image_token_id
         self.video_token_id = video_token_id
+        self.vamba_options = vamba_options
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
         self.validate_hybrid_config()
 
@@ -135,7 +141,12 @@ class HybridVLMConfig(PretrainedConfig):
                 f"Use one of {list(VISION_MODEL_TYPES)} (e.g. CLIPVisionConfig, SiglipVisionConfig, Dinov2Config)."
             )
         text_type = self.text_config.model_type
-        if text_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or text_type not in MODEL_MAPPING_NAMES:
+        if self.decoder_type == "vamba":
+            self._validate_vamba(text_type)
+        elif self.vamba_options is not None:
+            raise ValueError("vamba_options only apply to decoder_type='vamba'; remove them or set decoder_type.")
+        causal_lm = text_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or self.decoder_type == "vamba"
+        if not causal_lm or text_type not in MODEL_MAPPING_NAMES:
             raise ValueError(
                 f"text_config has model_type '{text_type}', which is not a causal language model this transformers "
                 "version can build with AutoModel/AutoModelForCausalLM. Use a decoder-only LM config such as "
@@ -172,6 +183,17 @@ class HybridVLMConfig(PretrainedConfig):
             raise ValueError(
                 f"The text config's pad_token_id ({pad_id}) is also a visual placeholder id; padding would be "
                 "mistaken for image positions. Use a distinct pad token."
+            )
+
+    def _validate_vamba(self, text_type: str) -> None:
+        from .caching import has_ssm_layers
+        from .vamba import INCOMPATIBLE_MODEL_TYPES, VambaOptions
+
+        self.vamba_options = VambaOptions.coerce(self.vamba_options).to_dict()
+        if text_type in INCOMPATIBLE_MODEL_TYPES or has_ssm_layers(self.text_config):
+            raise ValueError(
+                f"decoder_type='vamba' builds cross-attention from a transformer LM's self-attention; '{text_type}' "
+                "is not one it supports. Use a Qwen2/Llama-style text_config, or decoder_type='interleaved'."
             )
 
     @property

@@ -1,12 +1,12 @@
-"""Single-resolution image processor for hybrid_vlm.
+"""Image processor for hybrid_vlm: one resolution, or AnyRes (a global view plus encoder-sized tiles).
 
 Built on transformers' ``BaseImageProcessor`` (present with the same role on 4.57 and 5.x) with its own
 ``preprocess`` pipeline, so that the behaviour is identical on both lines and never needs torchvision.
 The pixel operations themselves (resize, center crop, rescale, normalize, channel reordering) are
 transformers' NumPy/PIL functions, so outputs match CLIP's and SigLIP's own PIL processors.
 
-AnyRes tiling is not implemented here; it slots in through ``_param_names`` (new saved parameters such as
-``image_grid_pinpoints`` / ``max_tiles``) and ``_views_for_image`` (one image -> global view + tiles).
+AnyRes (LLaVA-NeXT's pinpoints or MMJamba's "at most N tiles") uses the grid choice and tiling of ``anyres.py``,
+the module the model's feature packing and the token count also come from.
 """
 
 import copy
@@ -33,6 +33,12 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs
 from transformers.utils import logging
 
+from .anyres import AnyResLayout, best_grid, check_max_tiles, check_pinpoints, fit_size, pad_to, split_tiles
+
+# Not used here: transformers 4.57 copies only an entry module's *direct* relative imports when it loads a local folder
+# with trust_remote_code, so every module anyres.py needs must be imported by this file too.
+from .token_counts import count_image_tokens  # noqa: F401
+
 logger = logging.get_logger(__name__)
 
 _NAME = "HybridVLMImageProcessor"
@@ -49,11 +55,14 @@ _SERVICE_INIT_KWARGS = {"image_processor_type", "auto_map", "processor_class", "
 class HybridVLMImageProcessorKwargs(ImagesKwargs, total=False):
     """Per-call keyword arguments; transformers 5 reads this TypedDict to route and validate processor kwargs.
 
-    ``do_convert_rgb`` is not part of ``ImagesKwargs`` on transformers 4.57, hence declared here. AnyRes adds its
-    keys (``image_grid_pinpoints``, ``max_tiles``) to this class.
+    ``do_convert_rgb`` is not part of ``ImagesKwargs`` on transformers 4.57, hence declared here, as are the AnyRes
+    keys: ``anyres`` (on/off), ``max_tiles`` (MMJamba's policy) and ``image_grid_pinpoints`` (LLaVA-NeXT's).
     """
 
     do_convert_rgb: bool | None
+    anyres: bool | None
+    max_tiles: int | None
+    image_grid_pinpoints: list[list[int]] | None
 
 
 def _resample_from_any(value: Any) -> PILImageResampling:
@@ -256,12 +265,19 @@ def _array_to_rgb_array(
 
 
 class HybridVLMImageProcessor(BaseImageProcessor):
-    r"""Resize (shortest edge or exact size), center crop, rescale and normalize images to one resolution.
+    r"""Resize (shortest edge or exact size), center crop, rescale and normalize images; optionally AnyRes tiling.
 
     Accepts PIL images, NumPy arrays (HWC or CHW, uint8, uint16 or float) and torch tensors, alone, as a list, or as
     a list of lists (one per sample). PIL images are EXIF-transposed and converted to RGB with alpha composited on
     white and 16-bit data scaled (not clipped). Returns ``pixel_values`` (num_images, 3, H, W) float32 and
     ``image_sizes`` (num_images, 2), the original (height, width) after EXIF transpose.
+
+    AnyRes mode (``anyres=True``) turns each image into views of the encoder's input size (the view size is
+    ``crop_size`` with center cropping on, else the exact ``size``): the whole image resized to the view size (the
+    global view) first, then the tiles of the best grid, row by row (the image resized into the grid keeping its
+    aspect ratio, centered on zero padding, as LLaVA-NeXT does). It returns ``pixel_values`` (num_images, max_views, 3,
+    H, W), zero-filled past each image's own views, ``image_sizes``, ``image_grids`` (num_images, 2) = (rows, cols) of
+    tiles, and ``num_patches`` (num_images,) = real views per image (global view + rows * cols), LLaVA-NeXT's name.
 
     Args:
         do_resize: resize before cropping.
@@ -277,6 +293,11 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         image_mean: per-channel mean (CLIP's by default).
         image_std: per-channel std (CLIP's by default).
         do_convert_rgb: convert every input to 3-channel RGB; with ``False`` inputs must already be RGB.
+        anyres: AnyRes tiling on or off. ``None`` (default) turns it on exactly when a grid policy is given.
+        max_tiles: MMJamba's policy: every grid with 1..max_tiles tiles, the closest aspect ratio wins.
+        image_grid_pinpoints: LLaVA-NeXT's policy: allowed [height, width] resolutions, multiples of the view size.
+            Give one policy. Either can be overridden per call (``max_tiles=64`` on a model trained with 4 tiles:
+            "train short, infer long"); a policy given per call replaces the stored one for that call.
     """
 
     model_input_names: ClassVar[list[str]] = ["pixel_values"]
@@ -294,6 +315,9 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         "image_mean",
         "image_std",
         "do_convert_rgb",
+        "anyres",
+        "max_tiles",
+        "image_grid_pinpoints",
     )
 
     def __init__(
@@ -309,6 +333,9 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         image_mean: float | Sequence[float] | None = None,
         image_std: float | Sequence[float] | None = None,
         do_convert_rgb: bool = True,
+        anyres: bool | None = None,
+        max_tiles: int | None = None,
+        image_grid_pinpoints: list[list[int]] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("image_processor_type", None)  # to_dict writes the class name itself
@@ -329,6 +356,9 @@ class HybridVLMImageProcessor(BaseImageProcessor):
                 "image_mean": OPENAI_CLIP_MEAN if image_mean is None else image_mean,
                 "image_std": OPENAI_CLIP_STD if image_std is None else image_std,
                 "do_convert_rgb": do_convert_rgb,
+                "anyres": anyres,
+                "max_tiles": max_tiles,
+                "image_grid_pinpoints": image_grid_pinpoints,
             },
             base=None,
         )
@@ -430,11 +460,57 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         out["rescale_factor"] = float(factor)
         out["image_mean"] = _channel_stats(params["image_mean"], "image_mean")
         out["image_std"] = _channel_stats(params["image_std"], "image_std")
-        # Parameters added by extensions (AnyRes) pass through unchanged unless their own code validates them.
+        out.update(self._resolve_anyres(params, given, stored=base))
+        if out["anyres"]:
+            view_size = self._view_size(out)
+            if out["image_grid_pinpoints"] is not None:
+                check_pinpoints(out["image_grid_pinpoints"], view_size)
+        # Parameters added by subclasses pass through unchanged unless their own code validates them.
         for name in self._param_names:
             if name not in out:
                 out[name] = params.get(name)
         return out
+
+    @staticmethod
+    def _resolve_anyres(params: dict[str, Any], given: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
+        """Validate the AnyRes settings; a grid policy given for this call replaces the stored one.
+
+        At construction (``stored`` is None) ``anyres=None`` means "on when a policy is given". Per call, a policy
+        on a processor whose AnyRes is off is an error rather than a silent switch: the model must expect tiles.
+        """
+        max_tiles, pinpoints = params.get("max_tiles"), params.get("image_grid_pinpoints")
+        if stored is not None:
+            if "max_tiles" in given and "image_grid_pinpoints" not in given:
+                pinpoints = None
+            elif "image_grid_pinpoints" in given and "max_tiles" not in given:
+                max_tiles = None
+        if max_tiles is not None and pinpoints is not None:
+            raise ValueError(
+                f"{_NAME}: give one AnyRes grid policy, max_tiles (MMJamba) or image_grid_pinpoints (LLaVA-NeXT), "
+                f"not both (got max_tiles={max_tiles!r}, image_grid_pinpoints={pinpoints!r})."
+            )
+        anyres = params.get("anyres")
+        if anyres is None:
+            anyres = max_tiles is not None or pinpoints is not None
+        if not isinstance(anyres, (bool, np.bool_)):
+            raise TypeError(f"{_NAME}: anyres must be True, False or None, got {anyres!r}.")
+        anyres = bool(anyres)
+        if max_tiles is not None:
+            max_tiles = check_max_tiles(max_tiles)
+        if pinpoints is not None:
+            pinpoints = check_pinpoints(pinpoints)
+        if anyres and max_tiles is None and pinpoints is None:
+            raise ValueError(
+                f"{_NAME}: AnyRes needs a grid policy: max_tiles=N (every grid of 1..N tiles, MMJamba) or "
+                "image_grid_pinpoints=[[h, w], ...] (LLaVA-NeXT)."
+            )
+        policy_now = {"max_tiles", "image_grid_pinpoints"} & set(given)
+        if stored is not None and policy_now and not anyres:
+            raise ValueError(
+                f"{_NAME}: {sorted(policy_now)} only apply to AnyRes, which is off for this processor. Pass "
+                "anyres=True as well (the model must be set up for AnyRes tiles) or drop the argument."
+            )
+        return {"anyres": anyres, "max_tiles": max_tiles, "image_grid_pinpoints": pinpoints}
 
     def _call_params(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """Stored parameters with this call's overrides applied; rejects misspelled keys instead of ignoring them."""
@@ -447,12 +523,45 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         base = {name: getattr(self, name) for name in self._param_names}
         return self._resolve_params({k: v for k, v in overrides.items() if k in self._param_names}, base=base)
 
+    @staticmethod
+    def _view_size(params: dict[str, Any]) -> tuple[int, int]:
+        """(height, width) of every AnyRes view: the encoder's input size, i.e. the crop, else the exact size."""
+        if params["do_center_crop"]:
+            return params["crop_size"]["height"], params["crop_size"]["width"]
+        if "height" in params["size"]:
+            return params["size"]["height"], params["size"]["width"]
+        raise ValueError(
+            f"{_NAME}: AnyRes needs a fixed view size, but size={params['size']} without center cropping gives "
+            "images of varying size. Set do_center_crop=True with a crop_size, or size={'height': H, 'width': W}."
+        )
+
+    def anyres_layout(self, height: int, width: int, **overrides: Any) -> AnyResLayout:
+        """Grid, view count and view size AnyRes gives an image of ``height`` x ``width``, without touching pixels.
+
+        Takes the same per-call overrides as ``__call__`` (``max_tiles=``, ``image_grid_pinpoints=``, ...), so token
+        counts for a call can be computed before (or without) processing its pixels.
+        """
+        params = self._call_params(overrides)
+        if not params["anyres"]:
+            raise ValueError(f"{_NAME}: anyres_layout needs AnyRes on (anyres=True and a grid policy).")
+        return self._layout(int(height), int(width), params)
+
+    def _layout(self, height: int, width: int, params: dict[str, Any]) -> AnyResLayout:
+        tile = self._view_size(params)
+        grid = best_grid(
+            (height, width), tile, max_tiles=params["max_tiles"], image_grid_pinpoints=params["image_grid_pinpoints"]
+        )
+        return AnyResLayout(grid=grid, num_patches=grid[0] * grid[1] + 1, tile_size=tile)
+
     def output_image_size(self, height: int, width: int, **overrides: Any) -> tuple[int, int]:
         """(height, width) of ``pixel_values`` for an image of this size, without touching pixels.
 
-        Token-count code uses this instead of repeating the resize/crop arithmetic.
+        Token-count code uses this instead of repeating the resize/crop arithmetic. In AnyRes mode this is the size
+        of every view; :meth:`anyres_layout` gives the grid.
         """
         params = self._call_params(overrides)
+        if params["anyres"]:
+            return self._view_size(params)
         if params["do_resize"]:
             height, width = _resize_target(height, width, params["size"])
         if params["do_center_crop"]:
@@ -469,6 +578,10 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         image_processor_dict = dict(image_processor_dict)
         if kwargs.get("size") is not None and kwargs.get("crop_size") is None:
             image_processor_dict.pop("crop_size", None)
+        # One grid policy given at load time replaces the saved one, as it does per call.
+        for name, other in (("max_tiles", "image_grid_pinpoints"), ("image_grid_pinpoints", "max_tiles")):
+            if kwargs.get(name) is not None and kwargs.get(other) is None:
+                image_processor_dict.pop(other, None)
         for name in cls._param_names:
             if kwargs.get(name) is not None:
                 image_processor_dict[name] = kwargs.pop(name)
@@ -618,14 +731,31 @@ class HybridVLMImageProcessor(BaseImageProcessor):
             )
         return np.asarray(image, dtype=np.float32)
 
-    def _views_for_image(self, image: np.ndarray, params: dict[str, Any]) -> list[np.ndarray]:
-        """All views one image becomes. Single resolution: exactly one; AnyRes will return global view + tiles."""
-        return [self._process_view(image, params)]
+    def _views_for_image(
+        self, image: np.ndarray, params: dict[str, Any], layout: AnyResLayout | None = None
+    ) -> list[np.ndarray]:
+        """All views one image becomes: one at a single resolution; with an AnyRes layout the global view, then the
+        tiles. AnyRes always resizes: ``do_resize``/``do_center_crop`` only decide the view size there."""
+        if layout is None:
+            return [self._process_view(image, params)]
+        target = (layout.grid[0] * layout.tile_size[0], layout.grid[1] * layout.tile_size[1])
+        fitted = fit_size(image.shape[:2], target)
+        resized = image if fitted == image.shape[:2] else self._resize(image, fitted, params["resample"])
+        tiles = split_tiles(pad_to(resized, target), layout.grid, layout.tile_size)
+        base = (
+            image if layout.tile_size == image.shape[:2] else self._resize(image, layout.tile_size, params["resample"])
+        )
+        # Views are already at the encoder's size: only rescale and normalize remain.
+        finish = {**params, "do_resize": False, "do_center_crop": False}
+        return [self._process_view(view, finish) for view in (base, *tiles)]
 
     # ------------------------------------------------------------------ public API
 
     def preprocess(self, images: Any, return_tensors: str | None = None, **overrides: Any) -> BatchFeature:
         """Turn images into ``pixel_values`` (num_images, 3, H, W) float32 and ``image_sizes`` (num_images, 2).
+
+        In AnyRes mode: ``pixel_values`` (num_images, max_views, 3, H, W), ``image_sizes``, ``image_grids`` and
+        ``num_patches`` (see the class docstring).
 
         ``return_tensors``: None or "np" for NumPy arrays, "pt" for torch tensors. Any constructor parameter can be
         overridden for this call; ``input_data_format`` forces the channel axis of array inputs and ``data_format``
@@ -637,12 +767,19 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         output_format = ChannelDimension(overrides.get("data_format") or ChannelDimension.FIRST)
 
         flat = self._flatten_images(images)
-        views: list[np.ndarray] = []
+        per_image: list[list[np.ndarray]] = []
         sizes: list[tuple[int, int]] = []
+        layouts: list[AnyResLayout] = []
         for index, image in enumerate(flat):
             array, original_size = self._load(image, index, params["do_convert_rgb"], input_format)
             sizes.append(original_size)
-            views.extend(self._views_for_image(array, params))
+            layout = self._layout(*original_size, params) if params["anyres"] else None
+            if layout is not None:
+                layouts.append(layout)
+            per_image.append(self._views_for_image(array, params, layout))
+        if params["anyres"]:
+            return self._stack_anyres(per_image, sizes, layouts, output_format, return_tensors)
+        views = [view for image_views in per_image for view in image_views]
 
         shapes = sorted({v.shape[:2] for v in views})
         if len(shapes) > 1:
@@ -654,6 +791,29 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         data = {
             "pixel_values": np.ascontiguousarray(pixel_values, dtype=np.float32),
             "image_sizes": np.asarray(sizes, dtype=np.int64).reshape(-1, 2),
+        }
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _stack_anyres(
+        self,
+        per_image: list[list[np.ndarray]],
+        sizes: list[tuple[int, int]],
+        layouts: list[AnyResLayout],
+        output_format: ChannelDimension,
+        return_tensors: str | None,
+    ) -> BatchFeature:
+        """(num_images, max_views, ...) pixel values, zero past each image's views, plus sizes, grids and counts."""
+        max_views = max(len(views) for views in per_image)
+        first = to_channel_dimension_format(per_image[0][0], output_format, ChannelDimension.LAST)
+        pixel_values = np.zeros((len(per_image), max_views, *first.shape), dtype=np.float32)
+        for i, views in enumerate(per_image):
+            for j, view in enumerate(views):
+                pixel_values[i, j] = to_channel_dimension_format(view, output_format, ChannelDimension.LAST)
+        data = {
+            "pixel_values": pixel_values,
+            "image_sizes": np.asarray(sizes, dtype=np.int64).reshape(-1, 2),
+            "image_grids": np.asarray([layout.grid for layout in layouts], dtype=np.int64).reshape(-1, 2),
+            "num_patches": np.asarray([len(views) for views in per_image], dtype=np.int64),
         }
         return BatchFeature(data=data, tensor_type=return_tensors)
 

@@ -29,12 +29,11 @@ from .configuration_hybrid_vlm import HybridVLMConfig
 from .kernels import use_torch_ssm_path_where_needed
 from .projectors import build_projector
 from .remote_code import write_model_remote_code
+from .ssm import SSM_FP32_PARAMETERS  # (also a direct import so transformers 4.x remote code copies ssm.py)
 from .token_counts import VisualTokenSpec, count_image_tokens, count_video_tokens
 
 logger = logging.get_logger(__name__)
 
-# Parameters of SSM mixers that must stay in fp32 (fp16/bf16 overflow in exp(A) and dt; DESIGN 5.6).
-SSM_FP32_PARAMETERS = ["A_log", "D", "dt_bias"]
 
 
 @dataclass
@@ -92,12 +91,25 @@ class HybridVLMPreTrainedModel(PreTrainedModel):
         self._keep_in_fp32_modules = sorted(keep) or None
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Only our own layers are initialised here; the vision tower and LM initialise themselves."""
+        """Our own layers (projector, Vamba's cross-attention and visual mixers) are initialised here.
+
+        The vision tower and a plain LM initialise themselves when built (transformers then skips their modules);
+        everything else falls back to transformers' generic init, which on 5.x also rebuilds non-persistent
+        buffers such as rotary `inv_freq` after a meta-device load.
+        """
         std = getattr(self.config.text_config, "initializer_range", 0.02)
+        if self.config.decoder_type == "vamba":
+            from .vamba import VambaOptions, init_vamba_module
+
+            options = VambaOptions.from_dict(self.config.vamba_options)
+            if init_vamba_module(module, options, self.config.text_config.num_hidden_layers, std):
+                return
         if isinstance(module, nn.Linear) and _is_projector_module(self, module):
             module.weight.data.normal_(mean=0.0, std=std)
             if module.bias is not None:
                 module.bias.data.zero_()
+            return
+        super()._init_weights(module)
 
 
 def _is_projector_module(model: nn.Module, module: nn.Module) -> bool:
@@ -146,7 +158,12 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         super().__init__(config)
         self.vision_tower = build_vision_tower(config.vision_config)
         self.multi_modal_projector = build_projector(config, self._vision_feature_width())
-        self.language_model = AutoModel.from_config(config.text_config)
+        if config.decoder_type == "vamba":
+            from .vamba import VambaLanguageModel
+
+            self.language_model = VambaLanguageModel(config.text_config, config.vamba_options)
+        else:
+            self.language_model = AutoModel.from_config(config.text_config)
         use_torch_ssm_path_where_needed(self.language_model)
         self._is_stateful = has_ssm_layers(config.text_config)
         self._no_split_modules = sorted(set(self._no_split_modules or []) | _vision_no_split_modules(config))
@@ -203,7 +220,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             )
         return self.multi_modal_projector(features)
 
-    def get_video_features(self, pixel_values_videos: torch.FloatTensor | list[torch.FloatTensor]) -> list[torch.Tensor]:
+    def get_video_features(self, pixel_values_videos: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
         """Encode every frame like an image: one `(frames * tokens_per_frame, hidden)` tensor per video."""
         videos = _video_list(pixel_values_videos)
         frames = torch.cat(videos, dim=0)
@@ -272,6 +289,19 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         flat = torch.cat(features, dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds), flat)
 
+    def _visual_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, *visual_inputs: Any
+    ) -> torch.BoolTensor | None:
+        """Vamba splits the sequence into a text and a visual stream: which positions are visual."""
+        if self.config.decoder_type != "vamba":
+            return None
+        mask = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
+        for kind, values in zip(("image", "video"), visual_inputs):
+            token_id = getattr(self.config, f"{kind}_token_id")
+            if values is not None and token_id is not None:
+                mask |= self._placeholder_mask(input_ids, inputs_embeds, token_id)
+        return mask
+
     def _embed_visual_inputs(
         self,
         input_ids: torch.LongTensor | None,
@@ -338,9 +368,15 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
                 raise ValueError("This cache cannot tell how many tokens it holds; pass cache_position.")
             past_length = int(cache_position[0])
         if use_cache and past_key_values is None:
-            past_key_values = new_language_model_cache(
-                text_config, inputs_embeds.shape[0], inputs_embeds.dtype, inputs_embeds.device
-            )
+            if self.config.decoder_type == "vamba":
+                from .vamba import VambaCache
+
+                past_key_values = VambaCache()
+            else:
+                past_key_values = new_language_model_cache(
+                    text_config, inputs_embeds.shape[0], inputs_embeds.dtype, inputs_embeds.device
+                )
+        visual_mask = self._visual_mask(input_ids, inputs_embeds, pixel_values, pixel_values_videos)
 
         inputs_embeds, image_features = self._embed_visual_inputs(
             input_ids, inputs_embeds, pixel_values, pixel_values_videos, past_length
@@ -349,6 +385,8 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         lm_kwargs = dict(kwargs)
         lm_kwargs.update(attention_mask=attention_mask, use_cache=use_cache, return_dict=True)
         lm_kwargs[self._cache_argument] = past_key_values if use_cache else None
+        if visual_mask is not None:
+            lm_kwargs["visual_mask"] = visual_mask
         optional = {
             "position_ids": position_ids,
             "output_attentions": output_attentions,
@@ -590,6 +628,8 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
 
     def _supports_default_dynamic_cache(self) -> bool:
         """Let generate() build a standard cache only where the LM uses one; otherwise `forward` makes ours."""
+        if self.config.decoder_type == "vamba":
+            return False  # the model makes its VambaCache
         if IS_TRANSFORMERS_5:
             return self.config.text_config.model_type not in SSM_ONLY_MODEL_TYPES
         return not self._is_stateful

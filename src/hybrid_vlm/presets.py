@@ -90,6 +90,14 @@ TINY_MAMBA2 = {
     "conv_kernel": 4,
     "chunk_size": 16,
 }
+TINY_QWEN2 = {
+    "model_type": "qwen2",
+    **_TINY_WIDTH,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+TINY_VAMBA_OPTIONS = {"ssm_d_state": 16, "ssm_head_dim": 16, "ssm_chunk_size": 16}
 # The baseline: a plain transformer of the same width and depth as the tiny Jamba.
 TINY_LLAMA = {
     "model_type": "llama",
@@ -121,6 +129,14 @@ PRESETS: dict[str, Preset] = {
     "mamba2-llava-tiny": Preset("LLaVA with a Mamba-2 language model", TINY_CLIP, TINY_MAMBA2, tiny=True),
     "llava-tiny": Preset(
         "Pure-transformer LLaVA baseline, same width and depth as jamba-llava-tiny", TINY_CLIP, TINY_LLAMA, tiny=True
+    ),
+    "vamba-tiny": Preset(
+        "Vamba: CLIP tower, Qwen2 LM whose text sees vision only through per-layer cross-attention, Mamba-2 on "
+        "the visual stream",
+        TINY_CLIP,
+        TINY_QWEN2,
+        tiny=True,
+        options={"decoder_type": "vamba", "vamba_options": TINY_VAMBA_OPTIONS},
     ),
     "longllava-a13b": Preset(
         "LongLLaVA-A13B: CLIP ViT-L/14-336 + Jamba-v0.1 (52B total, 13B active)", CLIP_VIT_L_336, JAMBA_V01, tiny=False

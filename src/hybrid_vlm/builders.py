@@ -1,0 +1,114 @@
+"""Build a model of one family from a trained model of another: `build_vamba` turns a LLaVA-style VLM into Vamba.
+
+Vamba's ablation (seed 003, Table 2) shows the initialisation is what matters: every pretrained weight is carried
+over unchanged, the cross-attention of each layer starts as a copy of that layer's self-attention, the visual SSM
+blocks start as mamba-ssm initialises them, and the mixing weight `alpha` starts at 0.5.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from .configuration_hybrid_vlm import HybridVLMConfig
+from .modeling_hybrid_vlm import HybridVLMForConditionalGeneration
+
+# Weights Vamba adds to each decoder layer; the only keys a source model may lack.
+_VAMBA_ADDED = re.compile(r"\.layers\.\d+\.(cross_attn|alpha|vision_mixer)(\.|$)")
+
+
+def _load_source(source: Any) -> nn.Module:
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.isdir(source):
+            raise ValueError(f"build_vamba: {source!r} is not a local folder; pass a loaded model or a folder path.")
+        from transformers import AutoModelForImageTextToText
+
+        import hybrid_vlm  # noqa: F401  (registers HybridVLM with the Auto classes)
+
+        return AutoModelForImageTextToText.from_pretrained(source)
+    if not isinstance(source, nn.Module):
+        raise TypeError(f"build_vamba: expected a model or a folder path, got {type(source).__name__}.")
+    return source
+
+
+def _vamba_config(source: nn.Module, vamba_options: dict[str, Any] | None) -> HybridVLMConfig:
+    config = source.config
+    if isinstance(config, HybridVLMConfig):
+        if config.decoder_type != "interleaved":
+            raise ValueError(f"build_vamba: the source already uses decoder_type={config.decoder_type!r}.")
+        values = config.to_dict()
+        for key in ("decoder_type", "vamba_options", "architectures", "auto_map", "transformers_version"):
+            values.pop(key, None)
+        return HybridVLMConfig(**values, decoder_type="vamba", vamba_options=vamba_options)
+    if config.model_type == "llava":
+        image_token_id = getattr(config, "image_token_id", None)
+        if image_token_id is None:
+            image_token_id = getattr(config, "image_token_index", None)
+        return HybridVLMConfig(
+            vision_config=config.vision_config.to_dict(),
+            text_config=config.text_config.to_dict(),
+            decoder_type="vamba",
+            vamba_options=vamba_options,
+            projector_hidden_act=config.projector_hidden_act,
+            multimodal_projector_bias=getattr(config, "multimodal_projector_bias", True),
+            vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+            image_token_id=image_token_id,
+        )
+    if config.model_type in ("qwen2_vl", "qwen2_5_vl"):
+        raise ValueError(
+            "build_vamba: Qwen2-VL sources need Qwen2-VL's vision tower, which HybridVLM does not support yet; "
+            "start from a LLaVA-style model (CLIP/SigLIP tower + transformer LM)."
+        )
+    raise ValueError(
+        f"build_vamba: cannot build Vamba from a '{config.model_type}' model; pass a HybridVLM with "
+        "decoder_type='interleaved' or a transformers LlavaForConditionalGeneration."
+    )
+
+
+def _source_state_dict(source: nn.Module) -> dict[str, torch.Tensor]:
+    """The source's weights under HybridVLM's names (transformers 4.x LLaVA nests CLIP/SigLIP in `vision_model`)."""
+    state = {}
+    for key, tensor in source.state_dict().items():
+        if key.split(".")[0] in ("vision_tower", "multi_modal_projector", "language_model"):
+            key = "model." + key  # transformers 4.x LLaVA checkpoints without the `model.` level
+        state[key.replace("model.vision_tower.vision_model.", "model.vision_tower.", 1)] = tensor
+    return state
+
+
+@torch.no_grad()
+def build_vamba(source: Any, vamba_options: dict[str, Any] | None = None) -> HybridVLMForConditionalGeneration:
+    """A Vamba-family HybridVLM initialised from a LLaVA-style VLM (a loaded model or a local folder).
+
+    Args:
+        source: a `HybridVLMForConditionalGeneration` with `decoder_type="interleaved"` and a transformer LM, or a
+            transformers `LlavaForConditionalGeneration`; or the folder of one.
+        vamba_options: `hybrid_vlm.vamba.VambaOptions` fields (alpha_init, visual_mixer, cross_attention_init, SSM
+            sizes, ...).
+
+    Every source weight lands in the new model bit for bit; a source weight with no place, or a new weight other
+    than Vamba's additions, raises instead of being dropped. Under DeepSpeed ZeRO-3 the Vamba initialisers gather
+    partitioned parameters before copying; build outside FSDP wrapping (or inside `summon_full_params`).
+    """
+    from .vamba import init_vamba_weights
+
+    source = _load_source(source)
+    config = _vamba_config(source, vamba_options)
+    dtype = next(source.parameters()).dtype
+    model = HybridVLMForConditionalGeneration(config).to(dtype)
+    state = _source_state_dict(source)
+    result = model.load_state_dict(state, strict=False)
+    unexpected = list(result.unexpected_keys)
+    missing = [k for k in result.missing_keys if not _VAMBA_ADDED.search(k)]
+    if unexpected or missing:
+        raise ValueError(
+            f"build_vamba: the source's weights do not map onto the Vamba model: {len(unexpected)} source weights have "
+            f"no place (first: {unexpected[:3]}), {len(missing)} weights are missing (first: {missing[:3]})."
+        )
+    init_vamba_weights(model)
+    model.generation_config = source.generation_config
+    return model.to(next(source.parameters()).device).eval()
