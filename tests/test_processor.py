@@ -299,9 +299,9 @@ def test_bad_construction_is_explained(processor):
         HybridVLMProcessor.from_model_config(config, tokenizer)
     with pytest.raises(ValueError, match="does not know the image token"):
         HybridVLMProcessor.from_model_config(tiny_config(tokenizer), tokenizer, image_token="<nope>")
-    with pytest.raises(NotImplementedError, match="does not process videos yet"):
-        processor(text="<video>", videos=[np.zeros((2, 28, 28, 3), dtype=np.uint8)])
-    with pytest.raises(NotImplementedError, match=r"text with 1 video placeholder\(s\)"):
+    with pytest.raises(
+        ValueError, match=r"the text has 1 <video> placeholder\(s\) \(per sample: \[1\]\) but no videos were given"
+    ):
         processor(text="what happens in <video>?")
 
 
@@ -397,7 +397,9 @@ def test_decode_and_model_input_names(processor):
     ids = processor(text=["a cat", "a dog"])["input_ids"]
     assert processor.batch_decode(ids) == ["a cat", "a dog"]
     assert processor.decode(ids[0]) == "a cat"
-    assert processor.model_input_names == ["input_ids", "attention_mask", "pixel_values", "image_sizes"]
+    assert processor.model_input_names == [
+        "input_ids", "attention_mask", "pixel_values", "image_sizes", "pixel_values_videos"
+    ]
 
 
 def save_folder(processor: HybridVLMProcessor, directory: Path) -> None:

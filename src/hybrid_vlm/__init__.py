@@ -13,6 +13,7 @@ from .registration import register_auto_classes
 from .token_counts import VisualTokenSpec, count_image_tokens
 from .tokenization_utils import load_tiny_tokenizer
 from .version import __version__
+from .video_processing_hybrid_vlm import HybridVLMVideoProcessor
 
 register_auto_classes()
 
@@ -23,6 +24,7 @@ __all__ = [
     "HybridVLMModel",
     "HybridVLMPreTrainedModel",
     "HybridVLMProcessor",
+    "HybridVLMVideoProcessor",
     "VisualTokenSpec",
     "__version__",
     "build_vamba",

@@ -235,11 +235,15 @@ def view_feature_grid(spec: VisualTokenSpec, tile_size: Any, pooled_grid: Any = 
     """(prefix tokens kept, (height, width) of the patch-feature grid) of one view as the LM sees it.
 
     The counts come from ``count_image_tokens``: the grid holds its "default" (patch-only) count and the prefix is
-    what the spec's own strategy keeps on top (CLS/registers with "full"). ``pooled_grid`` replaces the grid's shape.
+    what the spec's own strategy keeps on top (CLS/registers with "full"). ``pooled_grid`` (default: the spec's)
+    replaces the grid's shape.
     """
     tile_h, tile_w = as_size(tile_size, "tile_size")
-    total = count_image_tokens(spec, tile_h, tile_w)
-    patch_spec = dataclasses.replace(spec, vision_feature_select_strategy="default")
+    if pooled_grid is None:
+        pooled_grid = spec.pooled_grid
+    unpooled = dataclasses.replace(spec, pooled_grid=None)
+    total = count_image_tokens(unpooled, tile_h, tile_w)
+    patch_spec = dataclasses.replace(unpooled, vision_feature_select_strategy="default")
     patches = count_image_tokens(patch_spec, tile_h, tile_w)
     grid = (tile_h // spec.patch_size, tile_w // spec.patch_size)
     if grid[0] * grid[1] != patches:

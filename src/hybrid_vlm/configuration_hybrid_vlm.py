@@ -12,6 +12,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 DECODERS = ("interleaved", "vamba")
 PROJECTOR_TYPES = ("mlp2x_gelu",)
 FEATURE_SELECT_STRATEGIES = ("default", "full")
+ANYRES_MERGES = ("spatial", "flat")
 # Vision encoders whose output layout (prefix tokens + a square patch grid) the token-count function knows.
 VISION_MODEL_TYPES = ("clip_vision_model", "siglip_vision_model", "dinov2", "dinov2_with_registers")
 # Composite configs that carry a vision config inside them; we take the vision part.
@@ -76,6 +77,12 @@ class HybridVLMConfig(PretrainedConfig):
         image_token_id: id of the `<image>` placeholder token in the text vocabulary.
         video_token_id: id of the `<video>` placeholder token in the text vocabulary.
         tie_word_embeddings: tie `lm_head` to the LM's input embeddings.
+        image_newline: AnyRes: a learned embedding after every row of stitched tile features (LLaVA-NeXT).
+        anyres_unpad: AnyRes: cut tile features that only cover padding back to the image's aspect ratio.
+        anyres_merge: AnyRes: `"spatial"` stitches tiles into one feature map (LLaVA-NeXT); `"flat"` keeps each
+            tile's tokens together (LongLLaVA's layout).
+        vision_pooled_grid: pool each view's patch grid to this side with bilinear interpolation before the
+            projector (LongLLaVA: 24x24 -> 12x12, i.e. 12); None for no pooling.
         vamba_options: settings of the Vamba decoder (`hybrid_vlm.vamba.VambaOptions` fields), only with
             `decoder_type="vamba"`.
     """
@@ -97,6 +104,10 @@ class HybridVLMConfig(PretrainedConfig):
         video_token_id: int | None = None,
         tie_word_embeddings: bool = False,
         vamba_options: dict[str, Any] | None = None,
+        image_newline: bool = False,
+        anyres_unpad: bool = True,
+        anyres_merge: str = "spatial",
+        vision_pooled_grid: int | None = None,
         **kwargs: Any,
     ) -> None:
         # TRL reads `auto_map`; transformers breaks on None. Keep it a dict.
@@ -120,6 +131,10 @@ class HybridVLMConfig(PretrainedConfig):
         self.image_token_id = image_token_id
         self.video_token_id = video_token_id
         self.vamba_options = vamba_options
+        self.image_newline = image_newline
+        self.anyres_unpad = anyres_unpad
+        self.anyres_merge = anyres_merge
+        self.vision_pooled_grid = vision_pooled_grid
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
         self.validate_hybrid_config()
 
@@ -165,6 +180,21 @@ class HybridVLMConfig(PretrainedConfig):
                 f"vision_feature_layer {bad} is out of range: the vision encoder has {num_layers} layers, so hidden "
                 f"states are indexed {-(num_layers + 1)}..{num_layers}. Use -2 for the penultimate layer."
             )
+        if self.anyres_merge not in ANYRES_MERGES:
+            raise ValueError(f"Unknown anyres_merge '{self.anyres_merge}'. Choose one of {list(ANYRES_MERGES)}.")
+        if self.anyres_merge == "flat" and (self.image_newline or self.anyres_unpad):
+            raise ValueError(
+                "anyres_merge='flat' keeps every tile's tokens together, so it cannot add row newlines or un-pad; "
+                "set image_newline=False and anyres_unpad=False."
+            )
+        pooled = self.vision_pooled_grid
+        if pooled is not None:
+            grid = self.vision_config.image_size // self.vision_config.patch_size
+            if isinstance(pooled, bool) or not isinstance(pooled, int) or not 1 <= pooled <= grid:
+                raise ValueError(
+                    f"vision_pooled_grid={pooled!r} must be an int in 1..{grid} (the encoder's {grid}x{grid} patch "
+                    "grid); LongLLaVA pools 24x24 to 12."
+                )
         vocab_size = self.text_config.vocab_size
         for name in ("image_token_id", "video_token_id"):
             token_id = getattr(self, name)

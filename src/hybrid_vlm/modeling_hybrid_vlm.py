@@ -6,6 +6,7 @@ The layout follows transformers 5's VLMs (`model.vision_tower`, `model.multi_mod
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 from transformers.utils import logging
 
+from .anyres import anyres_token_count, pack_anyres_features, pool_2d, select_real_views, view_feature_grid
 from .caching import (
     IS_TRANSFORMERS_5,
     SSM_ONLY_MODEL_TYPES,
@@ -158,6 +160,9 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         super().__init__(config)
         self.vision_tower = build_vision_tower(config.vision_config)
         self.multi_modal_projector = build_projector(config, self._vision_feature_width())
+        if config.image_newline:  # LLaVA-NeXT's learned end-of-row embedding for AnyRes tiles
+            hidden = config.text_config.hidden_size
+            self.image_newline = nn.Parameter(torch.randn(hidden) / hidden**0.5)
         if config.decoder_type == "vamba":
             from .vamba import VambaLanguageModel
 
@@ -188,37 +193,84 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
     def visual_token_spec(self) -> VisualTokenSpec:
         return VisualTokenSpec.from_config(self.config)
 
-    def get_image_features(
-        self,
-        pixel_values: torch.FloatTensor,
-        vision_feature_layer: int | list[int] | None = None,
-        vision_feature_select_strategy: str | None = None,
-        **kwargs: Any,
+    def _encode_views(
+        self, pixel_values: torch.FloatTensor, vision_feature_layer: Any = None, strategy: str | None = None
     ) -> torch.FloatTensor:
-        """Encode images and project them: `(num_images, tokens_per_image, text_hidden_size)`."""
+        """Vision tower -> chosen layers -> prefix selection -> optional 2-D pooling -> projector, per view."""
         if pixel_values.dim() != 4:
             raise ValueError(
                 f"pixel_values must have shape (num_images, channels, height, width), got {tuple(pixel_values.shape)}."
             )
         layers = self.config.vision_feature_layers if vision_feature_layer is None else vision_feature_layer
         layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
-        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        strategy = strategy or self.config.vision_feature_select_strategy
+        spec = dataclasses.replace(self.visual_token_spec, vision_feature_select_strategy=strategy)
         tower_dtype = next(self.vision_tower.parameters()).dtype
         outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True)
         features = torch.cat([outputs.hidden_states[i] for i in layers], dim=-1)
-        spec = self.visual_token_spec
-        if strategy == "default" and spec.num_prefix_tokens:
-            features = features[:, spec.num_prefix_tokens :]
-        height, width = pixel_values.shape[-2:]
-        expected = count_image_tokens(
-            VisualTokenSpec(spec.patch_size, spec.num_prefix_tokens, strategy), int(height), int(width)
-        )
+        prefix = features[:, : spec.num_prefix_tokens] if spec.vision_feature_select_strategy == "full" else None
+        patches = features[:, spec.num_prefix_tokens :]
+        height, width = (int(v) for v in pixel_values.shape[-2:])
+        if spec.pooled_grid is not None:
+            patches = pool_2d(patches, spec.pooled_grid, (height // spec.patch_size, width // spec.patch_size))
+        features = patches if prefix is None else torch.cat([prefix, patches], dim=1)
+        expected = count_image_tokens(spec, height, width)
         if features.shape[1] != expected:
             raise ValueError(
                 f"The vision tower produced {features.shape[1]} tokens per {height}x{width} image but the token-count "
                 f"function expects {expected}; the vision config does not describe this encoder."
             )
         return self.multi_modal_projector(features)
+
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        image_sizes: torch.Tensor | None = None,
+        image_grids: torch.Tensor | None = None,
+        num_patches: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.FloatTensor | list[torch.FloatTensor]:
+        """Encode and project images.
+
+        Single resolution (`pixel_values` of shape (num_images, 3, H, W)): `(num_images, tokens, hidden)`.
+        AnyRes (`(num_images, max_views, 3, H, W)` with `image_sizes`, `image_grids`, `num_patches` from the
+        processor): one `(tokens_i, hidden)` tensor per image, views packed as `anyres.pack_anyres_features` says.
+        """
+        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        if pixel_values.dim() != 5:
+            return self._encode_views(pixel_values, vision_feature_layer, strategy)
+        if image_sizes is None or image_grids is None or num_patches is None:
+            raise ValueError(
+                "AnyRes pixel_values (num_images, views, 3, H, W) need image_sizes, image_grids and num_patches "
+                "(HybridVLMProcessor returns them with the pixels)."
+            )
+        views = self._encode_views(select_real_views(pixel_values, num_patches), vision_feature_layer, strategy)
+        spec = dataclasses.replace(self.visual_token_spec, vision_feature_select_strategy=strategy)
+        tile = tuple(int(v) for v in pixel_values.shape[-2:])
+        prefix, feature_grid = view_feature_grid(spec, tile)
+        newline = self.image_newline if self.config.image_newline else None
+        packed = []
+        for features, grid, size in zip(views.split(num_patches.tolist()), image_grids.tolist(), image_sizes.tolist()):
+            tokens = pack_anyres_features(
+                features[0], features[1:], grid, size, newline_embedding=newline, unpad=self.config.anyres_unpad,
+                num_prefix_tokens=prefix, feature_grid=feature_grid, merge=self.config.anyres_merge,
+            )
+            expected = self._anyres_count(spec, size, grid, tile)
+            if tokens.shape[0] != expected:
+                raise ValueError(
+                    f"AnyRes packing produced {tokens.shape[0]} tokens for a {size[0]}x{size[1]} image on a "
+                    f"{grid[0]}x{grid[1]} grid but the token-count function expects {expected}."
+                )
+            packed.append(tokens)
+        return packed
+
+    def _anyres_count(self, spec: VisualTokenSpec, size: Any, grid: Any, tile: Any) -> int:
+        return anyres_token_count(
+            spec, tuple(size), tuple(grid), tuple(tile), newline=self.config.image_newline,
+            unpad=self.config.anyres_unpad,
+        )
 
     def get_video_features(self, pixel_values_videos: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
         """Encode every frame like an image: one `(frames * tokens_per_frame, hidden)` tensor per video."""
@@ -228,9 +280,14 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         per_video = [v.shape[0] for v in videos]
         return [f.reshape(-1, f.shape[-1]) for f in torch.split(features, per_video, dim=0)]
 
-    def _image_token_counts(self, pixel_values: torch.FloatTensor) -> list[int]:
-        per_image = count_image_tokens(self.visual_token_spec, int(pixel_values.shape[-2]), int(pixel_values.shape[-1]))
-        return [per_image] * pixel_values.shape[0]
+    def _image_token_counts(
+        self, pixel_values: torch.FloatTensor, image_sizes: Any = None, image_grids: Any = None
+    ) -> list[int]:
+        tile = (int(pixel_values.shape[-2]), int(pixel_values.shape[-1]))
+        if pixel_values.dim() == 5 and image_sizes is not None and image_grids is not None:
+            spec = self.visual_token_spec
+            return [self._anyres_count(spec, s, g, tile) for s, g in zip(image_sizes.tolist(), image_grids.tolist())]
+        return [count_image_tokens(self.visual_token_spec, *tile)] * pixel_values.shape[0]
 
     def _video_token_counts(self, pixel_values_videos: torch.FloatTensor | list[torch.FloatTensor]) -> list[int]:
         spec = self.visual_token_spec
@@ -306,22 +363,36 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None,
         inputs_embeds: torch.FloatTensor,
-        pixel_values: torch.FloatTensor | None,
+        image_inputs: dict[str, Any],
         pixel_values_videos: Any,
         past_length: int,
-    ) -> tuple[torch.FloatTensor, torch.FloatTensor | None]:
-        """Encode images and videos whose placeholders are in this chunk and scatter them in."""
+    ) -> tuple[torch.FloatTensor, Any]:
+        """Encode images and videos whose placeholders are in this chunk and scatter them in.
+
+        `image_inputs` holds `pixel_values` and, for AnyRes, `image_sizes`, `image_grids`, `num_patches`.
+        """
         image_features = None
-        for kind, values in (("image", pixel_values), ("video", pixel_values_videos)):
+        for kind in ("image", "video"):
             token_id = getattr(self.config, f"{kind}_token_id")
+            values = image_inputs.get("pixel_values") if kind == "image" else pixel_values_videos
             if values is not None and past_length > 0 and input_ids is not None and token_id is not None:
-                counts = self._image_token_counts(values) if kind == "image" else self._video_token_counts(values)
+                if kind == "image":
+                    counts = self._image_token_counts(
+                        values, image_inputs.get("image_sizes"), image_inputs.get("image_grids")
+                    )
+                else:
+                    counts = self._video_token_counts(values)
                 kept = self._items_not_in_cache(input_ids, token_id, counts)
-                if kept is not None:
+                if kept is not None and kind == "image":
+                    # images of earlier turns are in the cache already: keep the trailing ones (all AnyRes fields)
+                    start = len(counts) - kept
+                    image_inputs = {k: (v[start:] if v is not None else None) for k, v in image_inputs.items()}
+                    values = image_inputs["pixel_values"] if kept else None
+                elif kept is not None:
                     values = values[len(counts) - kept :] if kept else None
             if values is not None:
                 if kind == "image":
-                    image_features = self.get_image_features(values)
+                    image_features = self.get_image_features(**image_inputs)
                     features = list(image_features)
                 else:
                     features = self.get_video_features(values)
@@ -351,6 +422,8 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         return_dict: bool | None = None,
         image_sizes: torch.Tensor | None = None,
         pixel_values_videos: torch.FloatTensor | list[torch.FloatTensor] | None = None,
+        image_grids: torch.LongTensor | None = None,
+        num_patches: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> HybridVLMModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
@@ -378,8 +451,11 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
                 )
         visual_mask = self._visual_mask(input_ids, inputs_embeds, pixel_values, pixel_values_videos)
 
+        image_inputs = {"pixel_values": pixel_values}
+        if pixel_values is not None and pixel_values.dim() == 5:
+            image_inputs.update(image_sizes=image_sizes, image_grids=image_grids, num_patches=num_patches)
         inputs_embeds, image_features = self._embed_visual_inputs(
-            input_ids, inputs_embeds, pixel_values, pixel_values_videos, past_length
+            input_ids, inputs_embeds, image_inputs, pixel_values_videos, past_length
         )
 
         lm_kwargs = dict(kwargs)
@@ -487,6 +563,13 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         self.model = HybridVLMModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self._is_stateful = self.model._is_stateful
+        # TRL's fused LM head reads the MoE sizes off the model on transformers 4.x, as the MoE *ForCausalLM
+        # classes (Jamba, Mixtral, ...) carry them.
+        text_config = config.text_config
+        num_experts = getattr(text_config, "num_experts", None) or getattr(text_config, "num_local_experts", None)
+        if num_experts is not None:
+            self.num_experts = num_experts
+            self.num_experts_per_tok = text_config.num_experts_per_tok
         if IS_TRANSFORMERS_5:
             embed_name = _input_embedding_name(self.model.language_model)
             self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embed_name}.weight"}
@@ -539,6 +622,8 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         logits_to_keep: int | torch.Tensor = 0,
         image_sizes: torch.Tensor | None = None,
         pixel_values_videos: torch.FloatTensor | list[torch.FloatTensor] | None = None,
+        image_grids: torch.LongTensor | None = None,
+        num_patches: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> HybridVLMCausalLMOutputWithPast | tuple:
         text_config = self.config.text_config
@@ -557,6 +642,8 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
             output_router_logits=output_router_logits,
             image_sizes=image_sizes,
             pixel_values_videos=pixel_values_videos,
+            image_grids=image_grids,
+            num_patches=num_patches,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -569,7 +656,11 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=text_config.vocab_size, **kwargs)
         aux_loss = None
         if output_router_logits and outputs.router_logits:
-            aux_loss = _router_aux_loss(outputs.router_logits, text_config, attention_mask)
+            # The router saw only this call's tokens (one per step when generating): mask those, not the history.
+            chunk_mask = attention_mask
+            if attention_mask is not None and attention_mask.dim() == 2:
+                chunk_mask = attention_mask[:, -hidden_states.shape[1] :]
+            aux_loss = _router_aux_loss(outputs.router_logits, text_config, chunk_mask)
             if loss is not None and aux_loss is not None:
                 loss = loss + text_config.router_aux_loss_coef * aux_loss.to(loss.device)
 
@@ -624,6 +715,9 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         if not use_cache or current_ids is None or current_ids.shape[1] > 1:
             model_inputs["pixel_values"] = pixel_values
             model_inputs["pixel_values_videos"] = pixel_values_videos
+        else:  # AnyRes metadata travels with the pixels only
+            for key in ("image_sizes", "image_grids", "num_patches"):
+                model_inputs.pop(key, None)
         return model_inputs
 
     def _supports_default_dynamic_cache(self) -> bool:

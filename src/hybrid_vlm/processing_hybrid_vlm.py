@@ -9,13 +9,20 @@ One class serves transformers 4.57 and 5.x. The two `ProcessorMixin`s differ in 
 (4.x: `preprocessor_config.json` next to `processor_config.json`; 5.x: one nested `processor_config.json`);
 `save_pretrained` writes a folder with both, and tokenizer files both lines read.
 
-Extension points for the next issues: `replace_image_token` (AnyRes tiles, `<img>...</img>` layout markers) and
-`_expand_videos` (the video path).
+Videos: `videos=` go to `HybridVLMVideoProcessor` (decoding by seeking, frame sampling; `num_frames`, `fps`, ... route
+there) and each `<video>` placeholder becomes the frames' tokens in the `video_layout` saved with the processor:
+`"plain"` (one run of video tokens) or `"longllava"` (`<vid>`, `<img>...</img>` per frame separated by `<t>`,
+`</vid>`). In both, every visual feature of a video frame is one video token (`video_token_id`): the model scatters the
+frame features into exactly those positions, frame after frame; the marker tokens are ordinary special tokens.
+`count_video_tokens` gives both numbers (with and without markers); nothing here repeats that arithmetic.
+
+Extension point for the next issues: `replace_image_token` (AnyRes tiles, `<img>...</img>` layout markers).
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import os
 import tempfile
@@ -31,11 +38,27 @@ from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ImagesKwargs, MultiModalData, ProcessorMixin
 from transformers.utils import logging
 
+from .anyres import anyres_token_count  # direct import: transformers 4.x remote code copies only direct imports
 from .configuration_hybrid_vlm import FEATURE_SELECT_STRATEGIES, HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
 from .remote_code import write_processor_remote_code
-from .token_counts import VisualTokenSpec, count_image_tokens
-from .tokenization_utils import IMAGE_TOKEN, make_tokenizer_files_portable
+from .token_counts import VIDEO_LAYOUTS, VisualTokenSpec, count_image_tokens, count_video_tokens
+from .tokenization_utils import (
+    IMAGE_END_TOKEN,
+    IMAGE_START_TOKEN,
+    IMAGE_TOKEN,
+    TIMESTAMP_TOKEN,
+    VIDEO_END_TOKEN,
+    VIDEO_START_TOKEN,
+    VIDEO_TOKEN,
+    make_tokenizer_files_portable,
+)
+from .video_processing_hybrid_vlm import (
+    VIDEO_PROCESSOR_FILE,
+    HybridVLMVideoProcessor,
+    is_video,
+    make_video_list,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -65,7 +88,25 @@ _TOKENIZER_KWARGS = frozenset(
 # Options the processor itself implements on top of the tokenizer (transformers 5's names).
 _PROCESSOR_TEXT_OPTIONS = frozenset({"return_text_replacement_offsets", "return_mm_token_type_ids"})
 # Accepted and ignored: apply_chat_template of either line may pass these; they mean nothing without audio/video.
-_IGNORED_KWARGS = frozenset({"sanitize_control_tokens", "sampling_rate", "load_audio_backend", "do_sample_frames"})
+_IGNORED_KWARGS = frozenset(
+    {
+        "sanitize_control_tokens",
+        "sampling_rate",
+        "load_audio_backend",
+        "audio_from_video_indices",
+        "load_audio_from_video",
+    }
+)
+# Video-processor options that are also image-processor options: a flat keyword applies to both, as in transformers.
+_VIDEO_ONLY_OPTIONS = frozenset({"return_metadata"})
+# Markers of the "longllava" video layout, in the order they appear; each must be one token of the tokenizer.
+_LONGLLAVA_MARKERS = (VIDEO_START_TOKEN, IMAGE_START_TOKEN, IMAGE_END_TOKEN, TIMESTAMP_TOKEN, VIDEO_END_TOKEN)
+# mm_token_type_ids values (transformers 5's convention): 0 text, 1 image, 2 video.
+_MM_TYPE_IMAGE, _MM_TYPE_VIDEO = 1, 2
+# Hub/cache arguments of from_pretrained that the video processor's loader needs too.
+_HUB_KWARGS = frozenset(
+    {"cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies", "user_agent"}
+)
 # Nested per-modality dicts, as transformers processors accept them (`common_kwargs` is 4.x's shared dict).
 _NESTED_KWARGS = ("text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs", "common_kwargs")
 
@@ -157,40 +198,53 @@ def _map_offsets_to_input(
 
 class HybridVLMProcessor(ProcessorMixin):
     r"""
-    Tokenizer and image processor of a HybridVLM model.
+    Tokenizer, image processor and video processor of a HybridVLM model.
 
-    `__call__` turns prompts with one `<image>` placeholder per image into `input_ids` where each placeholder is
-    expanded to as many image tokens as the model produces features for that image (`count_image_tokens`), plus
-    `pixel_values` and `image_sizes` from the image processor.
+    `__call__` turns prompts with one `<image>` placeholder per image and one `<video>` placeholder per video into
+    `input_ids` where each placeholder is expanded to as many tokens as the model produces features for it
+    (`count_image_tokens`, `count_video_tokens`), plus `pixel_values`/`image_sizes` from the image processor and
+    `pixel_values_videos` from the video processor.
 
     Args:
         image_processor: the image processor (a [`HybridVLMImageProcessor`] normally).
         tokenizer: a tokenizer that has `image_token` as a single, never-split token.
+        video_processor: a [`HybridVLMVideoProcessor`]; `None` builds one whose frames get the image processor's
+            resize and normalisation.
         patch_size: the vision encoder's patch size.
         num_prefix_tokens: tokens the encoder emits before its patch grid (CLS, registers).
         vision_feature_select_strategy: `"default"` (patch tokens only) or `"full"`, as in the model config.
         image_token: the placeholder string for one image in prompts.
+        video_token: the placeholder string for one video in prompts; also the token every video feature occupies.
+        video_layout: how a video's frames are laid out, `"plain"` or `"longllava"` (see the module docstring).
         chat_template: Jinja chat template; defaults to the tokenizer's.
 
     Use [`HybridVLMProcessor.from_model_config`] to fill the token-count settings from a model config.
     """
 
     # transformers 4.x finds sub-processors through these; 5.x reads `__init__`'s parameters and warns about
-    # `*_class` attributes, so they are only declared on 4.x.
+    # `*_class` attributes, so they are only declared on 4.x. The video processor is named by its own class: 4.x's
+    # "AutoVideoProcessor" resolves to a torchvision-only dummy (see `get_possibly_dynamic_module`).
     if not _IS_TRANSFORMERS_5:
-        attributes: ClassVar[list[str]] = ["image_processor", "tokenizer"]
+        attributes: ClassVar[list[str]] = ["image_processor", "tokenizer", "video_processor"]
         image_processor_class = "AutoImageProcessor"
         tokenizer_class = "AutoTokenizer"
+        video_processor_class = "HybridVLMVideoProcessor"
 
     def __init__(
         self,
         image_processor: BaseImageProcessor | None = None,
         tokenizer: Any = None,
+        video_processor: HybridVLMVideoProcessor | None = None,
         patch_size: int | None = None,
         num_prefix_tokens: int | None = None,
         vision_feature_select_strategy: str = "default",
         image_token: str = IMAGE_TOKEN,
+        video_token: str = VIDEO_TOKEN,
+        video_layout: str = "plain",
         chat_template: str | dict[str, str] | None = None,
+        image_newline: bool = False,
+        anyres_unpad: bool = True,
+        vision_pooled_grid: int | None = None,
         **kwargs: Any,
     ) -> None:
         if image_processor is None or tokenizer is None:
@@ -224,14 +278,61 @@ class HybridVLMProcessor(ProcessorMixin):
             raise ValueError(
                 f"{_NAME}: the tokenizer splits {image_token!r} into several tokens; it must be one special token."
             )
+        if video_layout not in VIDEO_LAYOUTS:
+            raise ValueError(f"{_NAME}: unknown video_layout {video_layout!r}; use one of {list(VIDEO_LAYOUTS)}.")
+        if video_layout == "longllava":  # an explicit choice: its markers must exist now, not at the first video
+            for marker in _LONGLLAVA_MARKERS:
+                _single_token_id(tokenizer, marker, "a marker of the 'longllava' video layout")
+        if video_processor is None:
+            video_processor = HybridVLMVideoProcessor.from_image_processor(image_processor)
         self.patch_size = patch_size
         self.num_prefix_tokens = num_prefix_tokens
         self.vision_feature_select_strategy = vision_feature_select_strategy
+        # AnyRes / pooling settings of the model, needed to count its tokens (HybridVLMConfig fields of the same name)
+        self.image_newline = bool(image_newline)
+        self.anyres_unpad = bool(anyres_unpad)
+        self.vision_pooled_grid = vision_pooled_grid
         self.image_token = image_token
         self.image_token_id = image_token_id
+        self.video_token = video_token
+        self.video_layout = video_layout
+        # Checked when a video is processed: an image-only tokenizer without a video token must still work for images.
+        self.video_token_id = _token_id_or_none(tokenizer, video_token)
         if chat_template is None:
             chat_template = getattr(tokenizer, "chat_template", None)
-        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template)
+
+    @staticmethod
+    def get_possibly_dynamic_module(module_name: str) -> Any:
+        """transformers' class lookup, plus the video processor classes it cannot find without torchvision.
+
+        4.x names the video processor by `video_processor_class`; 5.x type-checks against `VideoProcessorMixin`, which
+        is not exported when torchvision is missing. Both resolve here so the processor builds and loads anyway.
+        """
+        if module_name == HybridVLMVideoProcessor.__name__:
+            return HybridVLMVideoProcessor
+        if module_name == "VideoProcessorMixin":
+            from transformers.video_processing_utils import VideoProcessorMixin
+
+            return VideoProcessorMixin
+        return ProcessorMixin.get_possibly_dynamic_module(module_name)
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        """Load the sub-processors: tokenizer and image processor the parent's way, the video processor our way.
+
+        The parent loads a video processor through `AutoVideoProcessor`, which needs torchvision (or a registration),
+        and folders saved before this processor had a video processor have none to load. `HybridVLMVideoProcessor`
+        reads its own file, 5.x's nested entry, or else derives one from the saved image processor settings.
+        """
+        names = _sub_processor_names(cls)
+        loaded = iter(
+            super(HybridVLMProcessor, _without_video_processor(cls))._get_arguments_from_pretrained(
+                pretrained_model_name_or_path, *args, **kwargs
+            )
+        )
+        video_processor = HybridVLMVideoProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return [video_processor if name == "video_processor" else next(loaded) for name in names]
 
     @classmethod
     def from_model_config(
@@ -239,6 +340,7 @@ class HybridVLMProcessor(ProcessorMixin):
         config: HybridVLMConfig,
         tokenizer: Any,
         image_processor: BaseImageProcessor | None = None,
+        video_processor: HybridVLMVideoProcessor | None = None,
         **kwargs: Any,
     ) -> HybridVLMProcessor:
         """The processor that matches `config`: token-count settings from the same spec the model derives."""
@@ -248,9 +350,13 @@ class HybridVLMProcessor(ProcessorMixin):
         processor = cls(
             image_processor,
             tokenizer,
+            video_processor,
             patch_size=spec.patch_size,
             num_prefix_tokens=spec.num_prefix_tokens,
             vision_feature_select_strategy=spec.vision_feature_select_strategy,
+            image_newline=config.image_newline,
+            anyres_unpad=config.anyres_unpad,
+            vision_pooled_grid=spec.pooled_grid,
             **kwargs,
         )
         config_id = getattr(config, "image_token_id", None)
@@ -260,13 +366,22 @@ class HybridVLMProcessor(ProcessorMixin):
                 f"model config has image_token_id={config_id}. Set config.image_token_id to "
                 f"{processor.image_token_id} (or use the tokenizer the model was trained with)."
             )
+        video_id = getattr(config, "video_token_id", None)
+        if video_id is not None and processor.video_token_id is not None and video_id != processor.video_token_id:
+            raise ValueError(
+                f"{_NAME}: the tokenizer gives {processor.video_token!r} the id {processor.video_token_id} but the "
+                f"model config has video_token_id={video_id}. Set config.video_token_id to {processor.video_token_id} "
+                "(or use the tokenizer the model was trained with)."
+            )
         return processor
 
     # ------------------------------------------------------------------ token counts
 
     @property
     def visual_token_spec(self) -> VisualTokenSpec:
-        return VisualTokenSpec(self.patch_size, self.num_prefix_tokens, self.vision_feature_select_strategy)
+        return VisualTokenSpec(
+            self.patch_size, self.num_prefix_tokens, self.vision_feature_select_strategy, self.vision_pooled_grid
+        )
 
     def num_image_tokens(self, height: int, width: int) -> int:
         """Image tokens for one image of `height` x `width` pixels as fed to the encoder."""
@@ -275,24 +390,86 @@ class HybridVLMProcessor(ProcessorMixin):
     def replace_image_token(self, image_inputs: dict[str, Any], image_idx: int, **kwargs: Any) -> str:
         """The text that stands for image `image_idx` in the prompt (transformers 5's hook name).
 
-        Single resolution: the image token repeated once per visual feature. AnyRes and layout markers override this.
+        Single resolution: the image token repeated once per visual feature. AnyRes (the image processor returned
+        `image_grids`): the count of `anyres.anyres_token_count`, the same function the model checks against.
         """
         pixel_values = image_inputs["pixel_values"]
-        height, width = pixel_values[image_idx].shape[-2:]
+        height, width = (int(v) for v in pixel_values[image_idx].shape[-2:])
+        if image_inputs.get("image_grids") is not None:
+            count = anyres_token_count(
+                self.visual_token_spec,
+                tuple(int(v) for v in image_inputs["image_sizes"][image_idx]),
+                tuple(int(v) for v in image_inputs["image_grids"][image_idx]),
+                (height, width),
+                newline=self.image_newline,
+                unpad=self.anyres_unpad,
+            )
+            return self.image_token * count
         return self.image_token * self.num_image_tokens(height, width)
 
+    def num_video_tokens(self, num_frames: int, height: int, width: int, include_markers: bool = True) -> int:
+        """Tokens of one video of `num_frames` frames of `height` x `width` pixels as fed to the encoder.
+
+        With markers: the length of the whole expansion of its `<video>` in this processor's layout. Without: the
+        video tokens the model fills with features (the same for every layout).
+        """
+        return count_video_tokens(
+            self.visual_token_spec, int(num_frames), int(height), int(width), self.video_layout, include_markers
+        )
+
+    def replace_video_token(self, video_inputs: dict[str, Any], video_idx: int, **kwargs: Any) -> str:
+        """The text that stands for video `video_idx` in the prompt (transformers 5's hook name), in `video_layout`.
+
+        Every frame contributes `count_image_tokens` video tokens; `longllava` wraps each frame in `<img>...</img>`,
+        separates frames with `<t>` and wraps the video in `<vid>...</vid>`.
+        """
+        num_frames, _, height, width = video_inputs["pixel_values_videos"][video_idx].shape
+        frame = self.video_token * count_video_tokens(self.visual_token_spec, 1, int(height), int(width), "plain")
+        if self.video_layout == "plain":
+            return frame * int(num_frames)
+        framed = IMAGE_START_TOKEN + frame + IMAGE_END_TOKEN
+        return VIDEO_START_TOKEN + TIMESTAMP_TOKEN.join([framed] * int(num_frames)) + VIDEO_END_TOKEN
+
+    def _anyres_layout(self, height: int, width: int) -> Any:
+        """The image processor's AnyRes grid for an image of this size, or None in single-resolution mode."""
+        if getattr(self.image_processor, "anyres", None) is False or not hasattr(self.image_processor, "anyres_layout"):
+            return None
+        processor = self.image_processor
+        if not (getattr(processor, "max_tiles", None) or getattr(processor, "image_grid_pinpoints", None)):
+            return None
+        return processor.anyres_layout(height, width)
+
     def _get_num_multimodal_tokens(
-        self, image_sizes: Iterable[Sequence[int]] | None = None, **kwargs: Any
+        self,
+        image_sizes: Iterable[Sequence[int]] | None = None,
+        video_sizes: Iterable[Sequence[int]] | None = None,
+        **kwargs: Any,
     ) -> MultiModalData:
-        """Tokens per image for original (height, width) sizes, without processing pixels (vLLM asks for this)."""
-        if image_sizes is None:
-            return MultiModalData()
-        counts = []
-        for height, width in image_sizes:
-            if hasattr(self.image_processor, "output_image_size"):
-                height, width = self.image_processor.output_image_size(int(height), int(width))
-            counts.append(self.num_image_tokens(height, width))
-        return MultiModalData(num_image_tokens=counts, num_image_patches=[1] * len(counts))
+        """Tokens per image for original (height, width) sizes and per video for (num_frames, height, width) sizes
+        (frames after sampling), without processing pixels (vLLM asks for this)."""
+        data: dict[str, Any] = {}
+        if image_sizes is not None:
+            counts = []
+            for height, width in image_sizes:
+                layout = self._anyres_layout(int(height), int(width))
+                if layout is not None:
+                    counts.append(
+                        anyres_token_count(
+                            self.visual_token_spec, (int(height), int(width)), layout.grid, layout.tile_size,
+                            newline=self.image_newline, unpad=self.anyres_unpad,
+                        )
+                    )
+                    continue
+                if hasattr(self.image_processor, "output_image_size"):
+                    height, width = self.image_processor.output_image_size(int(height), int(width))
+                counts.append(self.num_image_tokens(height, width))
+            data.update(num_image_tokens=counts, num_image_patches=[1] * len(counts))
+        if video_sizes is not None:
+            data["num_video_tokens"] = [
+                self.num_video_tokens(frames, *self.video_processor.output_frame_size(int(height), int(width)))
+                for frames, height, width in video_sizes
+            ]
+        return MultiModalData(**data)
 
     # ------------------------------------------------------------------ __call__
 
@@ -307,25 +484,32 @@ class HybridVLMProcessor(ProcessorMixin):
         max_length: int | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
-        """Tokenize `text` with every `<image>` expanded, and process `images`.
+        """Tokenize `text` with every `<image>` and `<video>` expanded, and process `images` and `videos`.
 
         Args:
             images: one image, a flat list of images (taken in placeholder order across the batch), or one list of
                 images per text sample. PIL images, arrays, tensors or local paths.
-            text: a prompt or a list of prompts, with one `<image>` where each image goes.
-            videos: not supported yet.
+            text: a prompt or a list of prompts, with one `<image>` where each image goes and one `<video>` where each
+                video goes.
+            videos: one video, a flat list of videos (in placeholder order across the batch), or one list of videos
+                per text sample. A video is a file path, bytes, a file-like object, a (T, H, W, C)/(T, C, H, W)
+                array or tensor, or a list of frames. Decoding and sampling options (`num_frames`, `fps`,
+                `sampling`, `max_frames`, `max_visual_tokens`, ...) are keyword arguments, flat or in `videos_kwargs`.
             return_tensors: `"pt"`, `"np"` or None (lists).
             padding, truncation, max_length: as for the tokenizer (padding defaults to False, on the tokenizer's
-                padding side). Truncation that would cut an image's tokens raises a ValueError.
-            **kwargs: image processor options (`do_resize`, `size`, ...) and tokenizer options (`padding_side`,
-                `add_special_tokens`, `return_offsets_mapping`, ...), flat or as `images_kwargs` / `text_kwargs`.
+                padding side). Truncation that would cut an image's or a video's tokens raises a ValueError.
+            **kwargs: image processor options (`do_resize`, `size`, ...; a flat one applies to video frames too),
+                video processor options, and tokenizer options (`padding_side`, `add_special_tokens`,
+                `return_offsets_mapping`, ...), flat or as `images_kwargs` / `videos_kwargs` / `text_kwargs`.
+                `return_metadata=True` adds `video_metadata` (frame indices, timestamps, ... per video).
                 `return_offsets_mapping=True` gives character spans into the text as passed (each image token spans
                 its `<image>`); with `return_text_replacement_offsets=True` as well, the spans index the expanded text
                 and `text_replacement_offsets` lists the expansions (transformers 5's convention).
 
         Returns:
             `BatchFeature` with `input_ids`, `attention_mask` and, when images were given, `pixel_values` and
-            `image_sizes`.
+            `image_sizes`; when videos were given, `pixel_values_videos` (num_videos, frames, 3, H, W), or a list of
+            (frames, 3, H, W) when videos differ in frame count or size.
         """
         audio = kwargs.pop("audio", None)
         if audio is not None:
@@ -342,9 +526,7 @@ class HybridVLMProcessor(ProcessorMixin):
                 )
             raise ValueError(f"{_NAME} needs text (and optionally images).")
         texts = self._text_batch(text)
-        video_token = getattr(self.tokenizer, "video_token", None)
-        if videos is not None or (video_token and any(video_token in sample for sample in texts)):
-            texts = self._expand_videos(texts, videos, options)
+        video_inputs, video_replacements = self._process_videos(texts, videos, options["videos_kwargs"])
         flat_images, per_sample = _flatten_sample_images(images, len(texts))
         placeholder_counts = [sample.count(self.image_token) for sample in texts]
         self._check_placeholders(placeholder_counts, flat_images, per_sample)
@@ -354,12 +536,14 @@ class HybridVLMProcessor(ProcessorMixin):
         if flat_images:
             image_inputs = dict(self.image_processor(flat_images, **image_kwargs))
             replacements = [self.replace_image_token(image_inputs, i) for i in range(len(flat_images))]
-        expanded, replacement_offsets = self._expand_placeholders(texts, replacements)
+        expanded, replacement_offsets = self._expand_placeholders(texts, replacements, video_replacements)
 
         want_offsets = bool(text_kwargs.get("return_offsets_mapping"))
         encoding = self.tokenizer(expanded, **text_kwargs)
         input_ids = [list(row) for row in encoding["input_ids"]]
         self._check_visual_tokens(input_ids, expanded, texts, text_kwargs)
+        if video_replacements:
+            self._check_video_tokens(input_ids, expanded, texts, text_kwargs)
 
         data: dict[str, Any] = dict(encoding)
         if want_offsets and not options["return_text_replacement_offsets"]:
@@ -368,9 +552,21 @@ class HybridVLMProcessor(ProcessorMixin):
                 for i, offsets in enumerate(encoding["offset_mapping"])
             ]
         if options["return_mm_token_type_ids"]:
-            data["mm_token_type_ids"] = [[int(t == self.image_token_id) for t in row] for row in input_ids]
+            types = {self.image_token_id: _MM_TYPE_IMAGE}
+            if video_replacements:
+                types[self.video_token_id] = _MM_TYPE_VIDEO
+            data["mm_token_type_ids"] = [[types.get(t, 0) for t in row] for row in input_ids]
         data.update(image_inputs)
+        pixel_values_videos = video_inputs.get("pixel_values_videos")
+        if isinstance(pixel_values_videos, np.ndarray):
+            data["pixel_values_videos"] = pixel_values_videos
         output = BatchFeature(data=data, tensor_type=options["return_tensors"])
+        if isinstance(pixel_values_videos, list):
+            # Videos of different frame counts or sizes cannot be stacked: one array/tensor per video.
+            as_tensor = str(options["return_tensors"]) in ("pt", "TensorType.PYTORCH")
+            output["pixel_values_videos"] = [torch.from_numpy(v) if as_tensor else v for v in pixel_values_videos]
+        if video_replacements and options["return_metadata"]:
+            output["video_metadata"] = video_inputs["video_metadata"]
         if options["return_text_replacement_offsets"]:
             # Added after tensor conversion: a list of dicts per sample, never a tensor.
             output["text_replacement_offsets"] = replacement_offsets
@@ -382,22 +578,31 @@ class HybridVLMProcessor(ProcessorMixin):
         names |= set(ImagesKwargs.__annotations__) | set(getattr(self.image_processor, "_param_names", ()))
         return names - {"return_tensors"}
 
+    def _video_kwarg_names(self) -> set[str]:
+        """Per-call options the video processor takes (`video_layout` and the token spec are the processor's own)."""
+        names = set(getattr(getattr(self.video_processor, "valid_kwargs", None), "__annotations__", {}))
+        names |= set(getattr(self.video_processor, "_param_names", ())) | {"video_metadata", "return_metadata"}
+        return names - {"return_tensors", "visual_token_spec", "video_layout"}
+
     def _split_kwargs(
         self, kwargs: dict[str, Any], explicit: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """Route flat and nested keyword arguments to the tokenizer, the image processor or the processor itself.
+        """Route flat and nested keyword arguments to the tokenizer, the image and video processors or the processor.
 
-        Returns (tokenizer kwargs, image processor kwargs, processor options). A key given both flat and nested with
-        different values is an error, as in transformers' processors.
+        Returns (tokenizer kwargs, image processor kwargs, processor options); the video processor's kwargs are in
+        `options["videos_kwargs"]`. A flat key both processors take goes to both (frame `size`, normalisation ...).
+        A key given both flat and nested with different values is an error, as in transformers' processors.
         """
         nested = {name: dict(kwargs.pop(name, None) or {}) for name in _NESTED_KWARGS}
         if nested["audio_kwargs"]:
             raise ValueError(f"{_NAME} does not take audio; got audio_kwargs={nested['audio_kwargs']}.")
         image_keys = self._image_kwarg_names()
+        video_keys = self._video_kwarg_names()
         options: dict[str, Any] = {name: False for name in _PROCESSOR_TEXT_OPTIONS}
         options["return_tensors"] = None
         text_kwargs: dict[str, Any] = {}
         image_kwargs = {k: v for k, v in nested["images_kwargs"].items() if k != "return_tensors"}
+        video_kwargs = {k: v for k, v in nested["videos_kwargs"].items() if k != "return_tensors"}
         nested_text = {**nested["common_kwargs"], **nested["text_kwargs"]}
         for key, value in nested_text.items():
             (options if key in options else text_kwargs)[key] = value
@@ -407,19 +612,28 @@ class HybridVLMProcessor(ProcessorMixin):
         unknown = []
         for key, value in flat.items():
             if key in options or key in _TOKENIZER_KWARGS:
-                target, source, name = (options if key in options else text_kwargs), nested_text, "text_kwargs"
-            elif key in image_keys:
-                target, source, name = image_kwargs, nested["images_kwargs"], "images_kwargs"
+                routes = [((options if key in options else text_kwargs), nested_text, "text_kwargs")]
             else:
+                routes = []
+                if key in image_keys and key not in _VIDEO_ONLY_OPTIONS:
+                    routes.append((image_kwargs, nested["images_kwargs"], "images_kwargs"))
+                if key in video_keys:
+                    routes.append((video_kwargs, nested["videos_kwargs"], "videos_kwargs"))
+            if not routes:
                 if key not in _IGNORED_KWARGS:
                     unknown.append(key)
                 continue
-            if key in source and source[key] != value:
-                raise TypeError(f"{_NAME}: `{key}` was passed both as a keyword and in {name}, with different values.")
-            target[key] = value
+            for target, source, name in routes:
+                if key in source and source[key] != value:
+                    raise TypeError(
+                        f"{_NAME}: `{key}` was passed both as a keyword and in {name}, with different values."
+                    )
+                target[key] = value
         if unknown:
             logger.warning_once(f"{_NAME}: ignoring unknown keyword argument(s) {sorted(unknown)}.")
-        options["videos_kwargs"] = nested["videos_kwargs"]
+        # video_metadata (per-video frame indices, timestamps) is no model input: only on request.
+        options["return_metadata"] = bool(video_kwargs.pop("return_metadata", False))
+        options["videos_kwargs"] = video_kwargs
 
         text_kwargs.setdefault("padding", False)
         # 4.x tokenizers also return token_type_ids; the model has no use for them.
@@ -472,26 +686,35 @@ class HybridVLMProcessor(ProcessorMixin):
             )
 
     def _expand_placeholders(
-        self, texts: list[str], replacements: list[str]
+        self, texts: list[str], replacements: list[str], video_replacements: Sequence[str] = ()
     ) -> tuple[list[str], list[list[dict[str, Any]]]]:
-        """Replace the i-th placeholder of the batch by `replacements[i]`; record where (5.x offset format)."""
-        token = self.image_token
-        pending = iter(replacements)
+        """Replace the i-th image (video) placeholder of the batch by `replacements[i]` (`video_replacements[i]`) in
+        one pass over each text; record where (5.x offset format), so offsets map back to the caller's text."""
+        kinds = [
+            (token, kind, iter(pending))
+            for token, kind, pending in (
+                (self.image_token, "image", replacements),
+                (self.video_token, "video", video_replacements),
+            )
+            if pending
+        ]
         expanded: list[str] = []
         all_offsets: list[list[dict[str, Any]]] = []
         for sample in texts:
             pieces: list[str] = []
             offsets: list[dict[str, Any]] = []
             last = new_length = 0
-            start = sample.find(token) if replacements else -1
-            while start != -1:
+            next_at = [sample.find(token) for token, _, _ in kinds]
+            while any(at != -1 for at in next_at):
+                start, which = min((at, k) for k, at in enumerate(next_at) if at != -1)
+                token, kind, pending = kinds[which]
                 end = start + len(token)
                 replacement = next(pending)
                 pieces.append(sample[last:start])
                 new_start = new_length + (start - last)
                 offsets.append(
                     {
-                        "type": "image",
+                        "type": kind,
                         "span": (start, end),
                         "new_span": (new_start, new_start + len(replacement)),
                         "text": token,
@@ -501,7 +724,7 @@ class HybridVLMProcessor(ProcessorMixin):
                 pieces.append(replacement)
                 new_length = new_start + len(replacement)
                 last = end
-                start = sample.find(token, end)
+                next_at = [sample.find(t, end) if at != -1 else -1 for (t, _, _), at in zip(kinds, next_at)]
             pieces.append(sample[last:])
             expanded.append("".join(pieces))
             all_offsets.append(offsets)
@@ -531,35 +754,108 @@ class HybridVLMProcessor(ProcessorMixin):
                 f"tokenization but holds {found}. Does the text contain the image token in another form?"
             )
 
-    def _expand_videos(self, texts: list[str], videos: Any, options: dict[str, Any]) -> list[str]:
-        """The video path slots in here: process `videos`, return `texts` with each `<video>` expanded."""
-        raise NotImplementedError(
-            f"{_NAME} does not process videos yet (got {'videos and ' if videos is not None else ''}text with "
-            f"{sum(sample.count(str(self.tokenizer.video_token)) for sample in texts)} video placeholder(s)); pass "
-            f"frames as images with one {self.image_token} each."
+    # ------------------------------------------------------------------ videos
+
+    def _process_videos(
+        self, texts: list[str], videos: Any, video_kwargs: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Decode, sample and process `videos`; return the video processor's output and one expansion per video."""
+        counts = [sample.count(self.video_token) for sample in texts]
+        if videos is None and not any(counts):
+            return {}, []
+        flat, per_sample = _flatten_sample_videos(videos, len(texts))
+        self._check_video_placeholders(counts, flat, per_sample)
+        if not flat:
+            return {}, []
+        if self.video_token_id is None:
+            raise ValueError(
+                f"{_NAME}: the tokenizer does not know the video token {self.video_token!r}. Add it as a special token "
+                "(tokenizer.add_special_tokens), resize the model's embeddings and set config.video_token_id."
+            )
+        _single_token_id(self.tokenizer, self.video_token, "the video token")
+        kwargs = dict(video_kwargs)
+        # The video processor needs the token spec and the layout to turn a max_visual_tokens budget into frames.
+        kwargs.update(visual_token_spec=self.visual_token_spec, video_layout=self.video_layout, return_metadata=True)
+        video_inputs = dict(self.video_processor(flat, return_tensors=None, **kwargs))
+        replacements = [self.replace_video_token(video_inputs, i) for i in range(len(flat))]
+        return video_inputs, replacements
+
+    def _check_video_placeholders(
+        self, counts: list[int], flat_videos: list[Any], per_sample: list[list[Any]] | None
+    ) -> None:
+        """One placeholder per video, per sample when the videos came per sample, else in total."""
+        token = self.video_token
+        hint = (
+            f"Put one {token} in the text where each video goes (apply_chat_template does this for "
+            '{"type": "video"} blocks), or pass exactly the videos the text refers to.'
         )
+        if per_sample is not None:
+            for index, (count, sample_videos) in enumerate(zip(counts, per_sample)):
+                if count != len(sample_videos):
+                    raise ValueError(
+                        f"{_NAME}: sample {index} has {count} {token} placeholder(s) in its text but "
+                        f"{len(sample_videos)} video(s) were given for it. {hint}"
+                    )
+            return
+        total = sum(counts)
+        if total != len(flat_videos):
+            given = f"{len(flat_videos)} video(s) were given" if flat_videos else "no videos were given"
+            raise ValueError(
+                f"{_NAME}: the text has {total} {token} placeholder(s) (per sample: {counts}) but {given}. {hint}"
+            )
+
+    def _check_video_tokens(
+        self, input_ids: list[list[int]], expanded: list[str], texts: list[str], text_kwargs: dict[str, Any]
+    ) -> None:
+        """Every sample must still hold all its video tokens after tokenization; truncation must not cut them."""
+        for index, (ids, sample) in enumerate(zip(input_ids, expanded)):
+            expected = sample.count(self.video_token)
+            found = ids.count(self.video_token_id)
+            if found == expected:
+                continue
+            num_videos = texts[index].count(self.video_token)
+            if text_kwargs.get("truncation") not in (None, False, "do_not_truncate"):
+                untruncated = {k: v for k, v in text_kwargs.items() if k not in ("truncation", "max_length", "padding")}
+                needed = len(self.tokenizer(sample, **untruncated)["input_ids"])
+                limit = text_kwargs.get("max_length") or self.tokenizer.model_max_length
+                raise ValueError(
+                    f"{_NAME}: truncation to max_length={limit} would cut visual tokens of sample {index}: it keeps "
+                    f"{found} of its {expected} video tokens ({num_videos} video(s)); the sample needs {needed} "
+                    "tokens. Raise max_length to at least that, sample fewer frames (num_frames=..., "
+                    "max_visual_tokens=...), or disable truncation."
+                )
+            raise ValueError(
+                f"{_NAME}: sample {index} should hold {expected} video tokens (id {self.video_token_id}) after "
+                f"tokenization but holds {found}. Does the text contain the video token in another form?"
+            )
 
     # ------------------------------------------------------------------ chat template
 
     def apply_chat_template(
         self, conversation: Any, chat_template: str | None = None, **kwargs: Any
     ) -> str | list[str] | BatchFeature | Any:
-        """transformers' `apply_chat_template`, plus images given separately and 4.x's string-content crash fixed.
+        """transformers' `apply_chat_template`, plus media given separately and 4.x's string-content crash fixed.
 
-        `images=`: images for `{"type": "image"}` blocks that carry none, in order (one list per conversation for a
-        batch, or a flat list). Everything else is the parent's: content blocks with an `"image"` (or url/path) key
-        supply the images, `tokenize=True, return_dict=True` returns this processor's `__call__` output, and
+        `images=` / `videos=`: media for `{"type": "image"}` / `{"type": "video"}` blocks that carry none, in order
+        (one list per conversation for a batch, or a flat list). Everything else is the parent's: content blocks with
+        an `"image"` / `"video"` (or url/path) key supply the media (a video as a path, bytes, a file-like object, an
+        array or a list of frames; TRL sends videos this way), `tokenize=True, return_dict=True` returns this
+        processor's `__call__` output (video options such as `num_frames`/`fps` pass through), and
         `return_assistant_tokens_mask=True` marks assistant tokens (the offsets `__call__` returns keep that right with
-        expanded image tokens on both lines).
+        expanded image and video tokens on both lines).
         """
         images = kwargs.pop("images", None)
+        videos = kwargs.pop("videos", None)
         tokenize = bool(kwargs.get("tokenize", False))
-        if images is not None or (tokenize and not _IS_TRANSFORMERS_5):
-            conversation = _prepare_conversations(conversation, images, blocks_for_strings=not _IS_TRANSFORMERS_5)
+        if images is not None or videos is not None or (tokenize and not _IS_TRANSFORMERS_5):
+            conversation = _prepare_conversations(
+                conversation, images, blocks_for_strings=not _IS_TRANSFORMERS_5, videos=videos
+            )
         if _IS_TRANSFORMERS_5 and tokenize:
             # 5.x routes unknown kwargs to __call__ anyway, but warns on every call (TRL's collator passes padding=).
             processor_kwargs = dict(kwargs.pop("processor_kwargs", None) or {})
             known = _TOKENIZER_KWARGS | _PROCESSOR_TEXT_OPTIONS | self._image_kwarg_names() | set(_NESTED_KWARGS)
+            known |= self._video_kwarg_names()
             for key in [k for k in kwargs if k in known]:
                 if key in processor_kwargs:
                     raise TypeError(f"{_NAME}: `{key}` was passed both as a keyword and in processor_kwargs.")
@@ -577,9 +873,12 @@ class HybridVLMProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        """What `__call__` returns for the model: the tokenizer's names (no token_type_ids) and the image inputs."""
+        """What `__call__` returns for the model: the tokenizer's names (no token_type_ids), image and video inputs."""
         names = [n for n in self.tokenizer.model_input_names if n != "token_type_ids"]
         names += list(getattr(self.image_processor, "model_input_names", ["pixel_values"])) + ["image_sizes"]
+        if self._anyres_layout(1, 1) is not None:
+            names += ["image_grids", "num_patches"]
+        names += list(getattr(self.video_processor, "model_input_names", ["pixel_values_videos"]))
         return list(dict.fromkeys(names))
 
     def save_pretrained(
@@ -591,8 +890,9 @@ class HybridVLMProcessor(ProcessorMixin):
     ) -> Any:
         """Save a folder that `AutoProcessor.from_pretrained` loads on transformers 4.57 and 5.x alike.
 
-        On top of the parent's files: tokenizer files rewritten to what both lines read, and the image processor
-        also in `preprocessor_config.json` (5.x nests it in `processor_config.json` only). With `remote_code=True`
+        On top of the parent's files: tokenizer files rewritten to what both lines read, and the image and video
+        processors also in `preprocessor_config.json` and `video_preprocessor_config.json` (5.x nests them in
+        `processor_config.json` only). With `remote_code=True`
         the processing modules are copied in too, for `trust_remote_code=True` loading without this package.
         """
         hub_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in ("repo_id", "commit_message", "token", "private")}
@@ -603,6 +903,7 @@ class HybridVLMProcessor(ProcessorMixin):
         if hasattr(self.image_processor, "_set_processor_class"):  # 4.x records it; 5.x has no such method
             self.image_processor._set_processor_class(self.__class__.__name__)
         _write_text_atomic(directory / _IMAGE_PROCESSOR_FILE, self.image_processor.to_json_string())
+        _write_text_atomic(directory / VIDEO_PROCESSOR_FILE, self.video_processor.to_json_string())
         if remote_code:
             write_processor_remote_code(directory)
             _nest_auto_map(directory / "processor_config.json")
@@ -614,11 +915,16 @@ class HybridVLMProcessor(ProcessorMixin):
 
 
 def _nest_auto_map(processor_config: Path) -> None:
-    """5.x reads the image processor from the dict nested in processor_config.json; it needs the auto_map too."""
+    """5.x reads the sub-processors from the dicts nested in processor_config.json; they need the auto_map too."""
     data = json.loads(processor_config.read_text(encoding="utf-8"))
-    nested, auto_map = data.get("image_processor"), data.get("auto_map") or {}
-    if isinstance(nested, dict) and auto_map and nested.get("auto_map") != auto_map:
-        nested["auto_map"] = auto_map
+    auto_map = data.get("auto_map") or {}
+    changed = False
+    for name in ("image_processor", "video_processor"):
+        nested = data.get(name)
+        if isinstance(nested, dict) and auto_map and nested.get("auto_map") != auto_map:
+            nested["auto_map"] = auto_map
+            changed = True
+    if changed:
         _write_text_atomic(processor_config, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -636,8 +942,8 @@ def _copy_conversation(conversation: list[dict[str, Any]], blocks_for_strings: b
     return copied
 
 
-def _prepare_conversations(conversation: Any, images: Any, blocks_for_strings: bool) -> Any:
-    """Put separately given images into the image blocks that carry none; keep the batched/single shape."""
+def _prepare_conversations(conversation: Any, images: Any, blocks_for_strings: bool, videos: Any = None) -> Any:
+    """Put separately given images (videos) into the image (video) blocks that carry none; keep the batch shape."""
     is_batched = (
         isinstance(conversation, (list, tuple))
         and bool(conversation)
@@ -670,7 +976,89 @@ def _prepare_conversations(conversation: Any, images: Any, blocks_for_strings: b
                 )
             for block, image in zip(blocks, given):
                 block["image"] = image
+    if videos is not None:
+        bare = [
+            [
+                block
+                for message in conv
+                for block in (message.get("content") if isinstance(message.get("content"), list) else [])
+                if isinstance(block, dict)
+                and block.get("type") == "video"
+                and not any(key in block for key in ("video", "url", "path"))
+            ]
+            for conv in conversations
+        ]
+        flat, per_conversation = _flatten_sample_videos(videos, len(conversations))
+        groups = per_conversation if per_conversation is not None else [flat]
+        targets = bare if per_conversation is not None else [[b for blocks in bare for b in blocks]]
+        for index, (blocks, given) in enumerate(zip(targets, groups)):
+            if len(blocks) != len(given):
+                where = f"conversation {index}" if per_conversation is not None else "the conversation(s)"
+                raise ValueError(
+                    f"{_NAME}: {where} has {len(blocks)} video block(s) without video data but {len(given)} video(s) "
+                    'were passed with videos=. Give one video per {"type": "video"} block.'
+                )
+            for block, video in zip(blocks, given):
+                block["video"] = video
     return conversations if is_batched else conversations[0]
+
+
+def _flatten_sample_videos(videos: Any, num_samples: int) -> tuple[list[Any], list[list[Any]] | None]:
+    """Flat list of videos, and the per-sample lists when `videos` was nested (one list of videos per text).
+
+    A list of frames is one video, not a sample: a nested list is per-sample only when its items are lists of videos.
+    """
+    if videos is None:
+        return [], None
+    if not isinstance(videos, (list, tuple)) or is_video(videos):
+        return make_video_list(videos), None
+    items = list(videos)
+    if items and all(isinstance(item, (list, tuple)) and not is_video(item) for item in items):
+        if len(items) != num_samples:
+            raise ValueError(
+                f"{_NAME}: `videos` holds {len(items)} per-sample video lists but there are {num_samples} text "
+                "sample(s). Pass one list per text (use [] for a sample without videos)."
+            )
+        per_sample = [make_video_list(sample) if sample else [] for sample in items]
+        return [video for sample in per_sample for video in sample], per_sample
+    return make_video_list(items), None
+
+
+def _token_id_or_none(tokenizer: Any, token: str) -> int | None:
+    """The id of `token`, or None when the tokenizer does not know it."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        return None
+    return int(token_id)
+
+
+def _single_token_id(tokenizer: Any, token: str, role: str) -> int:
+    """The id of `token`, which must be one never-split token of the tokenizer (a special token)."""
+    token_id = _token_id_or_none(tokenizer, token)
+    if token_id is None:
+        raise ValueError(
+            f"{_NAME}: the tokenizer does not know {token!r} ({role}). Add it as a special token "
+            "(tokenizer.add_special_tokens) and resize the model's embeddings."
+        )
+    if tokenizer.encode(token, add_special_tokens=False) != [token_id]:
+        raise ValueError(f"{_NAME}: the tokenizer splits {token!r} ({role}) into several tokens; make it special.")
+    return token_id
+
+
+def _sub_processor_names(cls: type) -> list[str]:
+    """The processor's sub-processor attributes, in `__init__` order (4.x: `attributes`; 5.x: from the signature)."""
+    return list(cls.get_attributes()) if _IS_TRANSFORMERS_5 else list(cls.attributes)
+
+
+@functools.cache
+def _without_video_processor(cls: type) -> type:
+    """A view of `cls` whose sub-processors exclude the video processor: the parent loads the others through it."""
+    names = [name for name in _sub_processor_names(cls) if name != "video_processor"]
+    if _IS_TRANSFORMERS_5:
+        namespace: dict[str, Any] = {"get_attributes": classmethod(lambda view: list(names))}
+    else:
+        namespace = {"attributes": names}
+    return type(f"_{cls.__name__}WithoutVideo", (cls,), namespace)
 
 
 __all__ = ["HybridVLMProcessor"]

@@ -16,6 +16,7 @@ from .configuration_hybrid_vlm import HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
 from .modeling_hybrid_vlm import HybridVLMForConditionalGeneration, HybridVLMModel
 from .processing_hybrid_vlm import HybridVLMProcessor
+from .video_processing_hybrid_vlm import HybridVLMVideoProcessor
 
 
 def register_auto_classes() -> None:
@@ -33,3 +34,9 @@ def register_auto_classes() -> None:
         HybridVLMConfig, slow_image_processor_class=HybridVLMImageProcessor, exist_ok=True
     )
     AutoProcessor.register(HybridVLMConfig, HybridVLMProcessor, exist_ok=True)
+    # The top-level `transformers.AutoVideoProcessor` is a torchvision placeholder when torchvision is missing; the
+    # real class lives in the submodule. (On 4.57 its from_pretrained still needs torchvision; AutoProcessor and
+    # HybridVLMVideoProcessor.from_pretrained load ours without it.)
+    from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+
+    AutoVideoProcessor.register(HybridVLMConfig, HybridVLMVideoProcessor, exist_ok=True)

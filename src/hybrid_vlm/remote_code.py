@@ -27,6 +27,7 @@ MODEL_AUTO_MAP = {
 PROCESSOR_AUTO_MAP = {
     "AutoProcessor": "processing_hybrid_vlm.HybridVLMProcessor",
     "AutoImageProcessor": "image_processing_hybrid_vlm.HybridVLMImageProcessor",
+    "AutoVideoProcessor": "video_processing_hybrid_vlm.HybridVLMVideoProcessor",
 }
 
 

@@ -33,6 +33,8 @@ class VisualTokenSpec:
     patch_size: int
     num_prefix_tokens: int
     vision_feature_select_strategy: str = "default"
+    # Side each view's patch grid is pooled to before the projector (LongLLaVA: 24x24 -> 12x12); None: no pooling.
+    pooled_grid: int | None = None
 
     @classmethod
     def from_config(cls, config: Any) -> VisualTokenSpec:
@@ -42,6 +44,7 @@ class VisualTokenSpec:
             patch_size=int(vision_config.patch_size),
             num_prefix_tokens=vision_prefix_token_count(vision_config),
             vision_feature_select_strategy=config.vision_feature_select_strategy,
+            pooled_grid=getattr(config, "vision_pooled_grid", None),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,6 +61,13 @@ def count_image_tokens(spec: VisualTokenSpec, height: int, width: int) -> int:
             "resize or crop to a multiple of it (the image processor does this for you)."
         )
     patches = (height // spec.patch_size) * (width // spec.patch_size)
+    if spec.pooled_grid is not None:
+        if spec.pooled_grid > min(height, width) // spec.patch_size:
+            raise ValueError(
+                f"pooled_grid {spec.pooled_grid} is larger than the {height // spec.patch_size}x"
+                f"{width // spec.patch_size} patch grid of a {height}x{width} image; pooling only reduces."
+            )
+        patches = spec.pooled_grid * spec.pooled_grid
     if spec.vision_feature_select_strategy == "full":
         return patches + spec.num_prefix_tokens
     return patches
