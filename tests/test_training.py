@@ -631,3 +631,22 @@ def test_sft_trainer_on_videos_with_the_collator(video_file, tmp_path):
     trainer.train()
     assert all(math.isfinite(loss) for loss in train_losses(trainer))
     assert any(name.startswith("model.multi_modal_projector.") for name in changed(model, before))
+
+
+def test_topk_distillation_loss_on_a_hand_made_example():
+    import math
+
+    from hybrid_vlm.training import topk_distillation_loss
+
+    teacher = torch.tensor([[[2.0, 0.0, -5.0]]])
+    student = torch.tensor([[[0.0, 0.0, 9.0]]])
+    # k=2 keeps vocabulary entries 0 and 1: teacher softmax(2, 0), student softmax(0, 0) = (1/2, 1/2)
+    p0 = math.exp(2) / (math.exp(2) + 1)
+    expected = p0 * math.log(p0 / 0.5) + (1 - p0) * math.log((1 - p0) / 0.5)
+    assert topk_distillation_loss(student, teacher, k=2).item() == pytest.approx(expected, rel=1e-6)
+    assert topk_distillation_loss(teacher, teacher, k=3).item() == pytest.approx(0.0, abs=1e-7)
+    masked = topk_distillation_loss(torch.cat([student, teacher], 1), torch.cat([teacher, teacher], 1), k=2,
+                                    mask=torch.tensor([[0, 1]]))
+    assert masked.item() == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(ValueError, match="k must be in 1..3"):
+        topk_distillation_loss(student, teacher, k=5)

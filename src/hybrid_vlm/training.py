@@ -38,6 +38,7 @@ __all__ = [
     "VideoSFTCollator",
     "apply_overflow_policy",
     "count_parameters",
+    "topk_distillation_loss",
     "freeze_for_stage",
     "lora_config",
     "lora_target_modules",
@@ -343,6 +344,40 @@ def freeze_for_stage(model: nn.Module, stage: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- overflow
+
+
+def topk_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    k: int = 100,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Vamba's optional stage-1 distillation term: KL(teacher || student) on the teacher's top-k vocabulary entries.
+
+    Both distributions are renormalised over the teacher's k largest logits at each position (seed 003, §3.3; the
+    paper found weight 0 best, but the term is needed to ablate it). Add `weight * loss` to the LM loss.
+
+    Args:
+        student_logits, teacher_logits: (batch, seq, vocab) logits at the same positions.
+        k: number of teacher logits kept per position.
+        mask: optional (batch, seq) with 1 where the term counts (e.g. text positions with labels).
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student and teacher logits must have the same shape, got {tuple(student_logits.shape)} and "
+            f"{tuple(teacher_logits.shape)}."
+        )
+    if not 1 <= k <= teacher_logits.shape[-1]:
+        raise ValueError(f"k must be in 1..{teacher_logits.shape[-1]} (the vocabulary size), got {k}.")
+    top_teacher, indices = teacher_logits.float().topk(k, dim=-1)
+    top_student = student_logits.float().gather(-1, indices)
+    teacher_log_probs = torch.log_softmax(top_teacher, dim=-1)
+    student_log_probs = torch.log_softmax(top_student, dim=-1)
+    per_position = (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(-1)
+    if mask is None:
+        return per_position.mean()
+    mask = mask.to(per_position.dtype)
+    return (per_position * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 def apply_overflow_policy(
