@@ -78,9 +78,10 @@ def test_auto_processor_returns_our_processor(tmp_path):
     assert type(AutoProcessor.from_pretrained(tmp_path)) is HybridVLMProcessor
 
 
-def test_remote_code_loads_without_the_package(tmp_path):
+@pytest.mark.parametrize("preset", ["jamba-llava-tiny", "vamba-tiny"])
+def test_remote_code_loads_without_the_package(tmp_path, preset):
     """A process that cannot import hybrid_vlm loads the folder with trust_remote_code=True, same logits."""
-    model, processor = hybrid_vlm.from_preset("jamba-llava-tiny")
+    model, processor = hybrid_vlm.from_preset(preset)
     model.save_pretrained(tmp_path, remote_code=True)
     processor.save_pretrained(tmp_path, remote_code=True)
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]

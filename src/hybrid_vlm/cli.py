@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--max-new-tokens", type=int, default=64)
     commands.add_parser("env", help="versions and which kernel paths are available / used")
+    from .convert import add_convert_subcommand
+
+    add_convert_subcommand(commands)
     presets = commands.add_parser("presets", help="list the named presets")
     presets.add_argument("--count", action="store_true", help="print parameter counts (built on the meta device)")
     return parser
@@ -185,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_generate(args.model, args.image, args.prompt, args.max_new_tokens)
     if args.command == "env":
         return run_env()
+    if args.command == "convert":
+        from .convert import run_convert
+
+        return run_convert(args)
     return run_presets(args.count)
 
 

@@ -217,6 +217,7 @@ class HybridVLMConfig(PretrainedConfig):
 
     def _validate_vamba(self, text_type: str) -> None:
         from .caching import has_ssm_layers
+        from .ssm import SSMBlock  # noqa: F401  (vamba needs it; transformers 4.x remote code copies direct imports)
         from .vamba import INCOMPATIBLE_MODEL_TYPES, VambaOptions
 
         self.vamba_options = VambaOptions.coerce(self.vamba_options).to_dict()
