@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from transformers.image_processing_utils import select_best_resolution
 from transformers.models.llava_next.modeling_llava_next import unpad_image
 
-from .token_counts import VisualTokenSpec, count_image_tokens
+from .token_counts import VisualTokenSpec, count_image_tokens, projector_output_grid
 
 # Far beyond any real use (8000 x 8000 px at 336 px tiles is 24 x 24 = 576 tiles) but keeps the candidate list
 # (about N log N grids) and a mistyped value from eating memory.
@@ -241,7 +241,7 @@ def view_feature_grid(spec: VisualTokenSpec, tile_size: Any, pooled_grid: Any = 
     tile_h, tile_w = as_size(tile_size, "tile_size")
     if pooled_grid is None:
         pooled_grid = spec.pooled_grid
-    unpooled = dataclasses.replace(spec, pooled_grid=None)
+    unpooled = dataclasses.replace(spec, pooled_grid=None, projector_conv=None)
     total = count_image_tokens(unpooled, tile_h, tile_w)
     patch_spec = dataclasses.replace(unpooled, vision_feature_select_strategy="default")
     patches = count_image_tokens(patch_spec, tile_h, tile_w)
@@ -259,6 +259,9 @@ def view_feature_grid(spec: VisualTokenSpec, tile_size: Any, pooled_grid: Any = 
                 f"{tile_h}x{tile_w} view; pooling only reduces."
             )
         grid = pooled
+    if spec.projector_conv is not None:
+        kernel, stride = spec.projector_conv
+        grid = projector_output_grid("conv2d_adapter", grid, conv_kernel=kernel, conv_stride=stride)
     return total - patches, grid
 
 

@@ -8,9 +8,16 @@ from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
 
+# transformers 4.x remote code copies only the relative imports written in this file, but then walks the copies
+# recursively: every module reachable from here (validation uses projectors and vamba) is imported directly.
+from .anyres import pool_2d  # noqa: F401
+from .projectors import validate_projector_settings
+from .ssm import SSMBlock  # noqa: F401
+from .token_counts import VisualTokenSpec  # noqa: F401
+
 # Values accepted by the structural settings. Later families extend these tuples; the model dispatches on them.
 DECODERS = ("interleaved", "vamba")
-PROJECTOR_TYPES = ("mlp2x_gelu",)
+PROJECTOR_TYPES = ("mlp2x_gelu", "mlp3x_gelu", "pool2d_mlp", "pool1d_mlp", "conv2d_adapter", "mamba")
 FEATURE_SELECT_STRATEGIES = ("default", "full")
 ANYRES_MERGES = ("spatial", "flat")
 # Vision encoders whose output layout (prefix tokens + a square patch grid) the token-count function knows.
@@ -67,7 +74,10 @@ class HybridVLMConfig(PretrainedConfig):
             per-layer cross-attention while a Mamba block updates the visual stream (see docs/vamba.md).
             Also accepted as `decoder=`; it is stored as `decoder_type`
             because transformers reserves `config.decoder` for the decoder sub-config of encoder-decoder models.
-        projector_type: `"mlp2x_gelu"` (LLaVA's two-layer MLP).
+        projector_type: `"mlp2x_gelu"` (LLaVA's two-layer MLP), `"mlp3x_gelu"` (Cobra's fused 3-layer MLP),
+            `"pool2d_mlp"` / `"pool1d_mlp"` (LongLLaVA's pooling, and its 1-D ablation, then the 2-layer MLP),
+            `"conv2d_adapter"` (MMJamba's video adapter), `"mamba"` (MambaVLM's cross-stitch Mamba projector).
+            See docs/projectors.md.
         projector_hidden_act: activation of the MLP projector.
         multimodal_projector_bias: whether the projector's linear layers have biases.
         vision_feature_layer: hidden-state index (or list of indices, concatenated on channels) taken from the
@@ -83,6 +93,13 @@ class HybridVLMConfig(PretrainedConfig):
             tile's tokens together (LongLLaVA's layout).
         vision_pooled_grid: pool each view's patch grid to this side with bilinear interpolation before the
             projector (LongLLaVA: 24x24 -> 12x12, i.e. 12); None for no pooling.
+        projector_intermediate_size: `mlp3x_gelu`: width after its first layer (None: 4x the vision width, Cobra).
+        projector_pooled_grid: `pool2d_mlp` / `pool1d_mlp`: side the patch grid is pooled to inside the projector.
+        projector_conv_kernel, projector_conv_stride: `conv2d_adapter`: convolution window and step (None: kernel).
+        projector_hidden_size: `mamba`: width the scans run at (None: the widest encoder).
+        projector_scan_fusion: `mamba`: `"cross_stitch"` (interleave the encoders' maps) or `"cross_cat"`.
+        projector_scan_merge: `mamba`: merge of the four scan directions, `"sum"` or `"mean"`.
+        projector_ssm: `mamba`: `hybrid_vlm.ssm.SSMBlock` options (`mixer`, `d_state`, `expand`, `head_dim`, ...).
         vamba_options: settings of the Vamba decoder (`hybrid_vlm.vamba.VambaOptions` fields), only with
             `decoder_type="vamba"`.
     """
@@ -108,6 +125,14 @@ class HybridVLMConfig(PretrainedConfig):
         anyres_unpad: bool = True,
         anyres_merge: str = "spatial",
         vision_pooled_grid: int | None = None,
+        projector_intermediate_size: int | None = None,
+        projector_pooled_grid: int | None = None,
+        projector_conv_kernel: int = 2,
+        projector_conv_stride: int | None = None,
+        projector_hidden_size: int | None = None,
+        projector_scan_fusion: str = "cross_stitch",
+        projector_scan_merge: str = "sum",
+        projector_ssm: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         # TRL reads `auto_map`; transformers breaks on None. Keep it a dict.
@@ -135,6 +160,14 @@ class HybridVLMConfig(PretrainedConfig):
         self.anyres_unpad = anyres_unpad
         self.anyres_merge = anyres_merge
         self.vision_pooled_grid = vision_pooled_grid
+        self.projector_intermediate_size = projector_intermediate_size
+        self.projector_pooled_grid = projector_pooled_grid
+        self.projector_conv_kernel = projector_conv_kernel
+        self.projector_conv_stride = projector_conv_stride
+        self.projector_hidden_size = projector_hidden_size
+        self.projector_scan_fusion = projector_scan_fusion
+        self.projector_scan_merge = projector_scan_merge
+        self.projector_ssm = projector_ssm
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
         self.validate_hybrid_config()
 
@@ -144,6 +177,7 @@ class HybridVLMConfig(PretrainedConfig):
             raise ValueError(f"Unknown decoder_type '{self.decoder_type}'. Choose one of {list(DECODERS)}.")
         if self.projector_type not in PROJECTOR_TYPES:
             raise ValueError(f"Unknown projector_type '{self.projector_type}'. Choose one of {list(PROJECTOR_TYPES)}.")
+        validate_projector_settings(self)
         if self.vision_feature_select_strategy not in FEATURE_SELECT_STRATEGIES:
             raise ValueError(
                 f"Unknown vision_feature_select_strategy '{self.vision_feature_select_strategy}'. "
@@ -187,12 +221,13 @@ class HybridVLMConfig(PretrainedConfig):
                 "anyres_merge='flat' keeps every tile's tokens together, so it cannot add row newlines or un-pad; "
                 "set image_newline=False and anyres_unpad=False."
             )
-        pooled = self.vision_pooled_grid
-        if pooled is not None:
-            grid = self.vision_config.image_size // self.vision_config.patch_size
-            if isinstance(pooled, bool) or not isinstance(pooled, int) or not 1 <= pooled <= grid:
+        grid = self.vision_config.image_size // self.vision_config.patch_size
+        for name in ("vision_pooled_grid", "projector_pooled_grid"):
+            pooled = getattr(self, name)
+            valid = pooled is None or (isinstance(pooled, int) and not isinstance(pooled, bool) and 1 <= pooled <= grid)
+            if not valid:
                 raise ValueError(
-                    f"vision_pooled_grid={pooled!r} must be an int in 1..{grid} (the encoder's {grid}x{grid} patch "
+                    f"{name}={pooled!r} must be an int in 1..{grid} (the encoder's {grid}x{grid} patch "
                     "grid); LongLLaVA pools 24x24 to 12."
                 )
         vocab_size = self.text_config.vocab_size
@@ -217,7 +252,6 @@ class HybridVLMConfig(PretrainedConfig):
 
     def _validate_vamba(self, text_type: str) -> None:
         from .caching import has_ssm_layers
-        from .ssm import SSMBlock  # noqa: F401  (vamba needs it; transformers 4.x remote code copies direct imports)
         from .vamba import INCOMPATIBLE_MODEL_TYPES, VambaOptions
 
         self.vamba_options = VambaOptions.coerce(self.vamba_options).to_dict()

@@ -29,7 +29,7 @@ from .caching import (
 )
 from .configuration_hybrid_vlm import HybridVLMConfig
 from .kernels import use_torch_ssm_path_where_needed
-from .projectors import build_projector
+from .projectors import build_projector, init_projector_module
 from .remote_code import write_model_remote_code
 from .ssm import SSM_FP32_PARAMETERS  # (also a direct import so transformers 4.x remote code copies ssm.py)
 from .token_counts import VisualTokenSpec, count_image_tokens, count_video_tokens
@@ -106,10 +106,7 @@ class HybridVLMPreTrainedModel(PreTrainedModel):
             options = VambaOptions.from_dict(self.config.vamba_options)
             if init_vamba_module(module, options, self.config.text_config.num_hidden_layers, std):
                 return
-        if isinstance(module, nn.Linear) and _is_projector_module(self, module):
-            module.weight.data.normal_(mean=0.0, std=std)
-            if module.bias is not None:
-                module.bias.data.zero_()
+        if _is_projector_module(self, module) and init_projector_module(module, std):
             return
         super()._init_weights(module)
 
@@ -211,16 +208,25 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         prefix = features[:, : spec.num_prefix_tokens] if spec.vision_feature_select_strategy == "full" else None
         patches = features[:, spec.num_prefix_tokens :]
         height, width = (int(v) for v in pixel_values.shape[-2:])
-        if spec.pooled_grid is not None:
-            patches = pool_2d(patches, spec.pooled_grid, (height // spec.patch_size, width // spec.patch_size))
-        features = patches if prefix is None else torch.cat([prefix, patches], dim=1)
-        expected = count_image_tokens(spec, height, width)
-        if features.shape[1] != expected:
+        grid = (height // spec.patch_size, width // spec.patch_size)
+        if patches.shape[1] != grid[0] * grid[1]:
             raise ValueError(
-                f"The vision tower produced {features.shape[1]} tokens per {height}x{width} image but the token-count "
-                f"function expects {expected}; the vision config does not describe this encoder."
+                f"The vision tower produced {patches.shape[1]} patch tokens per {height}x{width} image, not a "
+                f"{grid[0]}x{grid[1]} grid; the vision config does not describe this encoder."
             )
-        return self.multi_modal_projector(features)
+        pooled = self.config.vision_pooled_grid  # model-side pooling; the pool2d/pool1d projectors pool inside
+        if pooled is not None:
+            patches = pool_2d(patches, pooled, grid)
+            grid = (pooled, pooled)
+        features = patches if prefix is None else torch.cat([prefix, patches], dim=1)
+        projected = self.multi_modal_projector(features, grid=grid)
+        expected = count_image_tokens(spec, height, width)
+        if projected.shape[1] != expected:
+            raise ValueError(
+                f"The projector produced {projected.shape[1]} tokens per {height}x{width} image but the token-count "
+                f"function expects {expected}; the config's projector settings and the projector disagree."
+            )
+        return projected
 
     def get_image_features(
         self,

@@ -39,9 +39,12 @@ from transformers.processing_utils import ImagesKwargs, MultiModalData, Processo
 from transformers.utils import logging
 
 from .anyres import anyres_token_count  # direct import: transformers 4.x remote code copies only direct imports
+from .caching import has_ssm_layers  # noqa: F401  (configuration's imports, for 4.x remote code: see there)
 from .configuration_hybrid_vlm import FEATURE_SELECT_STRATEGIES, HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
+from .projectors import build_projector  # noqa: F401
 from .remote_code import write_processor_remote_code
+from .ssm import SSMBlock  # noqa: F401
 from .token_counts import VIDEO_LAYOUTS, VisualTokenSpec, count_image_tokens, count_video_tokens
 from .tokenization_utils import (
     IMAGE_END_TOKEN,
@@ -53,6 +56,7 @@ from .tokenization_utils import (
     VIDEO_TOKEN,
     make_tokenizer_files_portable,
 )
+from .vamba import VambaOptions  # noqa: F401
 from .video_processing_hybrid_vlm import (
     VIDEO_PROCESSOR_FILE,
     HybridVLMVideoProcessor,
@@ -245,6 +249,7 @@ class HybridVLMProcessor(ProcessorMixin):
         image_newline: bool = False,
         anyres_unpad: bool = True,
         vision_pooled_grid: int | None = None,
+        projector_conv: list[int] | None = None,
         **kwargs: Any,
     ) -> None:
         if image_processor is None or tokenizer is None:
@@ -291,7 +296,8 @@ class HybridVLMProcessor(ProcessorMixin):
         # AnyRes / pooling settings of the model, needed to count its tokens (HybridVLMConfig fields of the same name)
         self.image_newline = bool(image_newline)
         self.anyres_unpad = bool(anyres_unpad)
-        self.vision_pooled_grid = vision_pooled_grid
+        self.vision_pooled_grid = vision_pooled_grid  # the effective pooled side (model-side or projector pooling)
+        self.projector_conv = list(projector_conv) if projector_conv is not None else None  # conv2d_adapter (k, s)
         self.image_token = image_token
         self.image_token_id = image_token_id
         self.video_token = video_token
@@ -357,6 +363,7 @@ class HybridVLMProcessor(ProcessorMixin):
             image_newline=config.image_newline,
             anyres_unpad=config.anyres_unpad,
             vision_pooled_grid=spec.pooled_grid,
+            projector_conv=list(spec.projector_conv) if spec.projector_conv is not None else None,
             **kwargs,
         )
         config_id = getattr(config, "image_token_id", None)
@@ -379,8 +386,9 @@ class HybridVLMProcessor(ProcessorMixin):
 
     @property
     def visual_token_spec(self) -> VisualTokenSpec:
+        conv = tuple(self.projector_conv) if self.projector_conv is not None else None
         return VisualTokenSpec(
-            self.patch_size, self.num_prefix_tokens, self.vision_feature_select_strategy, self.vision_pooled_grid
+            self.patch_size, self.num_prefix_tokens, self.vision_feature_select_strategy, self.vision_pooled_grid, conv
         )
 
     def num_image_tokens(self, height: int, width: int) -> int:
