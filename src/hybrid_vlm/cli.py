@@ -1,4 +1,4 @@
-"""`hybrid-vlm` command line: demo, generate, env, presets."""
+"""`hybrid-vlm` command line: demo, generate, env, presets, convert, bench."""
 
 from __future__ import annotations
 
@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .convert import add_convert_subcommand
 
     add_convert_subcommand(commands)
+    from .benchmark import add_bench_subcommand, run_bench
+
+    add_bench_subcommand(commands).set_defaults(handler=run_bench)
     presets = commands.add_parser("presets", help="list the named presets")
     presets.add_argument("--count", action="store_true", help="print parameter counts (built on the meta device)")
     return parser
@@ -182,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is not None:  # sub-commands registered by their own module: `set_defaults(handler=run_x)`
+        return handler(args)
     if args.command == "demo":
         return run_demo(args.preset, args.output, args.max_new_tokens, args.question)
     if args.command == "generate":
