@@ -14,6 +14,7 @@ from .anyres import pool_2d  # noqa: F401
 from .projectors import validate_projector_settings
 from .ssm import SSMBlock  # noqa: F401
 from .token_counts import VisualTokenSpec  # noqa: F401
+from .vision_encoders import VISION_FUSIONS
 
 # Values accepted by the structural settings. Later families extend these tuples; the model dispatches on them.
 DECODERS = ("interleaved", "vamba")
@@ -57,6 +58,13 @@ def _as_config(value: Any, name: str, default_type: str) -> PretrainedConfig:
     raise TypeError(f"`{name}` must be a transformers config, a dict or None, got {type(value).__name__}.")
 
 
+def _vision_part(config: PretrainedConfig) -> PretrainedConfig:
+    """A composite CLIP/SigLIP config stands for its vision part."""
+    if config.model_type in _COMPOSITE_VISION_TYPES and hasattr(config, "vision_config"):
+        return config.vision_config
+    return config
+
+
 class HybridVLMConfig(PretrainedConfig):
     r"""
     Configuration of a [`HybridVLMForConditionalGeneration`].
@@ -67,7 +75,12 @@ class HybridVLMConfig(PretrainedConfig):
 
     Args:
         vision_config: vision encoder config (CLIP, SigLIP or DINOv2 vision config, or a dict with `model_type`).
-            Defaults to CLIP ViT-L/14 at 336 px.
+            Defaults to CLIP ViT-L/14 at 336 px. A list of configs puts several encoders side by side (MambaVLM,
+            Cobra: DINOv2 + SigLIP); `vision_config` then holds the first and `extra_vision_configs` the others
+            (transformers expects one config object there), and `vision_configs` lists them all.
+        vision_fusion: how several encoders' patch maps are combined: `"channel"` (Cobra: one token per patch with
+            the widths concatenated) or `"sequence"` (MambaVLM: every encoder's tokens, encoder after encoder, the
+            "visual long sequence"). Ignored with one encoder.
         text_config: causal language model config (or a dict with `model_type`). Defaults to Jamba.
         decoder_type: how visual features reach the LM. `"interleaved"`: projected features replace the placeholder
             tokens in the LM input (LLaVA style). `"vamba"`: text tokens see the visual tokens only through a
@@ -133,14 +146,26 @@ class HybridVLMConfig(PretrainedConfig):
         projector_scan_fusion: str = "cross_stitch",
         projector_scan_merge: str = "sum",
         projector_ssm: dict[str, Any] | None = None,
+        vision_fusion: str = "channel",
+        extra_vision_configs: list[PretrainedConfig | dict] | None = None,
         **kwargs: Any,
     ) -> None:
         # TRL reads `auto_map`; transformers breaks on None. Keep it a dict.
         self.auto_map = kwargs.pop("auto_map", None) or {}
-        vision_config = _as_config(vision_config, "vision_config", "clip_vision_model")
-        if vision_config.model_type in _COMPOSITE_VISION_TYPES and hasattr(vision_config, "vision_config"):
-            vision_config = vision_config.vision_config
-        self.vision_config = vision_config
+        if isinstance(vision_config, (list, tuple)):
+            if not vision_config:
+                raise ValueError("vision_config is an empty list; give at least one vision encoder config.")
+            if extra_vision_configs:
+                raise ValueError("Give several encoders either as a vision_config list or as extra_vision_configs.")
+            vision_config, extra_vision_configs = vision_config[0], list(vision_config[1:])
+        self.vision_config = _vision_part(_as_config(vision_config, "vision_config", "clip_vision_model"))
+        if extra_vision_configs is not None and not isinstance(extra_vision_configs, (list, tuple)):
+            raise TypeError("extra_vision_configs must be a list of vision configs (or dicts with `model_type`).")
+        self.extra_vision_configs = [
+            _vision_part(_as_config(c, f"extra_vision_configs[{i}]", "clip_vision_model"))
+            for i, c in enumerate(extra_vision_configs or [])
+        ]
+        self.vision_fusion = vision_fusion
         self.text_config = _as_config(text_config, "text_config", "jamba")
         if "decoder" in kwargs:
             decoder = kwargs.pop("decoder")
@@ -183,12 +208,15 @@ class HybridVLMConfig(PretrainedConfig):
                 f"Unknown vision_feature_select_strategy '{self.vision_feature_select_strategy}'. "
                 f"Choose one of {list(FEATURE_SELECT_STRATEGIES)}."
             )
-        vision_type = self.vision_config.model_type
-        if vision_type not in VISION_MODEL_TYPES:
-            raise ValueError(
-                f"vision_config has model_type '{vision_type}', which HybridVLM cannot use as a vision encoder. "
-                f"Use one of {list(VISION_MODEL_TYPES)} (e.g. CLIPVisionConfig, SiglipVisionConfig, Dinov2Config)."
-            )
+        for vision_config in self.vision_configs:
+            vision_type = vision_config.model_type
+            if vision_type not in VISION_MODEL_TYPES:
+                raise ValueError(
+                    f"vision_config has model_type '{vision_type}', which HybridVLM cannot use as a vision encoder. "
+                    f"Use one of {list(VISION_MODEL_TYPES)} (e.g. CLIPVisionConfig, SiglipVisionConfig, "
+                    "Dinov2Config)."
+                )
+        self._validate_vision_fusion()
         text_type = self.text_config.model_type
         if self.decoder_type == "vamba":
             self._validate_vamba(text_type)
@@ -201,19 +229,21 @@ class HybridVLMConfig(PretrainedConfig):
                 "version can build with AutoModel/AutoModelForCausalLM. Use a decoder-only LM config such as "
                 "JambaConfig, Mamba2Config, BambaConfig or LlamaConfig."
             )
-        num_layers = self.vision_config.num_hidden_layers
         layers = self.vision_feature_layer
         layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
         if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
             raise TypeError(
                 f"vision_feature_layer must be an int or a list of ints, got {self.vision_feature_layer!r}."
             )
-        bad = [i for i in layers if not -(num_layers + 1) <= i <= num_layers]
-        if bad:
-            raise ValueError(
-                f"vision_feature_layer {bad} is out of range: the vision encoder has {num_layers} layers, so hidden "
-                f"states are indexed {-(num_layers + 1)}..{num_layers}. Use -2 for the penultimate layer."
-            )
+        for vision_config in self.vision_configs:
+            num_layers = vision_config.num_hidden_layers
+            bad = [i for i in layers if not -(num_layers + 1) <= i <= num_layers]
+            if bad:
+                raise ValueError(
+                    f"vision_feature_layer {bad} is out of range: the vision encoder has {num_layers} layers "
+                    f"({vision_config.model_type}), so hidden states are indexed {-(num_layers + 1)}..{num_layers}. "
+                    "Use -2 for the penultimate layer."
+                )
         if self.anyres_merge not in ANYRES_MERGES:
             raise ValueError(f"Unknown anyres_merge '{self.anyres_merge}'. Choose one of {list(ANYRES_MERGES)}.")
         if self.anyres_merge == "flat" and (self.image_newline or self.anyres_unpad):
@@ -249,6 +279,37 @@ class HybridVLMConfig(PretrainedConfig):
                 f"The text config's pad_token_id ({pad_id}) is also a visual placeholder id; padding would be "
                 "mistaken for image positions. Use a distinct pad token."
             )
+
+    def _validate_vision_fusion(self) -> None:
+        if self.vision_fusion not in VISION_FUSIONS:
+            raise ValueError(f"Unknown vision_fusion '{self.vision_fusion}'. Choose one of {list(VISION_FUSIONS)}.")
+        configs = self.vision_configs
+        if len(configs) == 1:
+            return
+        shapes = {(int(c.image_size), int(c.patch_size)) for c in configs}
+        if len(shapes) != 1:
+            raise ValueError(
+                f"Several vision encoders must see the same image size with the same patch size so that their patch "
+                f"grids line up, got (image_size, patch_size) {sorted(shapes)}. Set image_size/patch_size to agree "
+                "(MambaVLM/Cobra: DINOv2 and SigLIP both at 384 px with 14 px patches)."
+            )
+        if self.vision_feature_select_strategy != "default":
+            raise ValueError(
+                "Several vision encoders are fused patch by patch, so their CLS/register tokens cannot be kept: "
+                "set vision_feature_select_strategy='default'."
+            )
+        if self.decoder_type == "vamba":
+            raise ValueError("decoder_type='vamba' takes one vision encoder; give vision_config a single config.")
+
+    @property
+    def vision_configs(self) -> list[PretrainedConfig]:
+        """Every vision encoder's config, in the order their features are fused."""
+        return [self.vision_config, *self.extra_vision_configs]
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output["extra_vision_configs"] = [c.to_dict() for c in self.extra_vision_configs]
+        return output
 
     def _validate_vamba(self, text_type: str) -> None:
         from .caching import has_ssm_layers

@@ -108,8 +108,14 @@ def _derived_crop_size(size: dict[str, int]) -> dict[str, int]:
     return {"height": size["height"], "width": size["width"]}
 
 
-def _channel_stats(value: Any, name: str) -> list[float]:
-    """Mean/std as a list of three floats (a scalar is broadcast), so configs save as plain JSON."""
+def _channel_stats(value: Any, name: str) -> list[float] | list[list[float]]:
+    """Mean/std as a list of three floats (a scalar is broadcast), so configs save as plain JSON.
+
+    A list of triples is one normalisation per vision encoder (several encoders): the output then has one
+    normalised RGB copy per encoder, stacked on the channel axis.
+    """
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (list, tuple)) for v in value):
+        return [_channel_stats(v, name) for v in value]
     if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
         values = [float(value)] * 3
     elif isinstance(value, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(value, str):
@@ -380,13 +386,20 @@ class HybridVLMImageProcessor(BaseImageProcessor):
             if not vision_config:
                 raise ValueError(f"{_NAME}.from_vision_config: got an empty list of vision configs.")
             built = [cls.from_vision_config(c, **kwargs) for c in vision_config]
-            dicts = [{k: b.to_dict()[k] for k in cls._param_names} for b in built]
+            if len(built) == 1:
+                return built[0]
+            stats = ("image_mean", "image_std")
+            dicts = [{k: b.to_dict()[k] for k in cls._param_names if k not in stats} for b in built]
             if any(d != dicts[0] for d in dicts[1:]):
                 raise ValueError(
-                    f"{_NAME}.from_vision_config: the vision encoders need different preprocessing ({dicts}); "
-                    "build one processor per encoder."
+                    f"{_NAME}.from_vision_config: the vision encoders need different resizing ({dicts}); several "
+                    "encoders share one resize and differ only in normalisation. Give them the same image_size."
                 )
-            return built[0]
+            # One resize for all; each encoder gets its own mean/std (its output channels 3i..3i+2).
+            params = {k: getattr(built[0], k) for k in cls._param_names}
+            params.update({k: [getattr(b, k) for b in built] for k in stats})
+            params.update({k: v for k, v in kwargs.items() if k in stats})
+            return cls(**params)
         if isinstance(vision_config, dict):
             from transformers import AutoConfig
 
@@ -722,13 +735,20 @@ class HybridVLMImageProcessor(BaseImageProcessor):
                 input_data_format=ChannelDimension.LAST,
             )
         if params["do_normalize"]:
-            image = normalize(
-                image,
-                params["image_mean"],
-                params["image_std"],
-                data_format=ChannelDimension.LAST,
-                input_data_format=ChannelDimension.LAST,
-            )
+            means, stds = params["image_mean"], params["image_std"]
+            per_encoder = isinstance(means[0], list)
+            if per_encoder != isinstance(stds[0], list) or (per_encoder and len(means) != len(stds)):
+                raise ValueError(
+                    f"{_NAME}: image_mean and image_std must both be one triple, or both one triple per vision "
+                    f"encoder (same count); got {means} and {stds}."
+                )
+            copies = [
+                normalize(
+                    image, mean, std, data_format=ChannelDimension.LAST, input_data_format=ChannelDimension.LAST
+                )
+                for mean, std in (zip(means, stds) if per_encoder else [(means, stds)])
+            ]
+            image = copies[0] if len(copies) == 1 else np.concatenate(copies, axis=-1)
         return np.asarray(image, dtype=np.float32)
 
     def _views_for_image(

@@ -28,11 +28,19 @@ from .caching import (
     reorder_state_cache,
 )
 from .configuration_hybrid_vlm import HybridVLMConfig
+from .hub import write_model_card
 from .kernels import use_torch_ssm_path_where_needed
+from .precision import warn_if_fp16_with_ssm
 from .projectors import build_projector, init_projector_module
 from .remote_code import write_model_remote_code
 from .ssm import SSM_FP32_PARAMETERS  # (also a direct import so transformers 4.x remote code copies ssm.py)
 from .token_counts import VisualTokenSpec, count_image_tokens, count_video_tokens
+from .vision_encoders import (  # noqa: F401 (UnwrappedVisionModel: public name kept here)
+    UnwrappedVisionModel,
+    build_vision_tower,
+    encode_patch_maps,
+    vision_no_split_modules,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -77,12 +85,17 @@ class HybridVLMPreTrainedModel(PreTrainedModel):
     _supports_cache_class = True
     _is_stateful = False  # set per instance when the LM is recurrent
 
-    def save_pretrained(self, save_directory: str, *args: Any, remote_code: bool = False, **kwargs: Any) -> None:
+    def save_pretrained(
+        self, save_directory: str, *args: Any, remote_code: bool = False, model_card: bool = True, **kwargs: Any
+    ) -> None:
         """`save_pretrained`; with `remote_code=True` the folder also loads with `trust_remote_code=True` in an
-        environment without hybrid_vlm (the modules are copied next to the weights)."""
+        environment without hybrid_vlm (the modules are copied next to the weights). `model_card`: write a README.md
+        with Hub metadata (hub.write_model_card; never replaces a README.md the user wrote)."""
         super().save_pretrained(save_directory, *args, **kwargs)
         if remote_code:
             write_model_remote_code(save_directory)
+        if model_card and kwargs.get("is_main_process", True):
+            write_model_card(save_directory, self, remote_code=remote_code)
 
     def post_init(self) -> None:
         super().post_init()
@@ -116,46 +129,12 @@ def _is_projector_module(model: nn.Module, module: nn.Module) -> bool:
     return projector is not None and any(module is m for m in projector.modules())
 
 
-class UnwrappedVisionModel(nn.Module):
-    """A transformers 4.x CLIP/SigLIP vision model seen without its `vision_model` wrapper.
-
-    transformers 5 dropped that wrapper (and renames keys when loading old checkpoints). Registering the inner
-    modules directly here gives the 5.x weight layout (`model.vision_tower.encoder...`) on 4.x too, so a folder
-    saved by either line loads on the other; `forward` still runs the full 4.x model (hidden-state capture lives
-    in its decorated forward). The modules are shared, not copied.
-    """
-
-    def __init__(self, wrapped: nn.Module) -> None:
-        super().__init__()
-        for name, child in wrapped.vision_model.named_children():
-            self.add_module(name, child)
-        object.__setattr__(self, "wrapped", wrapped)  # not a registered child: no second copy of the keys
-        self.config = wrapped.config
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.wrapped(*args, **kwargs)
-
-
-def build_vision_tower(vision_config: Any) -> nn.Module:
-    """The vision encoder, with the same weight names on transformers 4.x and 5.x."""
-    encoder = AutoModel.from_config(vision_config)
-    if isinstance(getattr(encoder, "vision_model", None), nn.Module):
-        return UnwrappedVisionModel(encoder)
-    return encoder
-
-
-def _vision_no_split_modules(config: HybridVLMConfig) -> set[str]:
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING
-
-    return set(getattr(MODEL_MAPPING[type(config.vision_config)], "_no_split_modules", None) or [])
-
-
 class HybridVLMModel(HybridVLMPreTrainedModel):
     """Vision tower + projector + language model (without the LM head)."""
 
     def __init__(self, config: HybridVLMConfig) -> None:
         super().__init__(config)
-        self.vision_tower = build_vision_tower(config.vision_config)
+        self.vision_tower = build_vision_tower(config.vision_configs)
         self.multi_modal_projector = build_projector(config, self._vision_feature_width())
         if config.image_newline:  # LLaVA-NeXT's learned end-of-row embedding for AnyRes tiles
             hidden = config.text_config.hidden_size
@@ -168,7 +147,8 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             self.language_model = AutoModel.from_config(config.text_config)
         use_torch_ssm_path_where_needed(self.language_model)
         self._is_stateful = has_ssm_layers(config.text_config)
-        self._no_split_modules = sorted(set(self._no_split_modules or []) | _vision_no_split_modules(config))
+        vision_no_split = vision_no_split_modules(config.vision_configs)
+        self._no_split_modules = sorted(set(self._no_split_modules or []) | vision_no_split)
         self._lm_arguments = frozenset(inspect.signature(self.language_model.forward).parameters)
         self._cache_argument = (
             "cache_params"
@@ -177,8 +157,17 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         )
         self.post_init()
 
-    def _vision_feature_width(self) -> int:
-        return self.config.vision_config.hidden_size * len(self.config.vision_feature_layers)
+    def _vision_feature_width(self) -> int | tuple[int, ...]:
+        """What the projector is fed: one width, or one per encoder when encoders are fused along the sequence."""
+        widths = getattr(self.vision_tower, "map_widths", None)
+        if callable(widths):
+            widths = widths(len(self.config.vision_feature_layers))
+        if widths is None:
+            widths = (self.config.vision_config.hidden_size * len(self.config.vision_feature_layers),)
+        widths = tuple(int(w) for w in widths)
+        if len(widths) > 1 and self.config.vision_fusion == "sequence":
+            return widths
+        return sum(widths)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -202,23 +191,26 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
         strategy = strategy or self.config.vision_feature_select_strategy
         spec = dataclasses.replace(self.visual_token_spec, vision_feature_select_strategy=strategy)
-        tower_dtype = next(self.vision_tower.parameters()).dtype
-        outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True)
-        features = torch.cat([outputs.hidden_states[i] for i in layers], dim=-1)
-        prefix = features[:, : spec.num_prefix_tokens] if spec.vision_feature_select_strategy == "full" else None
-        patches = features[:, spec.num_prefix_tokens :]
+        maps, prefix = encode_patch_maps(self.vision_tower, pixel_values, layers, spec.num_prefix_tokens)
+        if spec.vision_feature_select_strategy != "full":
+            prefix = None
         height, width = (int(v) for v in pixel_values.shape[-2:])
         grid = (height // spec.patch_size, width // spec.patch_size)
-        if patches.shape[1] != grid[0] * grid[1]:
-            raise ValueError(
-                f"The vision tower produced {patches.shape[1]} patch tokens per {height}x{width} image, not a "
-                f"{grid[0]}x{grid[1]} grid; the vision config does not describe this encoder."
-            )
+        for patches in maps:
+            if patches.shape[1] != grid[0] * grid[1]:
+                raise ValueError(
+                    f"The vision tower produced {patches.shape[1]} patch tokens per {height}x{width} image, not a "
+                    f"{grid[0]}x{grid[1]} grid; the vision config does not describe this encoder."
+                )
         pooled = self.config.vision_pooled_grid  # model-side pooling; the pool2d/pool1d projectors pool inside
         if pooled is not None:
-            patches = pool_2d(patches, pooled, grid)
+            maps = [pool_2d(patches, pooled, grid) for patches in maps]
             grid = (pooled, pooled)
-        features = patches if prefix is None else torch.cat([prefix, patches], dim=1)
+        if len(maps) > 1 and self.config.vision_fusion == "sequence":
+            features = tuple(maps)  # the projector takes one map per encoder and returns them in order
+        else:
+            patches = maps[0] if len(maps) == 1 else torch.cat(maps, dim=-1)  # channel fusion (Cobra)
+            features = patches if prefix is None else torch.cat([prefix, patches], dim=1)
         projected = self.multi_modal_projector(features, grid=grid)
         expected = count_image_tokens(spec, height, width)
         if projected.shape[1] != expected:
@@ -251,6 +243,11 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             raise ValueError(
                 "AnyRes pixel_values (num_images, views, 3, H, W) need image_sizes, image_grids and num_patches "
                 "(HybridVLMProcessor returns them with the pixels)."
+            )
+        if self.visual_token_spec.num_maps > 1:
+            raise ValueError(
+                "AnyRes tiles cannot be stitched when several encoders are fused along the sequence "
+                "(vision_fusion='sequence'); use vision_fusion='channel' or a processor without AnyRes (anyres=False)."
             )
         views = self._encode_views(select_real_views(pixel_values, num_patches), vision_feature_layer, strategy)
         spec = dataclasses.replace(self.visual_token_spec, vision_feature_select_strategy=strategy)
@@ -632,6 +629,8 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         num_patches: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> HybridVLMCausalLMOutputWithPast | tuple:
+        if self.training:
+            warn_if_fp16_with_ssm(self)  # once per model: fp16 overflows the SSM scan (DESIGN 5.6)
         text_config = self.config.text_config
         if output_router_logits is None:
             output_router_logits = getattr(text_config, "output_router_logits", None)

@@ -10,13 +10,16 @@ One class serves transformers 4.57 and 5.x. The two `ProcessorMixin`s differ in 
 `save_pretrained` writes a folder with both, and tokenizer files both lines read.
 
 Videos: `videos=` go to `HybridVLMVideoProcessor` (decoding by seeking, frame sampling; `num_frames`, `fps`, ... route
-there) and each `<video>` placeholder becomes the frames' tokens in the `video_layout` saved with the processor:
-`"plain"` (one run of video tokens) or `"longllava"` (`<vid>`, `<img>...</img>` per frame separated by `<t>`,
-`</vid>`). In both, every visual feature of a video frame is one video token (`video_token_id`): the model scatters the
-frame features into exactly those positions, frame after frame; the marker tokens are ordinary special tokens.
-`count_video_tokens` gives both numbers (with and without markers); nothing here repeats that arithmetic.
+there) and each `<video>` placeholder becomes the frames' tokens.
 
-Extension point for the next issues: `replace_image_token` (AnyRes tiles, `<img>...</img>` layout markers).
+Layouts (`image_layout`, `video_layout`, saved with the processor; docs/layouts.md): `"llava"` (plain runs of
+placeholder tokens; `"plain"` is the video layout's older name), `"longllava"` (`<img>...</img>`, AnyRes as the global
+view then tile rows separated by `\n`; videos `<vid>`, `<img>...</img>` per frame separated by `<t>`, `</vid>`) and
+`"qwen2vl"` (`<|vision_start|>...<|vision_end|>`). `token_counts.layout_pieces` says what each expansion is made of;
+every visual feature is one placeholder token (`image_token_id` / `video_token_id`), which the model fills in order;
+the markers are ordinary tokens to it. `layout_markers="special"` wants every marker to be one token of the tokenizer
+(new models); `"text"` lets the tokenizer split them, as LongLLaVA's reference code did (converted checkpoints): the
+cost of every marker segment is then measured with the tokenizer, so counts with markers stay exact.
 """
 
 from __future__ import annotations
@@ -45,17 +48,21 @@ from .image_processing_hybrid_vlm import HybridVLMImageProcessor
 from .projectors import build_projector  # noqa: F401
 from .remote_code import write_processor_remote_code
 from .ssm import SSMBlock  # noqa: F401
-from .token_counts import VIDEO_LAYOUTS, VisualTokenSpec, count_image_tokens, count_video_tokens
-from .tokenization_utils import (
-    IMAGE_END_TOKEN,
-    IMAGE_START_TOKEN,
-    IMAGE_TOKEN,
-    TIMESTAMP_TOKEN,
-    VIDEO_END_TOKEN,
-    VIDEO_START_TOKEN,
-    VIDEO_TOKEN,
-    make_tokenizer_files_portable,
+from .token_counts import (
+    IMAGE_LAYOUTS,
+    LAYOUT_MARKERS,
+    MARKER_STYLES,
+    VIDEO_LAYOUTS,
+    TokenLayout,
+    VisualTokenSpec,
+    canonical_layout,
+    count_image_tokens,
+    count_layout_tokens,
+    count_video_tokens,
+    layout_pieces,
+    layout_segments,
 )
+from .tokenization_utils import CHAT_TEMPLATE, IMAGE_TOKEN, VIDEO_TOKEN, make_tokenizer_files_portable
 from .vamba import VambaOptions  # noqa: F401
 from .video_processing_hybrid_vlm import (
     VIDEO_PROCESSOR_FILE,
@@ -103,8 +110,89 @@ _IGNORED_KWARGS = frozenset(
 )
 # Video-processor options that are also image-processor options: a flat keyword applies to both, as in transformers.
 _VIDEO_ONLY_OPTIONS = frozenset({"return_metadata"})
-# Markers of the "longllava" video layout, in the order they appear; each must be one token of the tokenizer.
-_LONGLLAVA_MARKERS = (VIDEO_START_TOKEN, IMAGE_START_TOKEN, IMAGE_END_TOKEN, TIMESTAMP_TOKEN, VIDEO_END_TOKEN)
+_ANYRES_MERGES = ("spatial", "flat")  # HybridVLMConfig.anyres_merge
+
+# Chat templates per layout: each family's turn format. Image/video blocks become one `<image>` / `<video>` each (the
+# processor lays them out); the assistant's words and end-of-turn token sit in {% generation %} for assistant-only loss.
+_RENDER_CONTENT = r"""{%- macro render_content(content) -%}
+    {%- if content is string -%}
+        {{- content -}}
+    {%- elif content is mapping -%}
+        {{- raise_exception('Message content must be a string or a list of content blocks.') -}}
+    {%- elif content is not none -%}
+        {%- for block in content -%}
+            {%- if block is not mapping -%}
+                {{- raise_exception('Content blocks must be dicts with a "type" key.') -}}
+            {%- elif block['type'] == 'text' -%}
+                {{- block['text'] -}}
+            {%- elif block['type'] == 'image' -%}
+                {{- '<image>' -}}
+            {%- elif block['type'] == 'video' -%}
+                {{- '<video>' -}}
+            {%- else -%}
+                {{- raise_exception('Unsupported content block type: ' ~ block['type']) -}}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- endif -%}
+{%- endmacro -%}
+"""
+# LongLLaVA: <|startoftext|><|User|>\n{question}\n<|startoftext|><|Assistant|>\n{answer}<|endoftext|>
+LONGLLAVA_CHAT_TEMPLATE = (
+    "{#- LongLLaVA turns with image/video content blocks; {% generation %} marks what the assistant says. -#}\n"
+    + _RENDER_CONTENT
+    + r"""{%- for message in messages -%}
+    {%- if message['role'] == 'assistant' -%}
+        {{- '<|startoftext|><|Assistant|>\n' -}}
+        {%- generation -%}
+            {{- render_content(message['content']) + '<|endoftext|>' -}}
+        {%- endgeneration -%}
+    {%- elif message['role'] in ['system', 'user'] -%}
+        {{- '<|startoftext|><|' + message['role'] | capitalize + '|>\n' + render_content(message['content']) + '\n' -}}
+    {%- else -%}
+        {{- raise_exception('Unsupported role: ' ~ message['role'] ~ ' (use system, user or assistant).') -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- '<|startoftext|><|Assistant|>\n' -}}
+{%- endif -%}
+"""
+)
+# Qwen2-VL / Vamba: ChatML with Qwen's default system prompt.
+QWEN2VL_CHAT_TEMPLATE = (
+    "{#- Qwen ChatML with image/video content blocks; {% generation %} marks what the assistant says. -#}\n"
+    + _RENDER_CONTENT
+    + r"""{%- if messages and messages[0]['role'] != 'system' -%}
+    {{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' -}}
+{%- endif -%}
+{%- for message in messages -%}
+    {%- if message['role'] == 'assistant' -%}
+        {{- '<|im_start|>assistant\n' -}}
+        {%- generation -%}
+            {{- render_content(message['content']) + '<|im_end|>' -}}
+        {%- endgeneration -%}
+        {{- '\n' -}}
+    {%- elif message['role'] in ['system', 'user'] -%}
+        {{- '<|im_start|>' + message['role'] + '\n' + render_content(message['content']) + '<|im_end|>\n' -}}
+    {%- else -%}
+        {{- raise_exception('Unsupported role: ' ~ message['role'] ~ ' (use system, user or assistant).') -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- '<|im_start|>assistant\n' -}}
+{%- endif -%}
+"""
+)
+# llava: ChatML, the tiny tokenizer's own template.
+CHAT_TEMPLATES: dict[str, str] = {
+    "llava": CHAT_TEMPLATE,
+    "longllava": LONGLLAVA_CHAT_TEMPLATE,
+    "qwen2vl": QWEN2VL_CHAT_TEMPLATE,
+}
+
+
+def chat_template_for_layout(layout: str) -> str:
+    """The chat template of a layout's model family (`chat_template="longllava"` etc. picks it in the processor)."""
+    return CHAT_TEMPLATES[canonical_layout(layout)]
 # mm_token_type_ids values (transformers 5's convention): 0 text, 1 image, 2 video.
 _MM_TYPE_IMAGE, _MM_TYPE_VIDEO = 1, 2
 # Hub/cache arguments of from_pretrained that the video processor's loader needs too.
@@ -248,8 +336,12 @@ class HybridVLMProcessor(ProcessorMixin):
         chat_template: str | dict[str, str] | None = None,
         image_newline: bool = False,
         anyres_unpad: bool = True,
+        image_layout: str = "llava",
+        layout_markers: str = "special",
+        anyres_merge: str = "spatial",
         vision_pooled_grid: int | None = None,
         projector_conv: list[int] | None = None,
+        num_vision_maps: int = 1,
         **kwargs: Any,
     ) -> None:
         if image_processor is None or tokenizer is None:
@@ -285,9 +377,21 @@ class HybridVLMProcessor(ProcessorMixin):
             )
         if video_layout not in VIDEO_LAYOUTS:
             raise ValueError(f"{_NAME}: unknown video_layout {video_layout!r}; use one of {list(VIDEO_LAYOUTS)}.")
-        if video_layout == "longllava":  # an explicit choice: its markers must exist now, not at the first video
-            for marker in _LONGLLAVA_MARKERS:
-                _single_token_id(tokenizer, marker, "a marker of the 'longllava' video layout")
+        if image_layout not in IMAGE_LAYOUTS:
+            raise ValueError(f"{_NAME}: unknown image_layout {image_layout!r}; use one of {list(IMAGE_LAYOUTS)}.")
+        if layout_markers not in MARKER_STYLES:
+            raise ValueError(f"{_NAME}: unknown layout_markers {layout_markers!r}; use one of {list(MARKER_STYLES)}.")
+        if anyres_merge not in _ANYRES_MERGES:
+            raise ValueError(f"{_NAME}: unknown anyres_merge {anyres_merge!r}; use one of {list(_ANYRES_MERGES)}.")
+        # Layouts are explicit choices: their markers must exist now, not at the first image or video.
+        video_token_id = _token_id_or_none(tokenizer, video_token)
+        self._image_token_layout = _measure_layout(tokenizer, image_layout, "image", layout_markers, image_token)
+        self._video_token_layout = _measure_layout(
+            tokenizer, video_layout, "video", layout_markers, video_token if video_token_id is not None else None
+        )
+        self.image_layout = image_layout
+        self.layout_markers = layout_markers
+        self.anyres_merge = anyres_merge
         if video_processor is None:
             video_processor = HybridVLMVideoProcessor.from_image_processor(image_processor)
         self.patch_size = patch_size
@@ -298,14 +402,21 @@ class HybridVLMProcessor(ProcessorMixin):
         self.anyres_unpad = bool(anyres_unpad)
         self.vision_pooled_grid = vision_pooled_grid  # the effective pooled side (model-side or projector pooling)
         self.projector_conv = list(projector_conv) if projector_conv is not None else None  # conv2d_adapter (k, s)
+        if isinstance(num_vision_maps, bool) or not isinstance(num_vision_maps, int) or num_vision_maps < 1:
+            raise ValueError(f"{_NAME}: num_vision_maps must be an int >= 1, got {num_vision_maps!r}.")
+        self.num_vision_maps = num_vision_maps  # encoders fused along the sequence (MambaVLM), else 1
         self.image_token = image_token
         self.image_token_id = image_token_id
         self.video_token = video_token
         self.video_layout = video_layout
         # Checked when a video is processed: an image-only tokenizer without a video token must still work for images.
         self.video_token_id = _token_id_or_none(tokenizer, video_token)
+        if isinstance(chat_template, str) and chat_template in VIDEO_LAYOUTS:  # a layout's name: its family's template
+            chat_template = chat_template_for_layout(chat_template)
         if chat_template is None:
-            chat_template = getattr(tokenizer, "chat_template", None)
+            chat_template = getattr(tokenizer, "chat_template", None) or CHAT_TEMPLATES[image_layout]
+        if image_layout == "longllava" and self._anyres_layout(1, 1, image_processor) is not None:
+            self._check_longllava_anyres()
         super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template)
 
     @staticmethod
@@ -347,12 +458,22 @@ class HybridVLMProcessor(ProcessorMixin):
         tokenizer: Any,
         image_processor: BaseImageProcessor | None = None,
         video_processor: HybridVLMVideoProcessor | None = None,
+        layout: str | None = None,
         **kwargs: Any,
     ) -> HybridVLMProcessor:
-        """The processor that matches `config`: token-count settings from the same spec the model derives."""
+        """The processor that matches `config`: token-count settings from the same spec the model derives.
+
+        `layout` sets `image_layout` and `video_layout` at once (either may still be given on its own).
+        """
+        if layout is not None:
+            kwargs.setdefault("image_layout", canonical_layout(layout))
+            kwargs.setdefault("video_layout", canonical_layout(layout))
+        kwargs.setdefault("anyres_merge", getattr(config, "anyres_merge", "spatial"))
         spec = VisualTokenSpec.from_config(config)
         if image_processor is None:
-            image_processor = HybridVLMImageProcessor.from_vision_config(config.vision_config)
+            image_processor = HybridVLMImageProcessor.from_vision_config(
+                getattr(config, "vision_configs", None) or config.vision_config
+            )
         processor = cls(
             image_processor,
             tokenizer,
@@ -364,6 +485,7 @@ class HybridVLMProcessor(ProcessorMixin):
             anyres_unpad=config.anyres_unpad,
             vision_pooled_grid=spec.pooled_grid,
             projector_conv=list(spec.projector_conv) if spec.projector_conv is not None else None,
+            num_vision_maps=spec.num_maps,
             **kwargs,
         )
         config_id = getattr(config, "image_token_id", None)
@@ -388,32 +510,74 @@ class HybridVLMProcessor(ProcessorMixin):
     def visual_token_spec(self) -> VisualTokenSpec:
         conv = tuple(self.projector_conv) if self.projector_conv is not None else None
         return VisualTokenSpec(
-            self.patch_size, self.num_prefix_tokens, self.vision_feature_select_strategy, self.vision_pooled_grid, conv
+            self.patch_size, self.num_prefix_tokens, self.vision_feature_select_strategy, self.vision_pooled_grid, conv,
+            getattr(self, "num_vision_maps", 1),
         )
 
     def num_image_tokens(self, height: int, width: int) -> int:
         """Image tokens for one image of `height` x `width` pixels as fed to the encoder."""
         return count_image_tokens(self.visual_token_spec, int(height), int(width))
 
-    def replace_image_token(self, image_inputs: dict[str, Any], image_idx: int, **kwargs: Any) -> str:
-        """The text that stands for image `image_idx` in the prompt (transformers 5's hook name).
+    def _check_longllava_anyres(self) -> None:
+        """The longllava AnyRes layout puts plain-text `\n`s between the global view and tile rows; the model must
+        then pack every tile whole, row by row, with no learned newline and no un-padding (`anyres_merge="flat"`)."""
+        if self.image_newline or self.anyres_unpad or self.anyres_merge != "flat":
+            raise ValueError(
+                f"{_NAME}: the 'longllava' image layout writes an AnyRes image as the global view, then its tile rows "
+                "separated by a '\\n' text token, so the model must pack whole tiles row by row without its own "
+                f"newline or un-padding; got image_newline={self.image_newline}, anyres_unpad={self.anyres_unpad}, "
+                f"anyres_merge={self.anyres_merge!r}. Set image_newline=False, anyres_unpad=False, anyres_merge='flat' "
+                "in the model config (and build the processor with from_model_config), or use image_layout='llava'."
+            )
 
-        Single resolution: the image token repeated once per visual feature. AnyRes (the image processor returned
-        `image_grids`): the count of `anyres.anyres_token_count`, the same function the model checks against.
+    def _image_runs(self, image_size: Any, grid: Any, tile_size: tuple[int, int]) -> list[int]:
+        """Placeholder runs of one image in this processor's image layout (`token_counts.layout_pieces`).
+
+        Single resolution (`grid` None): `count_image_tokens`. AnyRes: `anyres.anyres_token_count`, the function the
+        model checks its packing against; the longllava layout splits the same count into global view + tile rows.
+        """
+        spec = self.visual_token_spec
+        if grid is None:
+            return [count_image_tokens(spec, int(tile_size[0]), int(tile_size[1]))]
+        size, grid = tuple(int(v) for v in image_size), tuple(int(v) for v in grid)
+        if self.image_layout != "longllava":
+            count = anyres_token_count(spec, size, grid, tile_size, newline=self.image_newline, unpad=self.anyres_unpad)
+            return [count]
+        self._check_longllava_anyres()
+        total = anyres_token_count(spec, size, grid, tile_size, newline=False, unpad=False)
+        tiles = anyres_token_count(spec, size, grid, tile_size, newline=False, unpad=False, base_view=False)
+        rows = grid[0]
+        return [total - tiles] + [tiles // rows] * rows
+
+    def image_token_count(self, height: int, width: int, include_markers: bool = True) -> int:
+        """Tokens of one image of original size `height` x `width`, without processing pixels.
+
+        With markers: the length of the whole expansion of its `<image>`; without: its image tokens (the features the
+        model produces for it).
+        """
+        layout = self._anyres_layout(int(height), int(width))
+        if layout is not None:
+            runs = self._image_runs((height, width), layout.grid, layout.tile_size)
+        else:
+            if hasattr(self.image_processor, "output_image_size"):
+                height, width = self.image_processor.output_image_size(int(height), int(width))
+            runs = self._image_runs(None, None, (int(height), int(width)))
+        return count_layout_tokens(self._image_token_layout, "image", runs, include_markers)
+
+    def replace_image_token(self, image_inputs: dict[str, Any], image_idx: int, **kwargs: Any) -> str:
+        """The text that stands for image `image_idx` in the prompt (transformers 5's hook name), in `image_layout`.
+
+        The image token once per visual feature (`count_image_tokens`; AnyRes: `anyres.anyres_token_count`), in the
+        runs and with the markers `token_counts.layout_pieces` gives for the layout.
         """
         pixel_values = image_inputs["pixel_values"]
-        height, width = (int(v) for v in pixel_values[image_idx].shape[-2:])
+        tile_size = tuple(int(v) for v in pixel_values[image_idx].shape[-2:])
+        grid = image_size = None
         if image_inputs.get("image_grids") is not None:
-            count = anyres_token_count(
-                self.visual_token_spec,
-                tuple(int(v) for v in image_inputs["image_sizes"][image_idx]),
-                tuple(int(v) for v in image_inputs["image_grids"][image_idx]),
-                (height, width),
-                newline=self.image_newline,
-                unpad=self.anyres_unpad,
-            )
-            return self.image_token * count
-        return self.image_token * self.num_image_tokens(height, width)
+            grid = image_inputs["image_grids"][image_idx]
+            image_size = image_inputs["image_sizes"][image_idx]
+        runs = self._image_runs(image_size, grid, tile_size)
+        return _render(layout_pieces(self._image_token_layout, "image", runs), self.image_token)
 
     def num_video_tokens(self, num_frames: int, height: int, width: int, include_markers: bool = True) -> int:
         """Tokens of one video of `num_frames` frames of `height` x `width` pixels as fed to the encoder.
@@ -422,27 +586,25 @@ class HybridVLMProcessor(ProcessorMixin):
         video tokens the model fills with features (the same for every layout).
         """
         return count_video_tokens(
-            self.visual_token_spec, int(num_frames), int(height), int(width), self.video_layout, include_markers
+            self.visual_token_spec, int(num_frames), int(height), int(width), self._video_token_layout, include_markers
         )
 
     def replace_video_token(self, video_inputs: dict[str, Any], video_idx: int, **kwargs: Any) -> str:
         """The text that stands for video `video_idx` in the prompt (transformers 5's hook name), in `video_layout`.
 
-        Every frame contributes `count_image_tokens` video tokens; `longllava` wraps each frame in `<img>...</img>`,
-        separates frames with `<t>` and wraps the video in `<vid>...</vid>`.
+        Every frame contributes `count_video_tokens(..., 1, ...)` video tokens, one run per frame, with the markers
+        `token_counts.layout_pieces` gives (e.g. `longllava`: `<vid>`, `<img>...</img>` per frame, `<t>`, `</vid>`).
         """
         num_frames, _, height, width = video_inputs["pixel_values_videos"][video_idx].shape
-        frame = self.video_token * count_video_tokens(self.visual_token_spec, 1, int(height), int(width), "plain")
-        if self.video_layout == "plain":
-            return frame * int(num_frames)
-        framed = IMAGE_START_TOKEN + frame + IMAGE_END_TOKEN
-        return VIDEO_START_TOKEN + TIMESTAMP_TOKEN.join([framed] * int(num_frames)) + VIDEO_END_TOKEN
+        per_frame = count_video_tokens(self.visual_token_spec, 1, int(height), int(width), include_markers=False)
+        pieces = layout_pieces(self._video_token_layout, "video", [per_frame] * int(num_frames))
+        return _render(pieces, self.video_token)
 
-    def _anyres_layout(self, height: int, width: int) -> Any:
+    def _anyres_layout(self, height: int, width: int, image_processor: Any = None) -> Any:
         """The image processor's AnyRes grid for an image of this size, or None in single-resolution mode."""
-        if getattr(self.image_processor, "anyres", None) is False or not hasattr(self.image_processor, "anyres_layout"):
+        processor = image_processor if image_processor is not None else self.image_processor
+        if getattr(processor, "anyres", None) is False or not hasattr(processor, "anyres_layout"):
             return None
-        processor = self.image_processor
         if not (getattr(processor, "max_tiles", None) or getattr(processor, "image_grid_pinpoints", None)):
             return None
         return processor.anyres_layout(height, width)
@@ -457,20 +619,7 @@ class HybridVLMProcessor(ProcessorMixin):
         (frames after sampling), without processing pixels (vLLM asks for this)."""
         data: dict[str, Any] = {}
         if image_sizes is not None:
-            counts = []
-            for height, width in image_sizes:
-                layout = self._anyres_layout(int(height), int(width))
-                if layout is not None:
-                    counts.append(
-                        anyres_token_count(
-                            self.visual_token_spec, (int(height), int(width)), layout.grid, layout.tile_size,
-                            newline=self.image_newline, unpad=self.anyres_unpad,
-                        )
-                    )
-                    continue
-                if hasattr(self.image_processor, "output_image_size"):
-                    height, width = self.image_processor.output_image_size(int(height), int(width))
-                counts.append(self.num_image_tokens(height, width))
+            counts = [self.image_token_count(int(height), int(width)) for height, width in image_sizes]
             data.update(num_image_tokens=counts, num_image_patches=[1] * len(counts))
         if video_sizes is not None:
             data["num_video_tokens"] = [
@@ -783,7 +932,9 @@ class HybridVLMProcessor(ProcessorMixin):
         _single_token_id(self.tokenizer, self.video_token, "the video token")
         kwargs = dict(video_kwargs)
         # The video processor needs the token spec and the layout to turn a max_visual_tokens budget into frames.
-        kwargs.update(visual_token_spec=self.visual_token_spec, video_layout=self.video_layout, return_metadata=True)
+        kwargs.update(
+            visual_token_spec=self.visual_token_spec, video_layout=self._video_token_layout, return_metadata=True
+        )
         video_inputs = dict(self.video_processor(flat, return_tensors=None, **kwargs))
         replacements = [self.replace_video_token(video_inputs, i) for i in range(len(flat))]
         return video_inputs, replacements
@@ -1030,6 +1181,41 @@ def _flatten_sample_videos(videos: Any, num_samples: int) -> tuple[list[Any], li
         per_sample = [make_video_list(sample) if sample else [] for sample in items]
         return [video for sample in per_sample for video in sample], per_sample
     return make_video_list(items), None
+
+
+def _render(pieces: Sequence[str | int], placeholder: str) -> str:
+    """Layout pieces -> text: a run of n placeholder tokens is the placeholder n times."""
+    return "".join(piece if isinstance(piece, str) else placeholder * piece for piece in pieces)
+
+
+def _measure_layout(tokenizer: Any, layout: str, kind: str, markers: str, placeholder: str | None) -> TokenLayout:
+    """The layout with the token cost of each of its text segments measured where it sits, next to placeholder
+    tokens (the tokenizer splits text at special tokens, so that is exactly what the expansion costs on its own).
+
+    With `markers="special"` (and always for qwen2vl, whose markers every Qwen2-VL tokenizer has) each marker must be
+    one token of the tokenizer.
+    """
+    name = canonical_layout(layout)
+    if markers == "special" or name == "qwen2vl":
+        for marker in LAYOUT_MARKERS[name]:
+            try:
+                _single_token_id(tokenizer, marker, f"a marker of the {name!r} {kind} layout")
+            except ValueError as error:
+                hint = ""
+                if name == "longllava":
+                    hint = " (A converted LongLLaVA checkpoint, whose markers were plain text: layout_markers='text'.)"
+                raise ValueError(f"{error}{hint}") from None
+    if placeholder is None:  # no placeholder token to measure against: videos are refused later anyway
+        return TokenLayout(name, markers)
+    costs = []
+    for segment, text in zip(
+        layout_segments(name, kind),
+        ("{s}{p}", "{p}{s}{p}", "{p}{s}"),
+    ):
+        if segment:
+            probe = text.format(s=segment, p=placeholder)
+            costs.append((segment, len(tokenizer.encode(probe, add_special_tokens=False)) - probe.count(placeholder)))
+    return TokenLayout(name, markers, tuple(costs))
 
 
 def _token_id_or_none(tokenizer: Any, token: str) -> int | None:

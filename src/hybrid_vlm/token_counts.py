@@ -93,6 +93,9 @@ class VisualTokenSpec:
     pooled_grid: int | None = None
     # (kernel, stride) of the `conv2d_adapter` projector, which shrinks each view's grid; None for other projectors.
     projector_conv: tuple[int, int] | None = None
+    # Patch maps per image that reach the LM one after another: the number of encoders with
+    # `vision_fusion="sequence"` (MambaVLM's visual long sequence), else 1.
+    num_maps: int = 1
 
     @classmethod
     def from_config(cls, config: Any) -> VisualTokenSpec:
@@ -112,10 +115,16 @@ class VisualTokenSpec:
             vision_feature_select_strategy=config.vision_feature_select_strategy,
             pooled_grid=pooled_grid,
             projector_conv=projector_conv,
+            num_maps=_sequence_maps(config),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _sequence_maps(config: Any) -> int:
+    configs = getattr(config, "vision_configs", None) or [config.vision_config]
+    return len(configs) if getattr(config, "vision_fusion", "channel") == "sequence" else 1
 
 
 def count_image_tokens(spec: VisualTokenSpec, height: int, width: int) -> int:
@@ -135,15 +144,157 @@ def count_image_tokens(spec: VisualTokenSpec, height: int, width: int) -> int:
         grid = projector_output_grid("conv2d_adapter", grid, conv_kernel=kernel, conv_stride=stride)
     patches = grid[0] * grid[1]
     if spec.vision_feature_select_strategy == "full":
-        return patches + spec.num_prefix_tokens
-    return patches
+        patches += spec.num_prefix_tokens
+    return patches * spec.num_maps
 
 
-# How a video is laid out in the prompt. Both put one placeholder token (the video token) per visual feature; they
-# differ in the marker tokens around the frames. Every marker is one special token (the processor checks).
-#   plain:     <video> x (frames * tokens per frame)
-#   longllava: <vid> <img>[frame 0]</img> <t> <img>[frame 1]</img> ... <img>[frame F-1]</img> </vid>
-VIDEO_LAYOUTS: tuple[str, ...] = ("plain", "longllava")
+# ---------------------------------------------------------------------------------------------------------------
+# Layouts: where an image's or a video's visual tokens sit in the prompt and which markers surround them. The
+# processor writes what `layout_pieces` says; the model fills the placeholder runs with features in the same order.
+# ---------------------------------------------------------------------------------------------------------------
+
+# llava:     <image> x n                                  (AnyRes: LLaVA-NeXT's packing, learned newlines included)
+#            <video> x (frames * tokens per frame)
+# longllava: <img> <image> x n </img>
+#            <img> [global view] \n [tile row 1] \n ... \n [tile row R] </img>   (AnyRes, seed 001 section 3.2)
+#            <vid> <img>[frame 1]</img> <t> <img>[frame 2]</img> ... <img>[frame F]</img> </vid>
+# qwen2vl:   <|vision_start|> <image> x n <|vision_end|>, and the same around a video's frames (Vamba, Qwen2-VL)
+LAYOUTS: tuple[str, ...] = ("llava", "longllava", "qwen2vl")
+# "plain" is the first name of the llava video layout; saved processors still use it.
+VIDEO_LAYOUTS: tuple[str, ...] = ("plain", *LAYOUTS)
+IMAGE_LAYOUTS: tuple[str, ...] = LAYOUTS
+# "special": every marker is one token of the tokenizer (new models). "text": markers are plain text that the tokenizer
+# splits into several tokens, as in LongLLaVA's reference code (converted checkpoints); their costs are measured.
+MARKER_STYLES: tuple[str, ...] = ("special", "text")
+
+# (before the first run, between two runs, after the last run) of one image / one video. Runs are: for an image, all
+# its tokens, or for a longllava AnyRes image the global view then one run per tile row; for a video, one per frame.
+# An empty "between" joins the runs into one.
+_IMAGE_SEGMENTS: dict[str, tuple[str, str, str]] = {
+    "llava": ("", "", ""),
+    "longllava": ("<img>", "\n", "</img>"),
+    "qwen2vl": ("<|vision_start|>", "", "<|vision_end|>"),
+}
+_VIDEO_SEGMENTS: dict[str, tuple[str, str, str]] = {
+    "llava": ("", "", ""),
+    "longllava": ("<vid><img>", "</img><t><img>", "</img></vid>"),
+    "qwen2vl": ("<|vision_start|>", "", "<|vision_end|>"),
+}
+# Every marker a layout writes; "\n" is ordinary text (one token in the tokenizers these models use).
+LAYOUT_MARKERS: dict[str, tuple[str, ...]] = {
+    "llava": (),
+    "longllava": ("<img>", "</img>", "<vid>", "</vid>", "<t>"),
+    "qwen2vl": ("<|vision_start|>", "<|vision_end|>"),
+}
+_ALL_MARKERS = tuple(dict.fromkeys(m for markers in LAYOUT_MARKERS.values() for m in markers)) + ("\n",)
+
+
+def canonical_layout(name: Any, what: str = "layout") -> str:
+    """A layout name as one of `LAYOUTS` ("plain" -> "llava"), or a ValueError listing the choices."""
+    if name == "plain":
+        return "llava"
+    if name not in LAYOUTS:
+        choices = list(VIDEO_LAYOUTS) if what == "video_layout" else list(LAYOUTS)
+        raise ValueError(f"Unknown {what} {name!r}; use one of {choices}.")
+    return name
+
+
+def _default_segment_cost(segment: str) -> int:
+    """Tokens of a segment when every marker is one token: the markers it is made of."""
+    cost, rest = 0, segment
+    while rest:
+        marker = next((m for m in _ALL_MARKERS if rest.startswith(m)), None)
+        if marker is None:
+            raise ValueError(f"{segment!r} is not made of layout markers; measure its cost with the tokenizer.")
+        cost += 1
+        rest = rest[len(marker) :]
+    return cost
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """A layout and what its text segments cost in LM tokens.
+
+    ``segment_costs`` holds the costs measured with the tokenizer (the processor measures every segment of
+    :func:`layout_segments` where it sits, between placeholder tokens); a segment not listed costs one token per
+    marker, which is right for special-token markers.
+    """
+
+    name: str = "llava"
+    markers: str = "special"
+    segment_costs: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", canonical_layout(self.name))
+        if self.markers not in MARKER_STYLES:
+            raise ValueError(f"Unknown layout marker style {self.markers!r}; use one of {list(MARKER_STYLES)}.")
+
+    def cost(self, segment: str) -> int:
+        for known, tokens in self.segment_costs:
+            if known == segment:
+                return tokens
+        return _default_segment_cost(segment)
+
+
+def as_token_layout(layout: str | TokenLayout) -> TokenLayout:
+    return layout if isinstance(layout, TokenLayout) else TokenLayout(canonical_layout(layout))
+
+
+def layout_segments(layout: str | TokenLayout, kind: str) -> tuple[str, str, str]:
+    """(start, between, end) text segments of one image (``kind="image"``) or video (``"video"``) in ``layout``."""
+    name = as_token_layout(layout).name
+    if kind == "image":
+        return _IMAGE_SEGMENTS[name]
+    if kind == "video":
+        return _VIDEO_SEGMENTS[name]
+    raise ValueError(f"kind must be 'image' or 'video', got {kind!r}.")
+
+
+def _check_runs(runs: Any) -> list[int]:
+    runs = list(runs)
+    if not runs or any(isinstance(r, bool) or not isinstance(r, Integral) or r < 1 for r in runs):
+        raise ValueError(f"runs must be a non-empty list of positive token counts, got {runs!r}.")
+    return [int(r) for r in runs]
+
+
+def layout_pieces(layout: str | TokenLayout, kind: str, runs: Any) -> list[str | int]:
+    """One image's or video's expansion in prompt order: text segments (str) and runs of placeholder tokens (int).
+
+    The model fills the placeholder positions with features in order, so the runs must follow the order of the
+    features: for a video one run per frame; for an image all its tokens in one run, except a ``longllava`` AnyRes
+    image, whose runs are the global view and then each tile row (the model's ``anyres_merge="flat"`` packing).
+    """
+    runs = _check_runs(runs)
+    start, between, end = layout_segments(layout, kind)
+    pieces: list[str | int] = [start] if start else []
+    for index, run in enumerate(runs):
+        if index and between:
+            pieces.append(between)
+        if pieces and isinstance(pieces[-1], int):
+            pieces[-1] += run
+        else:
+            pieces.append(run)
+    if end:
+        pieces.append(end)
+    return pieces
+
+
+def count_layout_tokens(
+    layout: str | TokenLayout, kind: str, runs: Any, include_markers: bool = True
+) -> int:
+    """Tokens of one image's or video's expansion (:func:`layout_pieces`), with or without the layout's markers.
+
+    Without markers this is the number of placeholder tokens, i.e. the features the model produces for it.
+    """
+    runs = _check_runs(runs)
+    return sum(runs) + (_marker_tokens(as_token_layout(layout), kind, len(runs)) if include_markers else 0)
+
+
+def _marker_tokens(layout: TokenLayout, kind: str, num_runs: int) -> int:
+    """Tokens of the text segments around and between `num_runs` runs of one image or video."""
+    start, between, end = layout_segments(layout, kind)
+    return sum(times * layout.cost(segment) for segment, times in ((start, 1), (between, num_runs - 1), (end, 1))
+               if segment and times)
 
 
 def count_video_tokens(
@@ -151,24 +302,26 @@ def count_video_tokens(
     num_frames: int,
     height: int,
     width: int,
-    layout: str = "plain",
+    layout: str | TokenLayout = "plain",
     include_markers: bool = True,
 ) -> int:
     """Number of LM tokens one video of `num_frames` frames of `height` x `width` pixels (as fed to the encoder) is.
 
     Every frame is encoded like an image, so the feature count is `num_frames * count_image_tokens(...)`: that is what
     the model scatters into the video-token positions, and what `include_markers=False` returns for any layout. With
-    `include_markers=True` (the default) the layout's marker tokens are added, i.e. the length of the whole expansion
-    of one `<video>` placeholder: `longllava` adds `<vid>`, `</vid>`, `<img>`/`</img>` per frame and a `<t>` between
-    consecutive frames (3 * num_frames + 1); `plain` adds none. The processor uses both numbers, the model the first.
+    `include_markers=True` (the default) the layout's markers are added, i.e. the length of the whole expansion of one
+    `<video>` placeholder (:func:`layout_pieces`): `longllava` adds `<vid>`, `</vid>`, `<img>`/`</img>` per frame and
+    a `<t>` between consecutive frames (3 * num_frames + 1 special tokens); `qwen2vl` adds its two vision markers;
+    `llava` ("plain") none. The processor uses both numbers, the model the first.
     """
-    if layout not in VIDEO_LAYOUTS:
+    token_layout = as_token_layout(layout) if not isinstance(layout, str) or layout in VIDEO_LAYOUTS else None
+    if token_layout is None:
         raise ValueError(f"Unknown video layout {layout!r}; use one of {list(VIDEO_LAYOUTS)}.")
     if isinstance(num_frames, bool) or not isinstance(num_frames, Integral) or num_frames < 1:
         raise ValueError(f"A video needs at least one frame, got num_frames={num_frames!r}.")
     num_frames = int(num_frames)
-    tokens = num_frames * count_image_tokens(spec, height, width)
-    if include_markers and layout == "longllava":
-        # <vid> + </vid>, <img> + </img> around every frame, <t> between consecutive frames.
-        tokens += 2 + 2 * num_frames + (num_frames - 1)
-    return tokens
+    per_frame = count_image_tokens(spec, height, width)
+    if not include_markers:
+        return num_frames * per_frame
+    # count_layout_tokens without building a list of runs: token budgets search over large frame counts
+    return num_frames * per_frame + _marker_tokens(token_layout, "video", num_frames)
