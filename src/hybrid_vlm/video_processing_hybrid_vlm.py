@@ -47,7 +47,7 @@ from transformers.processing_utils import VideosKwargs
 from transformers.utils import cached_file, logging
 
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
-from .token_counts import VIDEO_LAYOUTS, VisualTokenSpec, count_video_tokens
+from .token_counts import VIDEO_LAYOUTS, TokenLayout, VisualTokenSpec, count_video_tokens
 
 try:  # transformers 5: the torchvision-free base of every video processor (what ProcessorMixin type-checks against)
     from transformers.video_processing_utils import VideoProcessorMixin as _VideoProcessorBase
@@ -192,7 +192,7 @@ def fps_indices(
 
 
 def frames_for_token_budget(
-    max_visual_tokens: int, spec: VisualTokenSpec, height: int, width: int, layout: str = "plain"
+    max_visual_tokens: int, spec: VisualTokenSpec, height: int, width: int, layout: str | TokenLayout = "plain"
 ) -> int:
     """The most frames of ``height`` x ``width`` (as fed to the encoder) whose whole expansion fits the budget.
 
@@ -204,7 +204,7 @@ def frames_for_token_budget(
     if one > budget:
         raise ValueError(
             f"max_visual_tokens={budget} is less than one {height}x{width} frame needs ({one} tokens with the "
-            f"{layout!r} layout); raise the budget or use smaller frames (size=...)."
+            f"{getattr(layout, 'name', layout)!r} layout); raise the budget or use smaller frames (size=...)."
         )
     low, high = 1, budget  # every frame costs at least one token, so `budget` frames never fit more than it
     while low < high:
@@ -792,7 +792,7 @@ class _Plan:
     strict: bool
     max_visual_tokens: int | None
     spec: VisualTokenSpec | None
-    layout: str
+    layout: str | TokenLayout
     backend: str
     decode_timeout: float
     explicit_num_frames: bool = False  # num_frames came from this call (a cap on it is then worth a warning)
@@ -997,7 +997,7 @@ class HybridVLMVideoProcessor(_VideoProcessorBase):
         if mode == "fps" and fps is None:
             raise ValueError(f"{_NAME}: sampling='fps' needs fps=... (e.g. fps=1).")
         layout = call.get("video_layout") or "plain"
-        if layout not in VIDEO_LAYOUTS:
+        if not isinstance(layout, TokenLayout) and layout not in VIDEO_LAYOUTS:  # the processor passes a TokenLayout
             raise ValueError(f"{_NAME}: unknown video_layout {layout!r}; use one of {list(VIDEO_LAYOUTS)}.")
         spec = call.get("visual_token_spec")
         if isinstance(spec, dict):
