@@ -31,19 +31,25 @@ PROCESSOR_AUTO_MAP = {
 }
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON so a crash never leaves a half-written file where a good one was."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write text via a temporary file in the same folder and a rename: readers never see half a file, and a crash
+    never leaves a half-written file where a good one was."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+            handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a saved checkpoint is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON atomically (see `write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _copy_modules(entry_modules: list[str], save_directory: Path) -> list[str]:
