@@ -549,18 +549,18 @@ class HybridVLMProcessor(ProcessorMixin):
         rows = grid[0]
         return [total - tiles] + [tiles // rows] * rows
 
-    def image_token_count(self, height: int, width: int, include_markers: bool = True) -> int:
+    def image_token_count(self, height: int, width: int, include_markers: bool = True, **overrides: Any) -> int:
         """Tokens of one image of original size `height` x `width`, without processing pixels.
 
         With markers: the length of the whole expansion of its `<image>`; without: its image tokens (the features the
-        model produces for it).
+        model produces for it). `overrides` are per-call image processor options (`max_tiles=`, ...).
         """
-        layout = self._anyres_layout(int(height), int(width))
+        layout = self._anyres_layout(int(height), int(width), **overrides)
         if layout is not None:
             runs = self._image_runs((height, width), layout.grid, layout.tile_size)
         else:
             if hasattr(self.image_processor, "output_image_size"):
-                height, width = self.image_processor.output_image_size(int(height), int(width))
+                height, width = self.image_processor.output_image_size(int(height), int(width), **overrides)
             runs = self._image_runs(None, None, (int(height), int(width)))
         return count_layout_tokens(self._image_token_layout, "image", runs, include_markers)
 
@@ -600,9 +600,14 @@ class HybridVLMProcessor(ProcessorMixin):
         pieces = layout_pieces(self._video_token_layout, "video", [per_frame] * int(num_frames))
         return _render(pieces, self.video_token)
 
-    def _anyres_layout(self, height: int, width: int, image_processor: Any = None) -> Any:
-        """The image processor's AnyRes grid for an image of this size, or None in single-resolution mode."""
+    def _anyres_layout(self, height: int, width: int, image_processor: Any = None, **overrides: Any) -> Any:
+        """The image processor's AnyRes grid for an image of this size (with per-call `overrides` such as
+        `max_tiles=`), or None in single-resolution mode."""
         processor = image_processor if image_processor is not None else self.image_processor
+        if hasattr(processor, "_call_params") and hasattr(processor, "anyres_layout"):
+            if not processor._call_params(overrides)["anyres"]:
+                return None
+            return processor.anyres_layout(height, width, **overrides)
         if getattr(processor, "anyres", None) is False or not hasattr(processor, "anyres_layout"):
             return None
         if not (getattr(processor, "max_tiles", None) or getattr(processor, "image_grid_pinpoints", None)):
