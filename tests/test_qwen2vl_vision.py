@@ -132,3 +132,139 @@ def test_vision_config_from_either_line_and_from_a_full_config():
         assert {k: getattr(config, k) for k in fields} == fields
     with pytest.raises(ValueError, match="not a Qwen2-VL vision config"):
         qwen2vl_vision_config({"model_type": "clip_vision_model"})
+
+
+# ------------------------------------------------------------------------------------------------ inside HybridVLM
+
+
+@pytest.fixture(scope="module")
+def tiny_preset():
+    import hybrid_vlm
+
+    return hybrid_vlm.from_preset("vamba-qwen2vl-tiny")
+
+
+def test_token_spec_processor_and_identity_projector(tiny_preset):
+    from hybrid_vlm.projectors import IdentityProjector
+    from hybrid_vlm.token_counts import count_image_tokens, vision_prefix_token_count
+
+    model, processor = tiny_preset
+    spec = model.model.visual_token_spec
+    assert (spec.patch_size, spec.num_prefix_tokens) == (28, 0)
+    assert vision_prefix_token_count(model.config.vision_config) == 0
+    assert count_image_tokens(spec, 448, 336) == 16 * 12
+    assert isinstance(model.model.vision_tower, Qwen2VLVisionEncoder)
+    assert isinstance(model.model.multi_modal_projector, IdentityProjector)
+    assert not list(model.model.multi_modal_projector.parameters())
+    image_processor = processor.image_processor
+    assert image_processor.size == {"height": 448, "width": 448} and not image_processor.do_center_crop
+    hf = hf_image_processor()
+    assert list(image_processor.image_mean) == pytest.approx(hf.image_mean)
+    assert list(image_processor.image_std) == pytest.approx(hf.image_std)
+    pixels = torch.randn(2, 3, 56, 84)
+    with torch.no_grad():
+        features = model.model.get_image_features(pixels)
+        (tower,) = model.model.vision_tower.encode_patch_maps(pixels, [-1])
+    features = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
+    torch.testing.assert_close(features.reshape(tower.shape), tower, rtol=0, atol=0)
+
+
+def test_processor_and_model_equal_transformers_pipeline(tiny_preset):
+    """A 448x448 picture: HybridVLM's processor + tower == Qwen2-VL's processor + transformers' vision model."""
+    model, processor = tiny_preset
+    (image,) = random_images([(448, 448)], seed=3)
+    ours = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    hf_processor = hf_image_processor()
+    hf = hf_processor(images=[image], return_tensors="pt")
+    assert hf["image_grid_thw"].tolist() == [[1, 32, 32]]
+    flat, _ = patchify(ours)
+    torch.testing.assert_close(flat, hf["pixel_values"].float(), rtol=0, atol=1e-5)
+    reference = Qwen2VisionTransformerPretrainedModel(model.config.vision_config).eval()
+    reference.load_state_dict(model.model.vision_tower.state_dict())
+    with torch.no_grad():
+        expected = merged_output(reference, hf["pixel_values"], hf["image_grid_thw"])
+        got = model.model.get_image_features(ours)
+    got = torch.cat(list(got)) if isinstance(got, (list, tuple)) else got
+    torch.testing.assert_close(got.reshape(expected.shape), expected, rtol=0, atol=1e-5)
+
+
+def test_chat_generate_and_save_load_roundtrip(tiny_preset, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    model, processor = tiny_preset
+    (image,) = random_images([(200, 300)], seed=4)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=text, images=[image], return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 256  # 448 / 28 = 16 per side
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] == inputs["input_ids"].shape[1] + 4
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded.model.vision_tower, Qwen2VLVisionEncoder)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, logits, rtol=0, atol=1e-5)
+
+
+def test_folder_loads_on_the_other_transformers_line(tmp_path):
+    """The vision config is 'qwen2_vl_vision' on 5.x and 'qwen2_vl' on 4.x: a folder saved on one line loads on the
+    other with the same logits."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    other = os.environ.get("HYBRID_VLM_OTHER_PYTHON")
+    if not other:
+        pytest.skip("set HYBRID_VLM_OTHER_PYTHON to the other transformers line's python for cross-version tests")
+    helper = Path(__file__).with_name("cross_version_helper.py")
+    saved = tmp_path / "saved_here"
+    subprocess.run([sys.executable, str(helper), "save", str(saved), "vamba-qwen2vl-tiny"], check=True)
+    result = subprocess.run([other, str(helper), "check", str(saved)], check=True, capture_output=True, text=True)
+    assert float(result.stdout.split("MAXDIFF")[-1]) < 1e-4
+    there = tmp_path / "saved_there"
+    subprocess.run([other, str(helper), "save", str(there), "vamba-qwen2vl-tiny"], check=True)
+    result = subprocess.run([sys.executable, str(helper), "check", str(there)], check=True, capture_output=True,
+                            text=True)
+    assert float(result.stdout.split("MAXDIFF")[-1]) < 1e-4
+
+
+def test_config_validation_for_the_qwen2vl_tower():
+    from hybrid_vlm.configuration_hybrid_vlm import HybridVLMConfig
+    from hybrid_vlm.presets import TINY_QWEN2
+
+    text = {**TINY_QWEN2, "vocab_size": 100}
+    vision = {**TINY_QWEN2VL_VISION, "hidden_size": 64}
+    for model_type in ("qwen2_vl_vision", "qwen2_vl"):  # either line's saved name
+        config = HybridVLMConfig(vision_config={**vision, "model_type": model_type}, text_config=text,
+                                 projector_type="identity")
+        assert is_qwen2vl_vision_config(config.vision_config)
+        assert HybridVLMConfig.from_dict(config.to_dict()).vision_config.depth == 2
+    with pytest.raises(ValueError, match="vision_feature_layer"):
+        HybridVLMConfig(vision_config=vision, text_config=text, projector_type="identity", vision_feature_layer=-3)
+    with pytest.raises(ValueError, match="fixed patch grid"):
+        HybridVLMConfig(vision_config=vision, text_config=text, vision_pooled_grid=4)
+    with pytest.raises(ValueError, match="as wide as the language model"):
+        from hybrid_vlm.modeling_hybrid_vlm import HybridVLMForConditionalGeneration
+
+        HybridVLMForConditionalGeneration(HybridVLMConfig(
+            vision_config={**vision, "hidden_size": 32}, text_config=text, projector_type="identity"
+        ))
+
+
+def test_vamba_10b_shape_on_meta():
+    import hybrid_vlm
+
+    model, processor = hybrid_vlm.from_preset("vamba-10b", device="meta")
+    assert processor is None
+    total = model.num_parameters()
+    vision = sum(p.numel() for n, p in model.named_parameters() if ".vision_tower." in n)
+    added = sum(p.numel() for n, p in model.named_parameters() if any(k in n for k in (".cross_attn.", ".vision_mixer.",
+                                                                                          ".alpha")))
+    # Qwen2-VL-7B: 675.8M vision tower (ViT + merger) + 7.6B LM (untied head); Vamba adds ~3.0B (seed 003, sec. 4.3).
+    assert vision == 675_759_104
+    assert total - added == 8_291_375_616  # Qwen2-VL-7B's parameter count
+    assert added == 3_018_461_404
+    assert total == 11_309_837_020

@@ -12,17 +12,20 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 # recursively: every module reachable from here (validation uses projectors and vamba) is imported directly.
 from .anyres import pool_2d  # noqa: F401
 from .projectors import validate_projector_settings
+from .qwen2vl_vision import QWEN2VL_VISION_MODEL_TYPES, check_feature_layers, qwen2vl_vision_config
 from .ssm import SSMBlock  # noqa: F401
 from .token_counts import VisualTokenSpec  # noqa: F401
 from .vision_encoders import VISION_FUSIONS
 
 # Values accepted by the structural settings. Later families extend these tuples; the model dispatches on them.
 DECODERS = ("interleaved", "vamba")
-PROJECTOR_TYPES = ("mlp2x_gelu", "mlp3x_gelu", "pool2d_mlp", "pool1d_mlp", "conv2d_adapter", "mamba")
+PROJECTOR_TYPES = ("mlp2x_gelu", "mlp3x_gelu", "pool2d_mlp", "pool1d_mlp", "conv2d_adapter", "mamba", "identity")
 FEATURE_SELECT_STRATEGIES = ("default", "full")
 ANYRES_MERGES = ("spatial", "flat")
 # Vision encoders whose output layout (prefix tokens + a square patch grid) the token-count function knows.
-VISION_MODEL_TYPES = ("clip_vision_model", "siglip_vision_model", "dinov2", "dinov2_with_registers")
+VISION_MODEL_TYPES = (
+    "clip_vision_model", "siglip_vision_model", "dinov2", "dinov2_with_registers", *QWEN2VL_VISION_MODEL_TYPES
+)
 # Composite configs that carry a vision config inside them; we take the vision part.
 _COMPOSITE_VISION_TYPES = ("clip", "siglip")
 
@@ -42,6 +45,10 @@ def _as_config(value: Any, name: str, default_type: str) -> PretrainedConfig:
     """Turn a dict (as found in config.json) or None into a transformers config object."""
     if value is None:
         return CONFIG_MAPPING[default_type]()
+    model_type = value.get("model_type") if isinstance(value, dict) else getattr(value, "model_type", None)
+    if "vision_config" in name and model_type in QWEN2VL_VISION_MODEL_TYPES:
+        # Qwen2-VL's vision config is 'qwen2_vl_vision' on 5.x and 'qwen2_vl' (the composite's name) on 4.x.
+        return qwen2vl_vision_config(_decode_special_floats(value) if isinstance(value, dict) else value)
     if isinstance(value, PretrainedConfig):
         return value
     if isinstance(value, dict):
@@ -193,6 +200,9 @@ class HybridVLMConfig(PretrainedConfig):
         self.projector_scan_fusion = projector_scan_fusion
         self.projector_scan_merge = projector_scan_merge
         self.projector_ssm = projector_ssm
+        # transformers 4.x ties lm_head by the *text* config's flag (Mamba's defaults to True), 5.x by this one: keep
+        # them equal so both lines build and load the same model.
+        self.text_config.tie_word_embeddings = tie_word_embeddings
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
         self.validate_hybrid_config()
 
@@ -236,6 +246,9 @@ class HybridVLMConfig(PretrainedConfig):
                 f"vision_feature_layer must be an int or a list of ints, got {self.vision_feature_layer!r}."
             )
         for vision_config in self.vision_configs:
+            if vision_config.model_type in QWEN2VL_VISION_MODEL_TYPES:
+                check_feature_layers(self.vision_feature_layer)  # one output (the merger's): -2 (default) or -1
+                continue
             num_layers = vision_config.num_hidden_layers
             bad = [i for i in layers if not -(num_layers + 1) <= i <= num_layers]
             if bad:
@@ -251,7 +264,16 @@ class HybridVLMConfig(PretrainedConfig):
                 "anyres_merge='flat' keeps every tile's tokens together, so it cannot add row newlines or un-pad; "
                 "set image_newline=False and anyres_unpad=False."
             )
-        grid = self.vision_config.image_size // self.vision_config.patch_size
+        if self.vision_config.model_type in QWEN2VL_VISION_MODEL_TYPES:
+            pooled = [n for n in ("vision_pooled_grid", "projector_pooled_grid") if getattr(self, n) is not None]
+            if pooled:
+                raise ValueError(
+                    f"{pooled[0]} needs a fixed patch grid; Qwen2-VL's vision tower takes any image size (its merger "
+                    "already reduces 2x2 patches to one token). Remove it."
+                )
+            grid = 0
+        else:
+            grid = self.vision_config.image_size // self.vision_config.patch_size
         for name in ("vision_pooled_grid", "projector_pooled_grid"):
             pooled = getattr(self, name)
             valid = pooled is None or (isinstance(pooled, int) and not isinstance(pooled, bool) and 1 <= pooled <= grid)
@@ -286,6 +308,8 @@ class HybridVLMConfig(PretrainedConfig):
         configs = self.vision_configs
         if len(configs) == 1:
             return
+        if any(c.model_type in QWEN2VL_VISION_MODEL_TYPES for c in configs):
+            raise ValueError("Qwen2-VL's vision tower cannot be combined with other encoders; give it alone.")
         shapes = {(int(c.image_size), int(c.patch_size)) for c in configs}
         if len(shapes) != 1:
             raise ValueError(

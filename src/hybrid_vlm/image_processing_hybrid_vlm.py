@@ -37,7 +37,7 @@ from .anyres import AnyResLayout, best_grid, check_max_tiles, check_pinpoints, f
 
 # Not used here: transformers 4.57 copies only an entry module's *direct* relative imports when it loads a local folder
 # with trust_remote_code, so every module anyres.py needs must be imported by this file too.
-from .token_counts import count_image_tokens  # noqa: F401
+from .token_counts import QWEN2VL_VISION_TYPES, count_image_tokens  # noqa: F401
 
 logger = logging.get_logger(__name__)
 
@@ -270,6 +270,10 @@ def _array_to_rgb_array(
     return _composite_on_white(array)
 
 
+# Square side the image processor gives Qwen2-VL's vision tower by default (a multiple of its 28 px token).
+QWEN2VL_DEFAULT_IMAGE_SIZE = 448
+
+
 class HybridVLMImageProcessor(BaseImageProcessor):
     r"""Resize (shortest edge or exact size), center crop, rescale and normalize images; optionally AnyRes tiling.
 
@@ -399,6 +403,21 @@ class HybridVLMImageProcessor(BaseImageProcessor):
             params = {k: getattr(built[0], k) for k in cls._param_names}
             params.update({k: [getattr(b, k) for b in built] for k in stats})
             params.update({k: v for k, v in kwargs.items() if k in stats})
+            return cls(**params)
+        if isinstance(vision_config, dict):
+            qwen2vl_type = vision_config.get("model_type")
+        else:
+            qwen2vl_type = getattr(vision_config, "model_type", None)
+        if qwen2vl_type in QWEN2VL_VISION_TYPES:
+            # Qwen2-VL's tower takes any size whose sides are multiples of 28 (patch 14 x merge 2); the processor
+            # squashes to a fixed square (default 448: 16x16 = 256 tokens; change it with size=) with Qwen2-VL's
+            # OpenAI-CLIP mean/std and bicubic resampling.
+            side = QWEN2VL_DEFAULT_IMAGE_SIZE
+            params = {"size": {"height": side, "width": side}, "crop_size": {"height": side, "width": side}}
+            params.update(do_center_crop=False, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
+            params.update(resample=PILImageResampling.BICUBIC, do_resize=True, do_rescale=True, do_normalize=True)
+            params.update(rescale_factor=1 / 255, do_convert_rgb=True)
+            params.update(kwargs)
             return cls(**params)
         if isinstance(vision_config, dict):
             from transformers import AutoConfig

@@ -32,6 +32,7 @@ from .hub import write_model_card
 from .kernels import use_torch_ssm_path_where_needed
 from .precision import warn_if_fp16_with_ssm
 from .projectors import build_projector, init_projector_module
+from .qwen2vl_vision import Qwen2VLVisionEncoder  # noqa: F401 (direct import: 4.x remote code copies it)
 from .remote_code import write_model_remote_code
 from .ssm import SSM_FP32_PARAMETERS  # (also a direct import so transformers 4.x remote code copies ssm.py)
 from .token_counts import VisualTokenSpec, count_image_tokens, count_video_tokens

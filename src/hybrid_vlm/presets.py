@@ -98,6 +98,45 @@ TINY_QWEN2 = {
     "num_key_value_heads": 2,
 }
 TINY_VAMBA_OPTIONS = {"ssm_d_state": 16, "ssm_head_dim": 16, "ssm_chunk_size": 16}
+# Qwen2-VL's vision tower at tiny scale: 14 px patches, 2x2 merge to the tiny LM width (64).
+TINY_QWEN2VL_VISION = {
+    "model_type": "qwen2_vl_vision",
+    "depth": 2,
+    "embed_dim": 32,
+    "num_heads": 4,
+    "mlp_ratio": 2,
+    "hidden_size": _TINY_WIDTH["hidden_size"],
+}
+# Qwen2-VL-7B (Vamba's base): the ViT (32 blocks, 1280 wide, 16 heads) + merger to the LM width, and its Qwen2 LM.
+QWEN2VL_7B_VISION = {
+    "model_type": "qwen2_vl_vision",
+    "depth": 32,
+    "embed_dim": 1280,
+    "num_heads": 16,
+    "mlp_ratio": 4,
+    "hidden_size": 3584,
+    "hidden_act": "quick_gelu",
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+}
+QWEN2VL_7B_TEXT = {
+    "model_type": "qwen2",
+    "vocab_size": 152064,
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "max_position_embeddings": 32768,
+    "tie_word_embeddings": False,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+}
+# Qwen2-VL's tower ends in its merger (already LM-wide): no projector, one feature layer.
+QWEN2VL_TOWER_OPTIONS = {"projector_type": "identity", "vision_feature_layer": -1}
 # The baseline: a plain transformer of the same width and depth as the tiny Jamba.
 TINY_LLAMA = {
     "model_type": "llama",
@@ -137,6 +176,22 @@ PRESETS: dict[str, Preset] = {
         TINY_QWEN2,
         tiny=True,
         options={"decoder_type": "vamba", "vamba_options": TINY_VAMBA_OPTIONS},
+    ),
+    "vamba-qwen2vl-tiny": Preset(
+        "Vamba on Qwen2-VL's vision tower + merger (the paper's base, at tiny scale), Qwen2 LM, Mamba-2 visual stream",
+        TINY_QWEN2VL_VISION,
+        TINY_QWEN2,
+        tiny=True,
+        options={"decoder_type": "vamba", "vamba_options": TINY_VAMBA_OPTIONS, **QWEN2VL_TOWER_OPTIONS},
+    ),
+    "vamba-10b": Preset(
+        "Vamba-Qwen2-VL-7B shape: Qwen2-VL-7B (ViT + merger, Qwen2-7B LM) plus per-layer cross-attention and Mamba-2",
+        QWEN2VL_7B_VISION,
+        QWEN2VL_7B_TEXT,
+        tiny=False,
+        options={
+            "decoder_type": "vamba", "image_token_id": 151655, "video_token_id": 151656, **QWEN2VL_TOWER_OPTIONS,
+        },
     ),
     "longllava-a13b": Preset(
         "LongLLaVA-A13B: CLIP ViT-L/14-336 + Jamba-v0.1 (52B total, 13B active)", CLIP_VIT_L_336, JAMBA_V01, tiny=False

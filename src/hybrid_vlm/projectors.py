@@ -49,6 +49,7 @@ __all__ = [
     "SCAN_MERGES",
     "TOKEN_PRESERVING_PROJECTORS",
     "Conv2dAdapterProjector",
+    "IdentityProjector",
     "MLP2xGeluProjector",
     "MLP3xGeluProjector",
     "MambaProjector",
@@ -529,6 +530,31 @@ class MambaProjector(_Projector):
         return self.out_proj(merged)
 
 
+class IdentityProjector(_Projector):
+    """No projector: the vision tower already outputs LM-width tokens (Qwen2-VL's tower ends in its PatchMerger,
+    which is Qwen2-VL's projector). No weights; the width is checked so a wrong config fails here, not in the LM."""
+
+    projector_type = "identity"
+
+    def __init__(
+        self, vision_hidden_size: int | Sequence[int], text_hidden_size: int, num_prefix_tokens: int = 0
+    ) -> None:
+        super().__init__(vision_hidden_size, num_prefix_tokens)
+        width = self._require_equal_widths()
+        if width != text_hidden_size:
+            raise ValueError(
+                f"projector_type='identity' needs vision features as wide as the language model ({text_hidden_size}), "
+                f"got {width}. Use a projector that maps the width (mlp2x_gelu), or a tower whose output is LM-wide."
+            )
+
+    def forward(self, features: Features, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        maps = self._split_maps(features)
+        return maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)
+
+    def output_tokens(self, in_tokens: int, grid: tuple[int, int] | None = None) -> int:
+        return int(in_tokens)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Registry, config seam, init
 # ---------------------------------------------------------------------------------------------------------------
@@ -540,6 +566,7 @@ PROJECTOR_CLASSES: dict[str, type[_Projector]] = {
     "pool1d_mlp": Pool1dMLPProjector,
     "conv2d_adapter": Conv2dAdapterProjector,
     "mamba": MambaProjector,
+    "identity": IdentityProjector,
 }
 
 
@@ -635,6 +662,8 @@ def build_projector(config: Any, vision_hidden_size: int | Sequence[int]) -> nn.
     if projector_type in POOLING_PROJECTORS:
         cls = PROJECTOR_CLASSES[projector_type]
         return cls(vision_hidden_size, text_hidden_size, config.projector_pooled_grid, act, bias, prefix)
+    if projector_type == "identity":
+        return IdentityProjector(vision_hidden_size, text_hidden_size, prefix)
     if projector_type == "conv2d_adapter":
         kernel = _setting(config, "projector_conv_kernel", 2)
         stride = _setting(config, "projector_conv_stride")

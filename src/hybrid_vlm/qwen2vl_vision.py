@@ -83,6 +83,45 @@ def qwen2vl_vision_config(value: Any) -> PretrainedConfig:
     return config_class(**{k: v for k, v in values.items() if k in known and k != "transformers_version"})
 
 
+# Fields of a Qwen2-VL text config that a plain Qwen2 config takes unchanged (same modules, same weight names).
+_QWEN2_TEXT_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps",
+    "use_sliding_window", "sliding_window", "max_window_layers", "attention_dropout", "bos_token_id",
+    "eos_token_id", "pad_token_id",
+)
+
+
+def qwen2_text_config(source: Any) -> dict[str, Any]:
+    """A plain `qwen2` text-config dict for the language model of a Qwen2-VL (or Vamba) config.
+
+    `source`: a `Qwen2VLConfig` / its `text_config`, or a config.json dict (new nested or old flat layout). Qwen2-VL's
+    LM is Qwen2 with M-RoPE; when every token's three position ids are equal (text, and HybridVLM's 1-D positions)
+    M-RoPE is ordinary RoPE, so the LM becomes `qwen2` with the same weights and the same outputs. Rope scalings
+    other than M-RoPE are refused rather than silently dropped.
+    """
+    if isinstance(source, PretrainedConfig):
+        text = getattr(source, "text_config", None) or source
+        values = text.to_dict()
+        values.setdefault("rope_theta", getattr(text, "rope_theta", None))
+    elif isinstance(source, Mapping):
+        values = dict(source)
+        if isinstance(values.get("text_config"), Mapping):
+            values = {**{k: v for k, v in values.items() if k != "text_config"}, **values["text_config"]}
+    else:
+        raise TypeError(f"expected a Qwen2-VL config or a config dict, got {type(source).__name__}.")
+    rope = values.get("rope_parameters") or values.get("rope_scaling") or {}
+    kinds = {rope.get("type"), rope.get("rope_type")} - {None, "default", "mrope"}
+    if kinds:
+        raise NotImplementedError(
+            f"the language model uses rope scaling {sorted(kinds)}; only Qwen2-VL's M-RoPE (plain RoPE for 1-D "
+            "positions) is supported."
+        )
+    theta = values.get("rope_theta") or rope.get("rope_theta") or 1000000.0
+    text = {k: values[k] for k in _QWEN2_TEXT_FIELDS if values.get(k) is not None}
+    return {"model_type": "qwen2", **text, "rope_theta": float(theta)}
+
+
 def patchify(
     pixel_values: torch.Tensor, patch_size: int = 14, temporal_patch_size: int = 2, merge_size: int = 2
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,5 +226,6 @@ __all__ = [
     "check_feature_layers",
     "is_qwen2vl_vision_config",
     "patchify",
+    "qwen2_text_config",
     "qwen2vl_vision_config",
 ]

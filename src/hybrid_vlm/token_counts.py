@@ -13,11 +13,23 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+# Qwen2-VL's vision config (5.x: qwen2_vl_vision; 4.x names it qwen2_vl): no prefix, and its PatchMerger turns each
+# 2x2 window of 14 px patches into one token, so one output token covers patch_size * spatial_merge_size pixels.
+QWEN2VL_VISION_TYPES = ("qwen2_vl_vision", "qwen2_vl")
+
+
+def vision_token_patch_size(vision_config: PretrainedConfig) -> int:
+    """Pixels per side of the picture that one output token of the encoder covers (28 for Qwen2-VL's merged tokens)."""
+    patch = int(vision_config.patch_size)
+    if vision_config.model_type in QWEN2VL_VISION_TYPES:
+        return patch * int(vision_config.spatial_merge_size)
+    return patch
+
 
 def vision_prefix_token_count(vision_config: PretrainedConfig) -> int:
     """Tokens a vision encoder emits before its patch grid: CLS for CLIP/DINOv2, plus DINOv2's register tokens."""
     model_type = vision_config.model_type
-    if model_type == "siglip_vision_model":
+    if model_type in ("siglip_vision_model", *QWEN2VL_VISION_TYPES):
         return 0
     if model_type == "dinov2_with_registers":
         return 1 + int(vision_config.num_register_tokens)
@@ -31,7 +43,7 @@ def vision_prefix_token_count(vision_config: PretrainedConfig) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 # Projectors whose output has one token per input token.
-TOKEN_PRESERVING_PROJECTORS = ("mlp2x_gelu", "mlp3x_gelu", "mamba")
+TOKEN_PRESERVING_PROJECTORS = ("mlp2x_gelu", "mlp3x_gelu", "mamba", "identity")
 # Projectors that pool each view's patch grid to a fixed side.
 POOLING_PROJECTORS = ("pool2d_mlp", "pool1d_mlp")
 # Projectors that need a plain patch grid (no CLS/register prefix in the way).
@@ -110,7 +122,7 @@ class VisualTokenSpec:
             kernel = config.projector_conv_kernel
             projector_conv = (kernel, config.projector_conv_stride or kernel)
         return cls(
-            patch_size=int(vision_config.patch_size),
+            patch_size=vision_token_patch_size(vision_config),
             num_prefix_tokens=vision_prefix_token_count(vision_config),
             vision_feature_select_strategy=config.vision_feature_select_strategy,
             pooled_grid=pooled_grid,

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, PretrainedConfig
 
+from .qwen2vl_vision import QWEN2VL_VISION_MODEL_TYPES, build_qwen2vl_vision_tower
 from .token_counts import vision_prefix_token_count
 
 # Vision-fusion modes for several encoders. "channel": one map of the concatenated widths (Cobra, N tokens);
@@ -111,7 +112,9 @@ def build_multi_encoder(vision_configs: Sequence[PretrainedConfig]) -> nn.Module
 
 
 # model_type of a vision config -> builder of a tower that has its own `encode_patch_maps` (non-ViT encoders).
-VISION_TOWER_BUILDERS: dict[str, Callable[[PretrainedConfig], nn.Module]] = {}
+VISION_TOWER_BUILDERS: dict[str, Callable[[PretrainedConfig], nn.Module]] = {
+    model_type: build_qwen2vl_vision_tower for model_type in QWEN2VL_VISION_MODEL_TYPES  # Qwen2-VL (Vamba)
+}
 
 
 def build_vision_tower(vision_config: PretrainedConfig | Sequence[PretrainedConfig]) -> nn.Module:
