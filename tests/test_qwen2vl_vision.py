@@ -268,3 +268,77 @@ def test_vamba_10b_shape_on_meta():
     assert total - added == 8_291_375_616  # Qwen2-VL-7B's parameter count
     assert added == 3_018_461_404
     assert total == 11_309_837_020
+
+
+# ------------------------------------------------------------------------------------------------ build_vamba
+
+
+def tiny_qwen2vl(seed: int = 0, tie: bool = False):
+    """A random transformers Qwen2VLForConditionalGeneration (M-RoPE LM, ViT + merger)."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    text = dict(
+        vocab_size=128, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, rope_theta=1000000.0, rope_scaling={"type": "mrope", "mrope_section": [2, 2, 2]},
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=tie,
+    )
+    vision = {k: v for k, v in TINY_QWEN2VL_VISION.items() if k != "model_type"}
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=120, video_token_id=121,
+                           vision_start_token_id=122, vision_end_token_id=123, tie_word_embeddings=tie)
+    torch.manual_seed(seed)
+    return Qwen2VLForConditionalGeneration(config).eval()
+
+
+@pytest.mark.parametrize("from_folder", [False, True])
+def test_build_vamba_from_qwen2vl(tmp_path, from_folder):
+    import hybrid_vlm
+
+    source = tiny_qwen2vl()
+    if from_folder:
+        source.save_pretrained(tmp_path)
+    built = hybrid_vlm.build_vamba(tmp_path if from_folder else source, vamba_options=dict(ssm_d_state=16,
+                                                                                          ssm_head_dim=16))
+    assert built.config.text_config.model_type == "qwen2" and built.config.projector_type == "identity"
+    assert built.config.image_token_id == 120 and built.config.video_token_id == 121
+    ours = built.state_dict()
+    for name, tensor in source.state_dict().items():  # every source weight, bit for bit
+        if name.startswith("model.visual."):
+            target = "model.vision_tower." + name[len("model.visual."):]
+        elif name.startswith("visual."):
+            target = "model.vision_tower." + name[len("visual."):]
+        elif name.startswith("model.language_model."):
+            target = name
+        elif name.startswith("model."):
+            target = "model.language_model." + name[len("model."):]
+        else:
+            target = name
+        assert torch.equal(ours[target], tensor), name
+    for i in range(2):  # cross-attention starts as that layer's self-attention
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            prefix = f"model.language_model.layers.{i}."
+            assert torch.equal(ours[prefix + f"cross_attn.{proj}.weight"], ours[prefix + f"self_attn.{proj}.weight"])
+        assert float(ours[f"model.language_model.layers.{i}.alpha"]) == 0.5
+    ids = torch.tensor([[1, 5, 9, 17, 33, 64, 3, 2, 99]])
+    with torch.no_grad():
+        expected = source(input_ids=ids).logits
+        got = built(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    pixels = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():  # the tower + merger are Qwen2-VL's: same image features as the source model
+        reference = merged_output(source.model.visual if hasattr(source.model, "visual") else source.visual,
+                                  *patchify(pixels))
+        features = built.model.get_image_features(pixels)
+    features = torch.cat(list(features)) if isinstance(features, (list, tuple)) else features
+    torch.testing.assert_close(features.reshape(reference.shape), reference, rtol=0, atol=1e-6)
+
+
+def test_build_vamba_refuses_qwen2_5_vl():
+    from transformers import Qwen2_5_VLConfig
+
+    import hybrid_vlm
+
+    class Fake(torch.nn.Module):
+        config = Qwen2_5_VLConfig()
+
+    with pytest.raises(ValueError, match="Qwen2.5-VL"):
+        hybrid_vlm.build_vamba(Fake())

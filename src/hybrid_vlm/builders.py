@@ -1,4 +1,5 @@
-"""Build a model of one family from a trained model of another: `build_vamba` turns a LLaVA-style VLM into Vamba.
+"""Build a model of one family from a trained model of another: `build_vamba` turns a LLaVA-style VLM or Qwen2-VL
+into Vamba.
 
 Vamba's ablation (seed 003, Table 2) shows the initialisation is what matters: every pretrained weight is carried
 over unchanged, the cross-attention of each layer starts as a copy of that layer's self-attention, the visual SSM
@@ -16,6 +17,7 @@ from torch import nn
 
 from .configuration_hybrid_vlm import HybridVLMConfig
 from .modeling_hybrid_vlm import HybridVLMForConditionalGeneration
+from .qwen2vl_vision import qwen2_text_config, qwen2vl_vision_config
 
 # Weights Vamba adds to each decoder layer; the only keys a source model may lack.
 _VAMBA_ADDED = re.compile(r"\.layers\.\d+\.(cross_attn|alpha|vision_mixer)(\.|$)")
@@ -25,6 +27,9 @@ def _load_source(source: Any) -> nn.Module:
     if isinstance(source, (str, os.PathLike)):
         if not os.path.isdir(source):
             raise ValueError(f"build_vamba: {source!r} is not a local folder; pass a loaded model or a folder path.")
+        from .convert import check_unconverted_vamba
+
+        check_unconverted_vamba(source)  # a released Vamba folder would load as plain Qwen2-VL, its layers dropped
         from transformers import AutoModelForImageTextToText
 
         import hybrid_vlm  # noqa: F401  (registers HybridVLM with the Auto classes)
@@ -59,19 +64,65 @@ def _vamba_config(source: nn.Module, vamba_options: dict[str, Any] | None) -> Hy
             vision_feature_select_strategy=config.vision_feature_select_strategy,
             image_token_id=image_token_id,
         )
-    if config.model_type in ("qwen2_vl", "qwen2_5_vl"):
+    if config.model_type == "qwen2_vl":
+        return qwen2vl_vamba_config(config, vamba_options)
+    if config.model_type == "qwen2_5_vl":
         raise ValueError(
-            "build_vamba: Qwen2-VL sources need Qwen2-VL's vision tower, which HybridVLM does not support yet; "
-            "start from a LLaVA-style model (CLIP/SigLIP tower + transformer LM)."
+            "build_vamba: Qwen2.5-VL's vision tower (window attention, RMSNorm, gated MLP) is not Qwen2-VL's, which is "
+            "the one HybridVLM supports; start from a Qwen2-VL or a LLaVA-style model."
         )
     raise ValueError(
         f"build_vamba: cannot build Vamba from a '{config.model_type}' model; pass a HybridVLM with "
-        "decoder_type='interleaved' or a transformers LlavaForConditionalGeneration."
+        "decoder_type='interleaved', a transformers LlavaForConditionalGeneration or Qwen2VLForConditionalGeneration."
     )
+
+
+def qwen2vl_vamba_config(config: Any, vamba_options: dict[str, Any] | None = None, **overrides: Any) -> HybridVLMConfig:
+    """The Vamba HybridVLMConfig for a Qwen2-VL config: its vision tower + merger as the tower (identity projector),
+    its LM as plain Qwen2 (M-RoPE equals RoPE for HybridVLM's 1-D positions), its placeholder token ids."""
+    vision = qwen2vl_vision_config(config)
+    text = qwen2_text_config(config)
+    tie = bool(getattr(config, "tie_word_embeddings", False))
+    values: dict[str, Any] = dict(
+        vision_config=vision,
+        text_config={**text, "tie_word_embeddings": tie},
+        decoder_type="vamba",
+        vamba_options=vamba_options,
+        projector_type="identity",
+        vision_feature_layer=-1,
+        image_token_id=getattr(config, "image_token_id", None),
+        video_token_id=getattr(config, "video_token_id", None),
+        tie_word_embeddings=tie,
+    )
+    values.update(overrides)
+    return HybridVLMConfig(**values)
+
+
+# Qwen2VLForConditionalGeneration's state dict (4.57 and 5.x: `model.visual`, `model.language_model`, `lm_head`; older
+# saved layouts: `visual`, `model`) -> HybridVLM's names.
+_QWEN2VL_RENAMES = (
+    (re.compile(r"^(?:model\.)?visual\."), "model.vision_tower."),
+    (re.compile(r"^model\.language_model\."), "model.language_model."),
+    (re.compile(r"^model\.(?!vision_tower\.|language_model\.)"), "model.language_model."),
+)
+
+
+def _qwen2vl_state_dict(source: nn.Module) -> dict[str, torch.Tensor]:
+    state = {}
+    for key, tensor in source.state_dict().items():
+        for pattern, replacement in _QWEN2VL_RENAMES:
+            new, count = pattern.subn(replacement, key, count=1)
+            if count:
+                key = new
+                break
+        state[key] = tensor
+    return state
 
 
 def _source_state_dict(source: nn.Module) -> dict[str, torch.Tensor]:
     """The source's weights under HybridVLM's names (transformers 4.x LLaVA nests CLIP/SigLIP in `vision_model`)."""
+    if getattr(source.config, "model_type", None) == "qwen2_vl":
+        return _qwen2vl_state_dict(source)
     state = {}
     for key, tensor in source.state_dict().items():
         if key.split(".")[0] in ("vision_tower", "multi_modal_projector", "language_model"):
@@ -85,8 +136,10 @@ def build_vamba(source: Any, vamba_options: dict[str, Any] | None = None) -> Hyb
     """A Vamba-family HybridVLM initialised from a LLaVA-style VLM (a loaded model or a local folder).
 
     Args:
-        source: a `HybridVLMForConditionalGeneration` with `decoder_type="interleaved"` and a transformer LM, or a
-            transformers `LlavaForConditionalGeneration`; or the folder of one.
+        source: a `HybridVLMForConditionalGeneration` with `decoder_type="interleaved"` and a transformer LM, a
+            transformers `LlavaForConditionalGeneration`, or a transformers `Qwen2VLForConditionalGeneration` (the
+            paper's own base: its vision tower and merger become the HybridVLM vision tower, bit for bit, with an
+            identity projector; its LM becomes a plain Qwen2); or the folder of one.
         vamba_options: `hybrid_vlm.vamba.VambaOptions` fields (alpha_init, visual_mixer, cross_attention_init, SSM
             sizes, ...).
 
