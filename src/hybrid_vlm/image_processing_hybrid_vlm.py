@@ -393,14 +393,18 @@ class HybridVLMImageProcessor(BaseImageProcessor):
             if len(built) == 1:
                 return built[0]
             stats = ("image_mean", "image_std")
-            dicts = [{k: b.to_dict()[k] for k in cls._param_names if k not in stats} for b in built]
-            if any(d != dicts[0] for d in dicts[1:]):
+            views = {cls._view_size({k: getattr(b, k) for k in cls._param_names}) for b in built}
+            if len(views) != 1:
                 raise ValueError(
-                    f"{_NAME}.from_vision_config: the vision encoders need different resizing ({dicts}); several "
-                    "encoders share one resize and differ only in normalisation. Give them the same image_size."
+                    f"{_NAME}.from_vision_config: the vision encoders expect different input sizes {sorted(views)}; "
+                    "several encoders see one picture, so give them the same image_size."
                 )
-            # One resize for all; each encoder gets its own mean/std (its output channels 3i..3i+2).
-            params = {k: getattr(built[0], k) for k in cls._param_names}
+            # One geometry for all encoders (their patch grids must line up), each with its own mean/std (output
+            # channels 3i..3i+2). Where the encoders' own processors differ in geometry (DINOv2: resize + crop,
+            # SigLIP: squash), the squash wins, as in Prismatic's "resize-naive" used by Cobra and MambaVLM.
+            squash = [b for b in built if not b.do_center_crop]
+            geometry = squash[0] if squash else built[0]
+            params = {k: getattr(geometry, k) for k in cls._param_names}
             params.update({k: [getattr(b, k) for b in built] for k in stats})
             params.update({k: v for k, v in kwargs.items() if k in stats})
             return cls(**params)

@@ -60,6 +60,64 @@ TINY_CLIP = {
     "patch_size": 14,
     "projection_dim": 32,
 }
+# DINOv2 ViT-L/14 with 4 registers and SigLIP ViT-SO400M/14: MambaVLM's and Cobra's encoder pair (Prismatic's
+# "dinosiglip-vit-so-384px"). Both checkpoints see a 384 px picture as a 27x27 patch grid (their patch convolution
+# drops the last 6 pixels); we feed 378 px (27 x 14) so the pixels and the grid line up exactly. 27x27 is also the
+# position-embedding grid of both checkpoints, so the parameter counts are the checkpoints'.
+DINOV2_L_REG_378 = {
+    "model_type": "dinov2_with_registers",
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "mlp_ratio": 4,
+    "num_register_tokens": 4,
+    "image_size": 378,
+    "patch_size": 14,
+}
+SIGLIP_SO400M_378 = {
+    "model_type": "siglip_vision_model",
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 27,
+    "num_attention_heads": 16,
+    "image_size": 378,
+    "patch_size": 14,
+}
+# Mamba-2.8B (state-spaces/mamba-2.8b-slimpj; Cobra's Mamba-2.8B-Zephyr has the same shape): 64 Mamba-1 layers.
+MAMBA_2_8B = {
+    "model_type": "mamba",
+    "vocab_size": 50280,
+    "hidden_size": 2560,
+    "num_hidden_layers": 64,
+    "state_size": 16,
+    "expand": 2,
+    "conv_kernel": 4,
+    "time_step_rank": 160,
+    "tie_word_embeddings": True,
+    "pad_token_id": 0,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+}
+# Tiny versions of the pair: different widths (as 1024 vs 1152), same 4x4 patch grid.
+TINY_DINOV2 = {
+    "model_type": "dinov2_with_registers",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "mlp_ratio": 2,
+    "num_register_tokens": 2,
+    "image_size": 56,
+    "patch_size": 14,
+}
+TINY_SIGLIP = {
+    "model_type": "siglip_vision_model",
+    "hidden_size": 48,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 56,
+    "patch_size": 14,
+}
 _TINY_WIDTH = {"hidden_size": 64, "num_hidden_layers": 8}
 # Jamba pattern at tiny scale: 8 layers, one attention layer (index 4) per 7 Mamba layers, MoE every other layer.
 TINY_JAMBA = {
@@ -90,6 +148,15 @@ TINY_MAMBA2 = {
     "conv_kernel": 4,
     "chunk_size": 16,
 }
+TINY_MAMBA = {
+    "model_type": "mamba",
+    **_TINY_WIDTH,
+    "state_size": 8,
+    "expand": 2,
+    "conv_kernel": 4,
+    "time_step_rank": 8,
+}
+TINY_MAMBA_PROJECTOR = {"projector_ssm": {"mixer": "mamba2", "d_state": 8, "head_dim": 16, "chunk_size": 16}}
 TINY_QWEN2 = {
     "model_type": "qwen2",
     **_TINY_WIDTH,
@@ -152,7 +219,7 @@ class Preset:
     """A named configuration; `tiny` ones come with the embedded tokenizer and a ready processor."""
 
     description: str
-    vision_config: dict[str, Any]
+    vision_config: dict[str, Any] | list[dict[str, Any]]  # a list: several encoders side by side
     text_config: dict[str, Any]
     tiny: bool
     options: dict[str, Any] = field(default_factory=dict)
@@ -176,6 +243,36 @@ PRESETS: dict[str, Preset] = {
         TINY_QWEN2,
         tiny=True,
         options={"decoder_type": "vamba", "vamba_options": TINY_VAMBA_OPTIONS},
+    ),
+    "mambavlm-tiny": Preset(
+        "MambaVLM: DINOv2 + SigLIP fused along the sequence (2N visual tokens), Mamba cross-stitch projector, Mamba LM",
+        [TINY_DINOV2, TINY_SIGLIP],
+        TINY_MAMBA,
+        tiny=True,
+        options={"vision_fusion": "sequence", "projector_type": "mamba", **TINY_MAMBA_PROJECTOR},
+    ),
+    "cobra-tiny": Preset(
+        "Cobra: DINOv2 + SigLIP fused along channels (N tokens), fused 3-layer GELU MLP, Mamba LM",
+        [TINY_DINOV2, TINY_SIGLIP],
+        TINY_MAMBA,
+        tiny=True,
+        options={"vision_fusion": "channel", "projector_type": "mlp3x_gelu"},
+    ),
+    "mambavlm-2.8b": Preset(
+        "MambaVLM-2.8B: DINOv2-L/14-reg + SigLIP-SO400M/14 (27x27 each, 1458 visual tokens), Mamba projector, "
+        "Mamba-2.8B",
+        [DINOV2_L_REG_378, SIGLIP_SO400M_378],
+        MAMBA_2_8B,
+        tiny=False,
+        options={"vision_fusion": "sequence", "projector_type": "mamba", "tie_word_embeddings": True},
+    ),
+    "cobra-3b": Preset(
+        "Cobra-3B: DINOv2-L/14-reg + SigLIP-SO400M/14 on channels (729 visual tokens of width 2176), fused MLP, "
+        "Mamba-2.8B-Zephyr",
+        [DINOV2_L_REG_378, SIGLIP_SO400M_378],
+        MAMBA_2_8B,
+        tiny=False,
+        options={"vision_fusion": "channel", "projector_type": "mlp3x_gelu", "tie_word_embeddings": True},
     ),
     "vamba-qwen2vl-tiny": Preset(
         "Vamba on Qwen2-VL's vision tower + merger (the paper's base, at tiny scale), Qwen2 LM, Mamba-2 visual stream",
@@ -228,8 +325,15 @@ def preset_config(name: str, **overrides: Any) -> HybridVLMConfig:
     preset = _get_preset(name)
     vision = copy.deepcopy(preset.vision_config)
     text = copy.deepcopy(preset.text_config)
-    for key, target in (("vision_config", vision), ("text_config", text)):
-        update = overrides.pop(key, None)
+    encoders = vision if isinstance(vision, list) else [vision]
+    updates = overrides.pop("vision_config", None)
+    if isinstance(updates, list):  # one dict of changes per encoder
+        if len(updates) != len(encoders):
+            raise ValueError(f"Preset '{name}' has {len(encoders)} vision encoders; got {len(updates)} override dicts.")
+    else:  # one dict for the only encoder (or for every encoder)
+        updates = [updates] * len(encoders)
+    targets = [*(("vision_config", e) for e in encoders), ("text_config", text)]
+    for (key, target), update in zip(targets, [*updates, overrides.pop("text_config", None)]):
         if update is not None:
             if not isinstance(update, dict):
                 raise TypeError(f"{key} override must be a dict of fields to change, got {type(update).__name__}.")
