@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-from hybrid_vlm.cli import demo_image, main
+from hybrid_vlm.cli import demo_image, expanded_layout, main
 
 
 def test_demo_generates_saves_and_reloads(tmp_path, capsys):
     assert main(["demo", "--output", str(tmp_path / "saved"), "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
-    assert "answer:" in out
+    assert out.count("answer:") == 2  # one about the image, one about the generated video
+    assert "prompt layout (llava): <|im_start|>user\\n<image>×16What is in this image?" in out
+    assert "prompt layout (plain): <|im_start|>user\\n<video>×128What moves in this video?" in out
+    assert "longllava layout: <|im_start|>user\\n<vid>[<img><video>×16</img><t>]×7<img><video>×16</img></vid>" in out
     assert "reload check: HybridVLMForConditionalGeneration" in out and "-> OK" in out
     assert (tmp_path / "saved" / "config.json").exists() and list((tmp_path / "saved").glob("*.safetensors"))
+
+
+def test_expanded_layout_shortens_runs_and_repeated_frames():
+    import hybrid_vlm
+
+    _, processor = hybrid_vlm.from_preset("llava-tiny")
+    frame = "<img>" + "<image>" * 5 + "</img>"
+    ids = processor.tokenizer(f"{frame}<t>{frame}<t>{frame}\nQ")["input_ids"]
+    assert expanded_layout(processor, ids) == "[<img><image>×5</img><t>]×2<img><image>×5</img>\\nQ"
+    assert len(expanded_layout(processor, processor.tokenizer("word " * 400)["input_ids"], limit=100)) <= 103
 
 
 def test_generate_answers_with_a_saved_folder(tmp_path, capsys):

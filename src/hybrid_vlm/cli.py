@@ -34,17 +34,56 @@ def demo_image(size: int = 96) -> Image.Image:
     return Image.fromarray(pixels, mode="RGB")
 
 
-def _chat_inputs(processor, image: Image.Image, question: str):
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+def demo_video(path: Path, num_frames: int = 24, fps: int = 8, side: int = 32) -> Path:
+    """A deterministic test clip written with PyAV: a dark square moving across a gradient."""
+    import av
+
+    y, x = np.mgrid[0:side, 0:side]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv420p"
+        for i in range(num_frames):
+            pixels = np.stack([x * 255 // side, y * 255 // side, np.full_like(x, 128)], axis=-1).astype(np.uint8)
+            left = i * (side - 8) // max(num_frames - 1, 1)
+            pixels[side // 2 - 4 : side // 2 + 4, left : left + 8] = 20
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def _chat_inputs(processor, image: Image.Image | None, question: str, video: Path | None = None):
+    block = {"type": "image"} if video is None else {"type": "video"}
+    messages = [{"role": "user", "content": [block, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if video is not None:
+        return processor(text=text, videos=[str(video)], return_tensors="pt")
     return processor(text=text, images=[image], return_tensors="pt")
 
 
+def expanded_layout(processor, input_ids, limit: int = 400) -> str:
+    """The prompt after placeholder expansion, shortened: runs of a placeholder as `<image>×144`, repeated frame
+    groups as `[...]×7`, newlines as `\\n`, and the middle cut when it is still longer than `limit` characters."""
+    import re
+
+    text = processor.tokenizer.decode(list(input_ids), skip_special_tokens=False)
+    for token in dict.fromkeys([processor.image_token, processor.video_token]):
+        text = re.sub(f"(?:{re.escape(token)})+", lambda m, t=token: f"{t}×{len(m.group(0)) // len(t)}", text)
+    text = re.sub(r"((?:<img>|<\|vision_start\|>)[^\n]*?(?:</img>|<\|vision_end\|>)(?:<t>)?)\1+",
+                  lambda m: f"[{m.group(1)}]×{len(m.group(0)) // len(m.group(1))}", text)
+    text = text.replace("\n", "\\n")
+    if len(text) > limit:
+        text = f"{text[: limit // 2]} … {text[-limit // 2 :]}"
+    return text
+
+
 def run_demo(preset: str, output: str | None, max_new_tokens: int, question: str) -> int:
-    """Build a tiny preset, answer a question about a generated image, save, reload through the Auto classes."""
+    """Build a tiny preset, answer a question about a generated image and one about a generated video (showing the
+    expanded prompt layouts), save, reload through the Auto classes and check the reload changes nothing."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import hybrid_vlm
+    from hybrid_vlm import HybridVLMProcessor
 
     timings: list[tuple[str, float]] = []
     print(f"hybrid_vlm {hybrid_vlm.__version__} demo with preset '{preset}' (random weights: the text is noise)")
@@ -55,12 +94,33 @@ def run_demo(preset: str, output: str | None, max_new_tokens: int, question: str
     with _step("process chat turn (1 image)", timings):
         inputs = _chat_inputs(processor, image, question)
     print(f"          {inputs['input_ids'].shape[1]} tokens, pixel_values {tuple(inputs['pixel_values'].shape)}")
+    print(f"          prompt layout ({processor.image_layout}): {expanded_layout(processor, inputs['input_ids'][0])}")
     with _step(f"generate {max_new_tokens} tokens (greedy)", timings), torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=max_new_tokens)
     new_tokens = generated[0, inputs["input_ids"].shape[1] :]
     print(f"          answer: {processor.decode(new_tokens, skip_special_tokens=True)!r}")
 
     with tempfile.TemporaryDirectory() as scratch:
+        video = demo_video(Path(scratch) / "clip.mp4")
+        video_question = "What moves in this video?"
+        with _step("process chat turn (1 generated video)", timings):
+            video_inputs = _chat_inputs(processor, None, video_question, video)
+        frames = tuple(video_inputs["pixel_values_videos"].shape)
+        print(f"          {video_inputs['input_ids'].shape[1]} tokens, pixel_values_videos {frames}")
+        print(f"          prompt layout ({processor.video_layout}): "
+              f"{expanded_layout(processor, video_inputs['input_ids'][0])}")
+        with _step(f"generate {max_new_tokens} tokens about the video (greedy)", timings), torch.no_grad():
+            video_generated = model.generate(**video_inputs, max_new_tokens=max_new_tokens)
+        video_answer = video_generated[0, video_inputs["input_ids"].shape[1] :]
+        print(f"          answer: {processor.decode(video_answer, skip_special_tokens=True)!r}")
+        # The same turn in LongLLaVA's layout (markers around images and frames), to show what a layout changes.
+        longllava = HybridVLMProcessor.from_model_config(
+            model.config, processor.tokenizer, image_processor=processor.image_processor,
+            video_processor=processor.video_processor, layout="longllava",
+        )
+        shown = _chat_inputs(longllava, None, video_question, video)["input_ids"][0]
+        print(f"          the same turn in the longllava layout: {expanded_layout(longllava, shown)}")
+
         folder = Path(output) if output else Path(scratch) / "model"
         with _step(f"save to {folder}", timings):
             model.save_pretrained(folder)
@@ -70,10 +130,17 @@ def run_demo(preset: str, output: str | None, max_new_tokens: int, question: str
             reloaded_processor = AutoProcessor.from_pretrained(folder)
         with _step("reload check (same inputs, logits and tokens)", timings), torch.no_grad():
             again = _chat_inputs(reloaded_processor, image, question)
-            same_inputs = torch.equal(again["input_ids"], inputs["input_ids"])
-            diff = (model(**inputs).logits - reloaded(**again).logits).abs().max().item()
+            video_again = _chat_inputs(reloaded_processor, None, video_question, video)
+            same_inputs = torch.equal(again["input_ids"], inputs["input_ids"]) and torch.equal(
+                video_again["input_ids"], video_inputs["input_ids"]
+            )
+            diff = max(
+                (model(**inputs).logits - reloaded(**again).logits).abs().max().item(),
+                (model(**video_inputs).logits - reloaded(**video_again).logits).abs().max().item(),
+            )
             regenerated = reloaded.generate(**again, max_new_tokens=max_new_tokens)
-    same_tokens = torch.equal(regenerated, generated)
+            video_regenerated = reloaded.generate(**video_again, max_new_tokens=max_new_tokens)
+    same_tokens = torch.equal(regenerated, generated) and torch.equal(video_regenerated, video_generated)
     ok = same_inputs and same_tokens and diff == 0.0
     print(
         f"reload check: {type(reloaded).__name__}; identical inputs: {same_inputs}; max |logit diff|: {diff:.3g}; "
