@@ -12,6 +12,7 @@ TRL's `SFTTrainer` trains these models unmodified on TRL's vision format (a `mes
   images), applies the chat template through the processor, and never cuts visual tokens when a sample is too long.
 * `freeze_for_stage`: projector-only alignment, projector+LM with the vision tower frozen, full, and Vamba's stage 1
   (new layers only).
+* `warn_if_fp16_with_ssm`: fp16 overflows the SSM scan; the model's forward calls it while training (warns once).
 
 peft, trl and bitsandbytes are imported only by the functions that need them (`pip install hybrid_vlm[train]`).
 """
@@ -25,6 +26,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from transformers.utils import logging
+
+# (lives in its own module so the model's forward can call it without importing this one: see precision.py)
+from .precision import warn_if_fp16_with_ssm
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft import LoraConfig
@@ -44,6 +48,7 @@ __all__ = [
     "lora_target_modules",
     "qlora_config",
     "qlora_skip_modules",
+    "warn_if_fp16_with_ssm",
 ]
 
 # Inside an SSM mixer, the only Linear layers that every kernel path (CUDA kernels and the PyTorch fallbacks, on
