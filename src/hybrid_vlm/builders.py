@@ -78,11 +78,15 @@ def _vamba_config(source: nn.Module, vamba_options: dict[str, Any] | None) -> Hy
 
 
 def qwen2vl_vamba_config(config: Any, vamba_options: dict[str, Any] | None = None, **overrides: Any) -> HybridVLMConfig:
-    """The Vamba HybridVLMConfig for a Qwen2-VL config: its vision tower + merger as the tower (identity projector),
+    """The Vamba HybridVLMConfig for a Qwen2-VL config (or config.json dict): its tower + merger (identity projector),
     its LM as plain Qwen2 (M-RoPE equals RoPE for HybridVLM's 1-D positions), its placeholder token ids."""
     vision = qwen2vl_vision_config(config)
     text = qwen2_text_config(config)
-    tie = bool(getattr(config, "tie_word_embeddings", False))
+
+    def get(name: str) -> Any:
+        return config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+
+    tie = bool(get("tie_word_embeddings"))
     values: dict[str, Any] = dict(
         vision_config=vision,
         text_config={**text, "tie_word_embeddings": tie},
@@ -90,8 +94,8 @@ def qwen2vl_vamba_config(config: Any, vamba_options: dict[str, Any] | None = Non
         vamba_options=vamba_options,
         projector_type="identity",
         vision_feature_layer=-1,
-        image_token_id=getattr(config, "image_token_id", None),
-        video_token_id=getattr(config, "video_token_id", None),
+        image_token_id=get("image_token_id"),
+        video_token_id=get("video_token_id"),
         tie_word_embeddings=tie,
     )
     values.update(overrides)

@@ -112,12 +112,6 @@ COBRA_MESSAGE = (
     "yet. Once it does, the converter needs: the `.pt` file's `projector` / `llm_backbone` state dicts, mamba_ssm "
     "names -> transformers' Mamba names, and Cobra's Zephyr chat format."
 )
-VAMBA_MESSAGE = (
-    "Converting Vamba checkpoints is not supported yet: Vamba's vision side is Qwen2-VL's vision tower and merger "
-    "(`visual.*`), which HybridVLM does not implement. The language side (Qwen2 layers with `cross_attn`, `alpha` "
-    "and `vision_mixer`) maps onto HybridVLM's Vamba decoder; `hybrid_vlm.convert.convert_vamba_language_state_dict` "
-    "does that part for you."
-)
 
 
 class ConversionError(ValueError):
@@ -955,7 +949,7 @@ def vamba_language_rules() -> list[Rule]:
     """Vamba's language side (a `qwen2_vl` checkpoint's `model.*` + `lm_head`) -> HybridVLM's Vamba decoder.
 
     Layer weights keep their names under ``model.language_model.``; Vamba's ``alpha`` (stored as shape [1]) becomes
-    the scalar HybridVLM keeps. The vision side (``visual.*``) has no rule: HybridVLM has no Qwen2-VL tower yet.
+    the scalar HybridVLM keeps. The vision side (``visual.*``) is left to the full converter (`_vamba_rules`).
     """
     return [
         Rule.drop("rotary inv_freq buffer (recomputed from the config on load)", r"\.rotary_emb\.inv_freq$"),
@@ -1046,9 +1040,8 @@ def vamba_conversion_message(folder: Any) -> str:
     return (
         f"{folder} is a Vamba checkpoint (model_type qwen2_vl with per-layer cross_attn/alpha/vision_mixer weights). "
         "Stock transformers loads it as Qwen2-VL and silently drops those weights, so its outputs would be wrong. "
-        "Convert it to HybridVLM instead: `hybrid-vlm convert SRC DST --from vamba` (the vision side needs "
-        "Qwen2-VL vision-tower support in HybridVLM; until then "
-        "hybrid_vlm.convert.convert_vamba_language_state_dict maps the language side)."
+        "Convert it to HybridVLM instead: `hybrid-vlm convert SRC DST --from vamba` (or "
+        "hybrid_vlm.convert.convert(SRC, DST, 'vamba'))."
     )
 
 
@@ -1059,11 +1052,121 @@ def check_unconverted_vamba(folder_or_config: Any) -> None:
         raise UnconvertedVambaCheckpointError(vamba_conversion_message(where))
 
 
+def _vamba_rules() -> list[Rule]:
+    """Vamba's names -> ours: the ViT + merger under ``visual.`` become the Qwen2-VL vision tower (same names below
+    it), the language side as in `vamba_language_rules`."""
+    return [
+        Rule.drop("rotary inv_freq buffer of the vision tower (recomputed from the config on load)",
+                  r"^(?:model\.)?visual\.rotary_pos_emb\.inv_freq$"),
+        Rule.rename("Qwen2-VL vision tower + merger", r"^(?:model\.)?visual\.(.+)$", r"model.vision_tower.\1"),
+        *vamba_language_rules(),
+    ]
+
+
+def _first(entries: Mapping[str, SourceTensor], pattern: str) -> SourceTensor | None:
+    compiled = re.compile(pattern)
+    return next((entry for name, entry in sorted(entries.items()) if compiled.search(name)), None)
+
+
+def _vamba_options(raw: Mapping[str, Any], entries: Mapping[str, SourceTensor], hidden: int, notes: list[str]
+                   ) -> dict[str, Any]:
+    """VambaOptions from Vamba's config flags and its Mamba-2 weights' shapes (the shapes decide; the config's
+    `vision_mamba_mixer_config` gives what shapes cannot: the group count and the chunk size)."""
+    mixer = raw.get("vision_mamba_mixer_config") or {}
+    layer = r"^model\.(?:language_model\.)?layers\.\d+\."
+    options: dict[str, Any] = {
+        "mix": "alpha" if _has_name(entries, layer + r"alpha$") else "sum",
+        "cross_attention_kv_norm": bool(raw.get("cross_attn_use_layer_norm", False)),
+    }
+    a_log = _first(entries, layer + r"vision_mixer\.mixer\.A_log$")
+    if a_log is None:
+        options["visual_mixer"] = "none"
+        return options
+    if len(a_log.shape) != 1:
+        raise NotImplementedError("this Vamba checkpoint's visual SSM is not Mamba-2 (A_log is not per head).")
+    if mixer.get("d_ssm") is not None or mixer.get("D_has_hdim") or mixer.get("norm_before_gate") or not mixer.get(
+        "rmsnorm", True
+    ):
+        raise NotImplementedError(
+            "this Vamba checkpoint's Mamba-2 uses d_ssm / D_has_hdim / norm_before_gate / no gated norm; HybridVLM's "
+            "Mamba-2 is mamba-ssm's default block (Vamba's released setting)."
+        )
+    norm = _first(entries, layer + r"vision_mixer\.mixer\.norm\.weight$")
+    conv = _first(entries, layer + r"vision_mixer\.mixer\.conv1d\.weight$")
+    if norm is None or conv is None:
+        raise ConversionError("the Vamba checkpoint's vision_mixer lacks mixer.norm.weight or mixer.conv1d.weight.")
+    heads, inner, conv_dim, d_conv = a_log.shape[0], norm.shape[0], conv.shape[0], conv.shape[-1]
+    groups = int(mixer.get("ngroups", 1))
+    d_state, rest = divmod(conv_dim - inner, 2 * groups)
+    if rest or inner % heads or inner % hidden:
+        raise ConversionError(
+            f"the Vamba Mamba-2 shapes do not fit together (d_inner {inner}, heads {heads}, conv channels {conv_dim}, "
+            f"groups {groups}, hidden {hidden})."
+        )
+    options.update(visual_mixer="mamba2", ssm_d_state=d_state, ssm_d_conv=d_conv, ssm_expand=inner // hidden,
+                   ssm_head_dim=inner // heads, ssm_n_groups=groups, ssm_chunk_size=int(mixer.get("chunk_size", 256)))
+    if mixer.get("hidden_dim") not in (None, hidden):
+        notes.append(f"vision_mamba_mixer_config.hidden_dim {mixer.get('hidden_dim')} is not the LM width {hidden}.")
+    return options
+
+
+def _vamba_recipe(kind: str, folder: Path, reader: CheckpointReader, options: _Options) -> _Recipe:
+    from .builders import qwen2vl_vamba_config
+    from .qwen2vl_vision import qwen2_text_config, qwen2vl_vision_config
+
+    raw = _check_model_type(folder, kind)
+    entries = reader.tensors()
+    if not any(_VAMBA_KEYS.search(name) for name in entries):
+        raise ConversionError(
+            f"{folder} is a plain Qwen2-VL checkpoint (no cross_attn/alpha/vision_mixer weights), not Vamba. Build a "
+            "Vamba model from it with hybrid_vlm.build_vamba(folder), or load it with transformers."
+        )
+    notes: list[str] = []
+    if not isinstance(raw.get("vision_config"), Mapping):
+        raise ConversionError(f"{folder}/config.json has no vision_config for the Qwen2-VL vision tower.")
+    vision = qwen2vl_vision_config({**raw["vision_config"], "model_type": "qwen2_vl_vision"})
+    merger = _first(entries, r"^(?:model\.)?visual\.merger\.mlp\.2\.weight$")
+    if merger is not None and merger.shape[0] != vision.hidden_size:
+        notes.append(f"vision_config.hidden_size {vision.hidden_size} corrected to the merger's output width "
+                     f"{merger.shape[0]} (the weights decide).")
+        vision.hidden_size = merger.shape[0]
+    text = qwen2_text_config(raw)
+    if not raw.get("cross_attn_use_position_embeddings", False):
+        notes.append(
+            "Vamba was trained with cross_attn_use_position_embeddings=False (no RoPE in its cross-attention); "
+            "HybridVLM's Vamba decoder applies RoPE to cross-attention queries and keys, so outputs with visual "
+            "tokens differ from the reference implementation until the decoder offers that switch."
+        )
+    vamba_options = _vamba_options(raw, entries, text["hidden_size"], notes)
+    tie = "lm_head.weight" not in entries
+    if tie and not raw.get("tie_word_embeddings", False):
+        raise ConversionError("the source has no lm_head.weight and its config does not tie it to the embeddings.")
+    config = qwen2vl_vamba_config(
+        {**text, "model_type": "qwen2_vl", "vision_config": vision.to_dict(), "tie_word_embeddings": tie},
+        vamba_options,
+        image_token_id=raw.get("image_token_id", 151655), video_token_id=raw.get("video_token_id", 151656),
+    )
+    notes.append("images are resized to a fixed square (448 px by default) instead of Qwen2-VL's dynamic "
+                 "resolution; videos are encoded frame by frame (Qwen2-VL/Vamba pair frames into temporal patches).")
+    recipe = _Recipe(config, _vamba_rules(), notes=notes, description="Vamba (TIGER-AI-Lab/Vamba, qwen2_vl)")
+    if _has_tokenizer(folder):
+        from .image_processing_hybrid_vlm import HybridVLMImageProcessor
+
+        recipe.tokenizer = _load_tokenizer(folder)
+        recipe.image_processor = HybridVLMImageProcessor.from_vision_config(vision)
+        recipe.chat_template = _source_chat_template(folder, recipe.tokenizer)
+        recipe.generation_config = _generation_config(
+            folder, config.text_config, [config.image_token_id, config.video_token_id]
+        )
+    return recipe
+
+
 _RECIPES: dict[str, Callable[[str, Path, CheckpointReader, _Options], _Recipe]] = {
     "llava": _llava_recipe,
     "llava-next": _llava_recipe,
     "llava-onevision": _llava_recipe,
     "longllava": _longllava_recipe,
+    "vamba": _vamba_recipe,
 }
 
 
@@ -1299,7 +1402,8 @@ def convert(
 
     Args:
         kind: one of `KINDS`: "llava", "llava-next" (transformers checkpoints of either line, any LM),
-            "longllava" (FreedomIntelligence's llava_jamba); "llava-onevision", "vamba" and "cobra" raise
+            "longllava" (FreedomIntelligence's llava_jamba), "vamba" (TIGER-AI-Lab's qwen2_vl + cross-attention and
+            Mamba-2 layers, with Qwen2-VL's vision tower); "llava-onevision" and "cobra" raise
             NotImplementedError saying what HybridVLM lacks for them.
         dtype: cast floating weights (fp32 SSM parameters stay fp32); None keeps the source's.
         overwrite: replace an existing `dst_dir` (only once the new folder is complete).
@@ -1327,12 +1431,6 @@ def convert(
     max_bytes = parse_size(max_shard_size)
     if kind == "cobra":
         raise NotImplementedError(COBRA_MESSAGE)
-    if kind == "vamba":
-        found = "" if detect_unconverted_vamba(source) else (
-            f" ({source} does not even look like a Vamba checkpoint: no qwen2_vl config with cross_attn/alpha/"
-            "vision_mixer weights.)"
-        )
-        raise NotImplementedError(VAMBA_MESSAGE + found)
 
     reader = CheckpointReader(source)
     try:

@@ -1,0 +1,130 @@
+"""`--from vamba`: TIGER-AI-Lab/Vamba checkpoints (qwen2_vl model_type + cross_attn/alpha/vision_mixer weights) into
+HybridVLM's Vamba family with Qwen2-VL's vision tower, checked tensor by tensor on a synthetic tiny checkpoint that has
+the reference code's exact names, shapes and config fields."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_qwen2vl_vision import TINY_QWEN2VL_VISION, tiny_qwen2vl
+
+import hybrid_vlm
+from hybrid_vlm.convert import ConversionError, convert, detect_unconverted_vamba
+
+TINY_SSM = {"ssm_d_state": 16, "ssm_head_dim": 16, "ssm_chunk_size": 16}
+
+
+def vamba_name(name: str) -> str:
+    """HybridVLM name -> the name Vamba's reference code saves (Qwen2-VL's 2024 layout)."""
+    if name.startswith("model.vision_tower."):
+        return "visual." + name[len("model.vision_tower."):]
+    if name.startswith("model.language_model."):
+        return "model." + name[len("model.language_model."):]
+    return name
+
+
+def vamba_config() -> dict:
+    """config.json as Vamba writes it: a flat qwen2_vl config plus its extra fields."""
+    vision = {k: v for k, v in TINY_QWEN2VL_VISION.items() if k != "model_type"}
+    return {
+        "architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl",
+        "vocab_size": 128, "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu", "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0, "rope_scaling": {"type": "mrope", "mrope_section": [2, 2, 2]},
+        "max_position_embeddings": 32768, "use_sliding_window": False, "sliding_window": 32768,
+        "max_window_layers": 28, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+        "image_token_id": 120, "video_token_id": 121, "vision_start_token_id": 122, "vision_end_token_id": 123,
+        "vision_config": {**vision, "model_type": "qwen2_vl", "in_chans": 3, "spatial_patch_size": 14,
+                          "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        "use_alpha_balancing": True, "cross_attn_use_position_embeddings": False, "cross_attn_use_layer_norm": False,
+        "distill_coeff": 0.0,
+        "vision_mamba_mixer_config": {"enable": True, "hidden_dim": 48, "d_state": 16, "d_conv": 4, "expand": 2,
+                                      "headdim": 16, "ngroups": 1, "chunk_size": 16, "norm_type": "rmsnorm",
+                                      "rmsnorm": True, "norm_before_gate": False, "bias": False, "conv_bias": True},
+        "torch_dtype": "float32", "transformers_version": "4.45.0",
+    }
+
+
+def write_vamba_checkpoint(folder: Path, extra: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """A Vamba folder with random weights; returns the same tensors under HybridVLM's names."""
+    model = hybrid_vlm.build_vamba(tiny_qwen2vl(), vamba_options=TINY_SSM)
+    torch.manual_seed(1)
+    ours = {}
+    for name, tensor in model.state_dict().items():
+        ours[name] = (torch.rand_like(tensor) if name.endswith(".alpha") else torch.randn_like(tensor) * 0.05)
+    state = {vamba_name(n): (t.reshape(1) if n.endswith(".alpha") else t) for n, t in ours.items()}  # alpha: [1]
+    state.update(extra or {})
+    folder.mkdir(parents=True)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(vamba_config()))
+    return ours
+
+
+def quiet() -> dict:
+    return {"progress": False}
+
+
+def test_vamba_conversion_is_lossless_and_generates(tmp_path):
+    ours = write_vamba_checkpoint(tmp_path / "vamba")
+    assert detect_unconverted_vamba(tmp_path / "vamba")
+    report = convert(tmp_path / "vamba", tmp_path / "out", "vamba", **quiet())
+    assert len(report.mapped) == len(ours) and not report.dropped
+    assert report.mapped["visual.merger.mlp.2.weight"] == "model.vision_tower.merger.mlp.2.weight"
+    assert report.mapped["model.layers.1.vision_mixer.mixer.A_log"] == "model.language_model.layers.1.vision_mixer.mixer.A_log"
+    written = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert sorted(written) == sorted(ours)
+    for name, tensor in ours.items():  # every tensor bit-exact at its new name (alpha back to a scalar)
+        assert written[name].dtype == tensor.dtype and torch.equal(written[name], tensor), name
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["decoder_type"] == "vamba" and config["projector_type"] == "identity"
+    assert config["text_config"]["model_type"] == "qwen2"
+    options = config["vamba_options"]
+    assert (options["mix"], options["visual_mixer"], options["cross_attention_kv_norm"]) == ("alpha", "mamba2", False)
+    assert (options["ssm_d_state"], options["ssm_head_dim"], options["ssm_expand"], options["ssm_chunk_size"]) == (
+        16, 16, 2, 16)
+    assert any("cross_attn_use_position_embeddings" in note for note in report.notes)
+
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
+    loaded = model.state_dict()
+    for name, tensor in ours.items():
+        assert torch.equal(loaded[name], tensor), name
+    image_tokens = [120] * 4  # a 56x56 picture: 2x2 merged tokens
+    ids = torch.tensor([[1, 5, 122, *image_tokens, 123, 7, 9]])
+    pixels = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        logits = model(input_ids=ids, pixel_values=pixels).logits
+    assert torch.isfinite(logits).all()
+    out = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, ids.shape[1] + 3)
+
+
+def test_a_tensor_no_rule_covers_is_never_dropped_silently(tmp_path):
+    write_vamba_checkpoint(tmp_path / "vamba", extra={"model.layers.0.mystery.weight": torch.zeros(3)})
+    with pytest.raises(ConversionError, match=r"model\.layers\.0\.mystery\.weight"):
+        convert(tmp_path / "vamba", tmp_path / "out", "vamba", **quiet())
+    assert not (tmp_path / "out").exists()
+    report = convert(tmp_path / "vamba", tmp_path / "out", "vamba", allow_unused=[r"mystery"], **quiet())
+    assert "model.layers.0.mystery.weight" in report.dropped
+
+
+def test_a_missing_vamba_weight_fails_before_writing(tmp_path):
+    write_vamba_checkpoint(tmp_path / "vamba")
+    state = load_file(str(tmp_path / "vamba" / "model.safetensors"))
+    del state["visual.blocks.1.mlp.fc2.weight"]
+    save_file(state, str(tmp_path / "vamba" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ConversionError, match=r"model\.vision_tower\.blocks\.1\.mlp\.fc2\.weight"):
+        convert(tmp_path / "vamba", tmp_path / "out", "vamba", **quiet())
+    assert not (tmp_path / "out").exists()
+
+
+def test_plain_qwen2vl_is_not_converted_as_vamba(tmp_path):
+    source = tiny_qwen2vl()
+    source.save_pretrained(tmp_path / "qwen2vl")
+    with pytest.raises(ConversionError, match="plain Qwen2-VL"):
+        convert(tmp_path / "qwen2vl", tmp_path / "out", "vamba", **quiet())
