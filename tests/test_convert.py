@@ -713,12 +713,16 @@ def test_vamba_checkpoint_is_detected_and_refused(tmp_path):
     assert not (tmp_path / "dst").exists()
 
 
-def test_cobra_is_refused_with_the_reason(tmp_path):
-    (tmp_path / "cobra").mkdir()
-    torch.save({"model": {"projector": {"w": torch.zeros(1)}, "llm_backbone": {"w": torch.zeros(1)}}},
-               tmp_path / "cobra" / "latest-checkpoint.pt")
-    with pytest.raises(NotImplementedError, match="multi-encoder"):
+def test_cobra_without_its_vision_towers_is_refused_with_the_fix(tmp_path):
+    (tmp_path / "cobra" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "cobra" / "config.json").write_text(json.dumps(
+        {"model": {"vision_backbone_id": "dinosiglip-vit-so-384px", "llm_backbone_id": "mamba-2.8b-zephyr",
+                   "arch_specifier": "fused-gelu-mlp"}}))
+    torch.save({"model": {"projector": {"0.weight": torch.zeros(1)}, "llm_backbone": {"w": torch.zeros(1)}}},
+               tmp_path / "cobra" / "checkpoints" / "latest-checkpoint.pt")
+    with pytest.raises(ConversionError, match="--vision-towers"):
         convert(tmp_path / "cobra", tmp_path / "dst", "cobra", **quiet())
+    assert not (tmp_path / "dst").exists()
 
 
 def test_llava_onevision_is_refused_with_the_reason(tmp_path):
@@ -748,5 +752,5 @@ def test_cli_convert(tmp_path, capsys):
     assert "tensors mapped" in capsys.readouterr().out
     assert _cli(["convert", str(tmp_path / "src"), str(tmp_path / "dst"), "--from", "llava", "--no-progress"]) == 1
     assert "exists" in capsys.readouterr().err
-    assert _cli(["convert", str(tmp_path / "src"), str(tmp_path / "x"), "--from", "cobra", "--no-progress"]) == 2
-    assert "multi-encoder" in capsys.readouterr().err
+    assert _cli(["convert", str(tmp_path / "src"), str(tmp_path / "x"), "--from", "cobra", "--no-progress"]) == 1
+    assert "not a Cobra/Prismatic config" in capsys.readouterr().err

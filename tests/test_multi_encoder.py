@@ -177,7 +177,12 @@ def test_config_errors_name_the_fix():
     dino = {**TINY_DINOV2}
     siglip = {**TINY_SIGLIP}
     with pytest.raises(ValueError, match="same image size"):
-        HybridVLMConfig(vision_config=[dino, {**siglip, "image_size": 28}], text_config=TINY_MAMBA)
+        HybridVLMConfig(vision_config=[dino, siglip, {**siglip, "image_size": 28}], text_config=TINY_MAMBA)
+    with pytest.raises(ValueError, match="same image size"):
+        HybridVLMConfig(vision_config=[dino, {**siglip, "patch_size": 7}], text_config=TINY_MAMBA)
+    # DINOv2 interpolates its position embeddings (its image_size is not its input size): accepted
+    config = HybridVLMConfig(vision_config=[{**dino, "image_size": 518}, siglip], text_config=TINY_MAMBA)
+    assert HybridVLMImageProcessor.from_vision_config(config.vision_configs).size == {"height": 56, "width": 56}
     with pytest.raises(ValueError, match="vision_feature_select_strategy='default'"):
         HybridVLMConfig(vision_config=[dino, siglip], text_config=TINY_MAMBA, vision_feature_select_strategy="full")
     with pytest.raises(ValueError, match="Unknown vision_fusion"):

@@ -26,6 +26,8 @@ ANYRES_MERGES = ("spatial", "flat")
 VISION_MODEL_TYPES = (
     "clip_vision_model", "siglip_vision_model", "dinov2", "dinov2_with_registers", *QWEN2VL_VISION_MODEL_TYPES
 )
+# Encoders that resize their position embeddings to the input (their image_size is not their input size).
+INTERPOLATING_VISION_TYPES = ("dinov2", "dinov2_with_registers")
 # Composite configs that carry a vision config inside them; we take the vision part.
 _COMPOSITE_VISION_TYPES = ("clip", "siglip")
 
@@ -310,12 +312,16 @@ class HybridVLMConfig(PretrainedConfig):
             return
         if any(c.model_type in QWEN2VL_VISION_MODEL_TYPES for c in configs):
             raise ValueError("Qwen2-VL's vision tower cannot be combined with other encoders; give it alone.")
-        shapes = {(int(c.image_size), int(c.patch_size)) for c in configs}
+        # DINOv2 interpolates its position embeddings to any input, so its image_size need not match the others'.
+        fixed = [c for c in configs if c.model_type not in INTERPOLATING_VISION_TYPES] or configs[:1]
+        shapes = {(int(c.image_size), int(c.patch_size)) for c in fixed} | {
+            (int(fixed[0].image_size), int(c.patch_size)) for c in configs
+        }
         if len(shapes) != 1:
             raise ValueError(
                 f"Several vision encoders must see the same image size with the same patch size so that their patch "
                 f"grids line up, got (image_size, patch_size) {sorted(shapes)}. Set image_size/patch_size to agree "
-                "(MambaVLM/Cobra: DINOv2 and SigLIP both at 384 px with 14 px patches)."
+                "(MambaVLM/Cobra: DINOv2 and SigLIP both at 378 px with 14 px patches)."
             )
         if self.vision_feature_select_strategy != "default":
             raise ValueError(

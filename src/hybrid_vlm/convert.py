@@ -106,14 +106,6 @@ LONGLLAVA_CHAT_TEMPLATE = r"""{#- LongLLaVA (Jamba) chat format; <img>/</img> ar
 {%- endif -%}
 """
 
-COBRA_MESSAGE = (
-    "Converting Cobra checkpoints is not supported yet: Cobra concatenates DINOv2 ViT-L/14-reg4 and SigLIP so400m "
-    "features along the channel axis, and HybridVLM has no multi-encoder vision tower (a list of vision configs) "
-    "yet. Once it does, the converter needs: the `.pt` file's `projector` / `llm_backbone` state dicts, mamba_ssm "
-    "names -> transformers' Mamba names, and Cobra's Zephyr chat format."
-)
-
-
 class ConversionError(ValueError):
     """The source cannot be converted as asked. Raised before anything is written to the destination."""
 
@@ -209,28 +201,42 @@ class CheckpointReader:
         self._safetensors: dict[str, Any] = {}
         self._torch: dict[str, dict[str, torch.Tensor]] = {}
         self._entries: dict[str, SourceTensor] | None = None
+        self._extra: list[tuple[Path, str]] = []  # (folder, name prefix) of additional checkpoints
+        self._original: dict[str, str] = {}  # listed name -> name inside its file (extra sources are prefixed)
+        self._paths: dict[str, Path] = {}  # SourceTensor.file -> the file's path
+
+    def add_source(self, folder: Path, prefix: str) -> None:
+        """Also list the tensors of another checkpoint folder, under `prefix` + their names (e.g. vision encoders
+        that a run kept frozen and did not save)."""
+        self._extra.append((Path(folder), prefix))
+        self._entries = None
 
     def tensors(self) -> dict[str, SourceTensor]:
         """Name -> (shape, dtype, file) of every tensor, in file order."""
         if self._entries is not None:
             return self._entries
         entries: dict[str, SourceTensor] = {}
-        for path in self.files:
-            for name, shape, dtype in self._list(path):
+        sources = [(path, "", path.name) for path in self.files]
+        sources += [(path, prefix, str(path)) for folder, prefix in self._extra for path in _weight_files(folder)]
+        for path, prefix, key in sources:
+            for inner, shape, dtype in self._list(path, key):
+                name = prefix + inner
                 if name in entries:
                     raise ConversionError(
                         f"tensor {name!r} appears in both {entries[name].file} and {path.name}; the checkpoint is "
                         "inconsistent."
                     )
-                entries[name] = SourceTensor(name, shape, dtype, path.name)
+                entries[name] = SourceTensor(name, shape, dtype, key)
+                self._original[name] = inner
+                self._paths[key] = path
         if not entries:
             raise ConversionError(f"{self.folder} holds weight files but no tensors in them.")
         self._entries = entries
         return entries
 
-    def _list(self, path: Path) -> Iterable[tuple[str, tuple[int, ...], torch.dtype]]:
+    def _list(self, path: Path, key: str) -> Iterable[tuple[str, tuple[int, ...], torch.dtype]]:
         if path.suffix == ".safetensors":
-            handle = self._safetensors.setdefault(path.name, safe_open(str(path), framework="pt"))
+            handle = self._safetensors.setdefault(key, safe_open(str(path), framework="pt"))
             for name in handle.keys():
                 view = handle.get_slice(name)
                 dtype = _SAFETENSORS_DTYPES.get(view.get_dtype())
@@ -238,11 +244,12 @@ class CheckpointReader:
                     raise ConversionError(f"{path.name}: tensor {name!r} has unsupported dtype {view.get_dtype()}.")
                 yield name, tuple(view.get_shape()), dtype
         else:
-            for name, tensor in self._torch_state(path).items():
+            for name, tensor in self._torch_state(path, key).items():
                 yield name, tuple(tensor.shape), tensor.dtype
 
-    def _torch_state(self, path: Path) -> dict[str, torch.Tensor]:
-        if path.name not in self._torch:
+    def _torch_state(self, path: Path, key: str | None = None) -> dict[str, torch.Tensor]:
+        key = key or path.name
+        if key not in self._torch:
             try:
                 loaded = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
             except RuntimeError as err:
@@ -255,16 +262,17 @@ class CheckpointReader:
             skipped = _flatten_tensors(loaded, "", flat)
             if skipped:
                 self.notes.append(f"{path.name}: ignored {skipped} non-tensor entries (metadata, counters).")
-            self._torch[path.name] = flat
-        return self._torch[path.name]
+            self._torch[key] = flat
+        return self._torch[key]
 
     def load(self, name: str) -> torch.Tensor:
         """Read one tensor."""
         entry = self.tensors()[name]
+        inner = self._original.get(name, name)
         if entry.file.endswith(".safetensors"):
-            return self._safetensors[entry.file].get_tensor(name)
+            return self._safetensors[entry.file].get_tensor(inner)
         # A copy, so the written shard never shares storage with the memory map (safetensors refuses shared storage).
-        return self._torch_state(self.folder / entry.file)[name].clone()
+        return self._torch_state(self._paths[entry.file], entry.file)[inner].clone()
 
     def close(self) -> None:
         self._safetensors.clear()
@@ -301,6 +309,9 @@ def _weight_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.suffix in _TORCH_SUFFIXES and not _NOT_WEIGHTS.match(p.name))
     if files:
         return files
+    latest = folder / "checkpoints" / "latest-checkpoint.pt"  # a Prismatic/Cobra run folder
+    if latest.is_file():
+        return [latest]
     raise ConversionError(f"no weights in {folder}: expected *.safetensors or a torch .bin/.pt file.")
 
 
@@ -436,6 +447,7 @@ class _Recipe:
 @dataclass
 class _Options:
     vision_config: Any = None
+    vision_towers: Sequence[Any] | None = None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -1110,6 +1122,12 @@ def _vamba_options(raw: Mapping[str, Any], entries: Mapping[str, SourceTensor], 
     return options
 
 
+def _cobra_recipe(kind: str, folder: Path, reader: CheckpointReader, options: _Options) -> _Recipe:
+    from .convert_cobra import cobra_recipe  # its own module: it needs the rules and helpers defined here
+
+    return cobra_recipe(kind, folder, reader, options)
+
+
 def _vamba_recipe(kind: str, folder: Path, reader: CheckpointReader, options: _Options) -> _Recipe:
     from .builders import qwen2vl_vamba_config
     from .qwen2vl_vision import qwen2_text_config, qwen2vl_vision_config
@@ -1166,6 +1184,7 @@ _RECIPES: dict[str, Callable[[str, Path, CheckpointReader, _Options], _Recipe]] 
     "llava-next": _llava_recipe,
     "llava-onevision": _llava_recipe,
     "longllava": _longllava_recipe,
+    "cobra": _cobra_recipe,
     "vamba": _vamba_recipe,
 }
 
@@ -1397,14 +1416,15 @@ def convert(
     allow_unused: Sequence[str] = (),
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     vision_config: Any = None,
+    vision_towers: Sequence[Any] | None = None,
 ) -> ConversionReport:
     """Convert the checkpoint folder `src_dir` of the given `kind` into a HybridVLM folder `dst_dir`.
 
     Args:
         kind: one of `KINDS`: "llava", "llava-next" (transformers checkpoints of either line, any LM),
             "longllava" (FreedomIntelligence's llava_jamba), "vamba" (TIGER-AI-Lab's qwen2_vl + cross-attention and
-            Mamba-2 layers, with Qwen2-VL's vision tower); "llava-onevision" and "cobra" raise
-            NotImplementedError saying what HybridVLM lacks for them.
+            Mamba-2 layers, with Qwen2-VL's vision tower), "cobra" (a Prismatic run folder; needs `vision_towers`);
+            "llava-onevision" raises NotImplementedError saying what HybridVLM lacks for it.
         dtype: cast floating weights (fp32 SSM parameters stay fp32); None keeps the source's.
         overwrite: replace an existing `dst_dir` (only once the new folder is complete).
         progress: show a tqdm progress bar.
@@ -1413,6 +1433,8 @@ def convert(
         max_shard_size: largest safetensors shard ("5GB", bytes, ...).
         vision_config: LongLLaVA: the CLIP tower's config (dict, config or folder) when it cannot be derived from
             `mm_vision_tower` and the weights.
+        vision_towers: Cobra: (DINOv2 folder, SigLIP folder) in transformers format; Cobra runs do not save their
+            frozen vision encoders.
 
     Returns:
         a `ConversionReport`; the folder holds config.json, safetensors weights (+ index), the processor (when the
@@ -1429,13 +1451,12 @@ def convert(
         raise FileExistsError(f"{destination} exists; pass overwrite=True (--overwrite) to replace it.")
     target_dtype = _as_dtype(dtype)
     max_bytes = parse_size(max_shard_size)
-    if kind == "cobra":
-        raise NotImplementedError(COBRA_MESSAGE)
-
     reader = CheckpointReader(source)
     try:
         entries = reader.tensors()
-        recipe = _RECIPES[kind](kind, source, reader, _Options(vision_config=vision_config))
+        options = _Options(vision_config=vision_config, vision_towers=vision_towers)
+        recipe = _RECIPES[kind](kind, source, reader, options)
+        entries = reader.tensors()  # a recipe may add sources (Cobra's vision encoders)
         config = recipe.config
         expected = _expected_weights(config)
         plan = plan_mapping(entries, recipe.rules, allow_unused, known_targets=expected)
@@ -1530,6 +1551,8 @@ def add_convert_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="largest weight file (default 5GB)")
     parser.add_argument("--vision-config", default=None,
                         help="LongLLaVA: the vision tower's config.json or folder, if it cannot be derived")
+    parser.add_argument("--vision-towers", nargs=2, default=None, metavar=("DINOV2_DIR", "SIGLIP_DIR"),
+                        help="Cobra: transformers-format folders of its two (frozen, unsaved) vision encoders")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run_convert)
     return parser
@@ -1541,7 +1564,7 @@ def run_convert(args: argparse.Namespace) -> int:
         report = convert(
             args.src, args.dst, args.kind, dtype=args.dtype, overwrite=args.overwrite,
             progress=not args.no_progress, allow_unused=args.allow_unused, max_shard_size=args.max_shard_size,
-            vision_config=args.vision_config,
+            vision_config=args.vision_config, vision_towers=args.vision_towers,
         )
     except NotImplementedError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -274,6 +274,14 @@ def _array_to_rgb_array(
 QWEN2VL_DEFAULT_IMAGE_SIZE = 448
 
 
+def _vision_part_of(config: Any) -> Any:
+    """A config dict/object, or the vision part of a composite CLIP/SigLIP config."""
+    if isinstance(config, dict):
+        return type("_ConfigView", (), {"model_type": config.get("model_type")})()
+    inner = getattr(config, "vision_config", None)
+    return inner if getattr(config, "model_type", None) in ("clip", "siglip") and inner is not None else config
+
+
 class HybridVLMImageProcessor(BaseImageProcessor):
     r"""Resize (shortest edge or exact size), center crop, rescale and normalize images; optionally AnyRes tiling.
 
@@ -393,7 +401,10 @@ class HybridVLMImageProcessor(BaseImageProcessor):
             if len(built) == 1:
                 return built[0]
             stats = ("image_mean", "image_std")
-            views = {cls._view_size({k: getattr(b, k) for k in cls._param_names}) for b in built}
+            # DINOv2 interpolates its position embeddings: it takes the size the other encoders need.
+            types = [getattr(_vision_part_of(c), "model_type", None) for c in vision_config]
+            fixed = [b for b, t in zip(built, types) if t not in ("dinov2", "dinov2_with_registers")] or built
+            views = {cls._view_size({k: getattr(b, k) for k in cls._param_names}) for b in fixed}
             if len(views) != 1:
                 raise ValueError(
                     f"{_NAME}.from_vision_config: the vision encoders expect different input sizes {sorted(views)}; "
@@ -402,8 +413,8 @@ class HybridVLMImageProcessor(BaseImageProcessor):
             # One geometry for all encoders (their patch grids must line up), each with its own mean/std (output
             # channels 3i..3i+2). Where the encoders' own processors differ in geometry (DINOv2: resize + crop,
             # SigLIP: squash), the squash wins, as in Prismatic's "resize-naive" used by Cobra and MambaVLM.
-            squash = [b for b in built if not b.do_center_crop]
-            geometry = squash[0] if squash else built[0]
+            squash = [b for b in fixed if not b.do_center_crop]
+            geometry = squash[0] if squash else fixed[0]
             params = {k: getattr(geometry, k) for k in cls._param_names}
             params.update({k: [getattr(b, k) for b in built] for k in stats})
             params.update({k: v for k, v in kwargs.items() if k in stats})
