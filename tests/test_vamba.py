@@ -162,6 +162,29 @@ def test_cross_attention_is_the_lms_self_attention_restricted_to_visual_keys(mod
     torch.testing.assert_close(crossed, expected, **TOL)
 
 
+def test_cross_attention_without_rope_is_position_free():
+    """`cross_attention_rope=False` (the released Vamba): the cross-attention equals the LM's self-attention with an
+    identity rotation (cos 1, sin 0), so moving the text to other positions changes nothing."""
+    lm = tiny_lm("qwen2", attn="eager", cross_attention_rope=False)
+    layer = lm.layers[0]
+    hidden = layer.input_layernorm(torch.randn(1, 7, HIDDEN))
+    rope = lm.rotary_emb(hidden, torch.arange(7)[None])
+    identity = (torch.ones_like(rope[0]), torch.zeros_like(rope[1]))
+    visual = torch.tensor([[True] * 4 + [False] * 3])
+    allowed = (visual[:, None, :] & ~visual[:, :, None]) | (torch.eye(7, dtype=torch.bool) & visual[:, :, None])
+    mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None]
+    with torch.no_grad():
+        expected = layer.self_attn(hidden_states=hidden, position_embeddings=identity, attention_mask=mask)[0][:, 4:]
+        keys, values = layer.cross_attn.project_visual(hidden[:, :4], tuple(r[..., :4, :] for r in rope))
+        crossed = layer.cross_attn(hidden[:, 4:], keys, values, None, tuple(r[..., 4:, :] for r in rope))
+        shifted = lm.rotary_emb(hidden, torch.arange(7)[None] + 11)
+        moved = layer.cross_attn(hidden[:, 4:], keys, values, None, tuple(r[..., 4:, :] for r in shifted))
+    torch.testing.assert_close(crossed, expected, **TOL)
+    torch.testing.assert_close(moved, crossed, **TOL)
+    with_rope = tiny_lm("qwen2", attn="eager").layers[0].cross_attn
+    assert with_rope.use_rope and not layer.cross_attn.use_rope
+
+
 def test_alpha_one_ignores_the_visual_tokens_for_text_and_padding_matches_the_lm():
     """With a = 1 the text stream is the LM on the text tokens alone, whatever the visual tokens are."""
     lm = tiny_lm("llama", attn="eager")

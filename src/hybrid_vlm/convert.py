@@ -1149,13 +1149,9 @@ def _vamba_recipe(kind: str, folder: Path, reader: CheckpointReader, options: _O
                      f"{merger.shape[0]} (the weights decide).")
         vision.hidden_size = merger.shape[0]
     text = qwen2_text_config(raw)
-    if not raw.get("cross_attn_use_position_embeddings", False):
-        notes.append(
-            "Vamba was trained with cross_attn_use_position_embeddings=False (no RoPE in its cross-attention); "
-            "HybridVLM's Vamba decoder applies RoPE to cross-attention queries and keys, so outputs with visual "
-            "tokens differ from the reference implementation until the decoder offers that switch."
-        )
     vamba_options = _vamba_options(raw, entries, text["hidden_size"], notes)
+    # The reference leaves cross-attention queries/keys unrotated unless this flag is set.
+    vamba_options["cross_attention_rope"] = bool(raw.get("cross_attn_use_position_embeddings", False))
     tie = "lm_head.weight" not in entries
     if tie and not raw.get("tie_word_embeddings", False):
         raise ConversionError("the source has no lm_head.weight and its config does not tie it to the embeddings.")

@@ -119,6 +119,9 @@ class VambaOptions:
     cross_attention_init: ``"self_attention"`` (copy each layer's q/k/v/o, Table 2's key finding) or ``"random"``.
     cross_attention_kv_norm: apply the layer's input norm to the visual states before the K/V projections, so a
         cross-attention copied from self-attention sees inputs scaled as self-attention saw them in the source LM.
+    cross_attention_rope: rotate cross-attention queries and keys with RoPE at their sequence positions (our
+        default: a copy of self-attention expects rotated inputs). The released Vamba checkpoints were trained without
+        (`cross_attn_use_position_embeddings=False`); their converter turns this off.
     ssm_*: the SSM block's settings; ``ssm_d_state=None`` means 128 for Mamba-2 and 16 for Mamba-1 (mamba-ssm's
         defaults). ``ssm_head_dim``/``ssm_n_groups`` are Mamba-2 only, ``ssm_dt_rank`` Mamba-1 only.
     """
@@ -128,6 +131,7 @@ class VambaOptions:
     visual_mixer: str = "mamba2"
     cross_attention_init: str = "self_attention"
     cross_attention_kv_norm: bool = True
+    cross_attention_rope: bool = True
     ssm_d_state: int | None = None
     ssm_d_conv: int = 4
     ssm_expand: int = 2
@@ -152,8 +156,9 @@ class VambaOptions:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
-        if not isinstance(self.cross_attention_kv_norm, bool):
-            raise ValueError(f"cross_attention_kv_norm must be True or False, got {self.cross_attention_kv_norm!r}.")
+        for name in ("cross_attention_kv_norm", "cross_attention_rope"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         for name in ("ssm_d_conv", "ssm_expand", "ssm_head_dim", "ssm_n_groups", "ssm_chunk_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -322,8 +327,11 @@ class VambaCrossAttention(nn.Module):
     express, so under a flash implementation this module runs sdpa (self-attention still runs flash).
     """
 
-    def __init__(self, self_attn: nn.Module, config: PretrainedConfig, layer_idx: int) -> None:
+    def __init__(
+        self, self_attn: nn.Module, config: PretrainedConfig, layer_idx: int, use_rope: bool = True
+    ) -> None:
         super().__init__()
+        self.use_rope = use_rope
         projections = {name: getattr(self_attn, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
         reference = projections["q_proj"].weight
         for name, source in projections.items():
@@ -373,6 +381,8 @@ class VambaCrossAttention(nn.Module):
         batch, length, _ = visual_states.shape
         key = self._normed(self.k_proj(visual_states).view(batch, length, -1, self.head_dim), "k_norm")
         value = self.v_proj(visual_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
+        if not self.use_rope:
+            return key.transpose(1, 2), value
         cos, sin = position_embeddings
         return self._rope(key.transpose(1, 2), cos, sin), value
 
@@ -399,8 +409,10 @@ class VambaCrossAttention(nn.Module):
         """hidden_states: the normed text (B, T, H); key/value from `project_visual`; mask additive (B, 1, T, V)."""
         batch, length, _ = hidden_states.shape
         query = self._normed(self.q_proj(hidden_states).view(batch, length, -1, self.head_dim), "q_norm")
-        cos, sin = position_embeddings
-        query = self._rope(query.transpose(1, 2), cos, sin)
+        query = query.transpose(1, 2)
+        if self.use_rope:
+            cos, sin = position_embeddings
+            query = self._rope(query, cos, sin)
         output, _ = self.attention_function()(
             self,
             query,
@@ -660,7 +672,10 @@ class VambaLanguageModel(nn.Module):
     # -- construction ----------------------------------------------------------------------------------------------
     def _extend_layer(self, layer: nn.Module, index: int) -> None:
         reference = layer.self_attn.q_proj.weight
-        layer.add_module("cross_attn", VambaCrossAttention(layer.self_attn, self.config, index))
+        layer.add_module(
+            "cross_attn",
+            VambaCrossAttention(layer.self_attn, self.config, index, use_rope=self.options.cross_attention_rope),
+        )
         alpha = torch.tensor(float(self.options.alpha_init), dtype=reference.dtype, device=reference.device)
         layer.register_parameter("alpha", nn.Parameter(alpha))
         if self.options.visual_mixer != "none":
