@@ -575,10 +575,15 @@ def test_longllava_maps_losslessly(tmp_path):
     processor = AutoProcessor.from_pretrained(tmp_path / "dst")
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is in the picture ?"}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert prompt == "<|startoftext|><|User|>\n<img><image></img>\nwhat is in the picture ?\n<|startoftext|><|Assistant|>\n"
+    assert prompt == "<|startoftext|><|User|>\n<image>\nwhat is in the picture ?\n<|startoftext|><|Assistant|>\n"
     image = Image.fromarray(np.full((50, 70, 3), 90, dtype=np.uint8))
     inputs = processor(text=prompt, images=[image], return_tensors="pt")
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 144  # 24x24 pooled to 12x12
+    # LongLLaVA's own prompt: the processor writes <img>...</img> as plain text around the image's tokens
+    assert (processor.image_layout, processor.layout_markers) == ("longllava", "text")
+    bare = processor.tokenizer(prompt.replace("<image>", ""), add_special_tokens=False)["input_ids"]
+    markers = sum(len(processor.tokenizer(m, add_special_tokens=False)["input_ids"]) for m in ("<img>", "</img>"))
+    assert inputs["input_ids"].shape[1] == len(bare) + 144 + markers
     assert inputs["pixel_values"].shape == (1, 3, 336, 336)
     generation = json.loads((tmp_path / "dst" / "generation_config.json").read_text())
     assert set(generation["suppress_tokens"]) == {model.config.image_token_id, model.config.video_token_id}

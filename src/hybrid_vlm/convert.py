@@ -106,6 +106,12 @@ LONGLLAVA_CHAT_TEMPLATE = r"""{#- LongLLaVA (Jamba) chat format; <img>/</img> ar
 {%- endif -%}
 """
 
+# The same chat format for processors that write the markers themselves (the 'longllava' layout with text markers).
+LONGLLAVA_CHAT_TEMPLATE_BARE = LONGLLAVA_CHAT_TEMPLATE.replace("'<img><image></img>\\n'", "'<image>\\n'").replace(
+    "'<vid><video></vid>\\n'", "'<video>\\n'"
+)
+
+
 class ConversionError(ValueError):
     """The source cannot be converted as asked. Raised before anything is written to the destination."""
 
@@ -439,6 +445,8 @@ class _Recipe:
     image_processor: Any = None
     chat_template: str | None = None
     video_layout: str = "plain"
+    image_layout: str | None = None  # None: the processor's default ("llava")
+    layout_markers: str = "special"
     generation_config: Any = None
     notes: list[str] = field(default_factory=list)
     description: str = ""
@@ -876,9 +884,17 @@ def _longllava_recipe(kind: str, folder: Path, reader: CheckpointReader, options
             notes.append("LongLLaVA pads images to a square with the mean colour ('pad'); HybridVLM's image "
                          "processor resizes and center-crops instead, so borders of non-square images differ.")
         recipe.chat_template = LONGLLAVA_CHAT_TEMPLATE
-        recipe.video_layout = "plain"
-        notes.append("videos use the 'plain' layout: LongLLaVA's <vid>/<img>/<t> markers were plain text, while "
-                     "HybridVLM's 'longllava' video layout needs them as single tokens.")
+        if layout["anyres_merge"] == "flat":
+            # LongLLaVA's own prompts: <img>...</img> around images, <vid>/<t> for videos, written as plain text.
+            recipe.image_layout = recipe.video_layout = "longllava"
+            recipe.layout_markers = "text"
+            recipe.chat_template = LONGLLAVA_CHAT_TEMPLATE_BARE
+            notes.append("prompts use the 'longllava' layout with plain-text markers, as LongLLaVA's reference code "
+                         "wrote them (<img>, </img>, <vid>, <t>, </vid> are ordinary text there).")
+        else:
+            recipe.video_layout = "plain"
+            notes.append(f"mm_patch_merge_type={merge!r} stitches tiles spatially, which the 'longllava' layout "
+                         "(global view + whole tiles per row) cannot describe: images and videos use the llava layout.")
         eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         eos = eos if isinstance(eos, int) and eos != tokenizer.unk_token_id else None
         recipe.generation_config = _generation_config(folder, config.text_config, [image_id, video_id], eos)
@@ -1520,9 +1536,12 @@ def _write_processor(folder: Path, recipe: _Recipe, report: ConversionReport) ->
         return
     from .processing_hybrid_vlm import HybridVLMProcessor
 
+    layout = {"video_layout": recipe.video_layout, "layout_markers": recipe.layout_markers}
+    if recipe.image_layout is not None:
+        layout["image_layout"] = recipe.image_layout
     processor = HybridVLMProcessor.from_model_config(
         recipe.config, recipe.tokenizer, image_processor=recipe.image_processor, chat_template=recipe.chat_template,
-        video_layout=recipe.video_layout,
+        **layout,
     )
     processor.save_pretrained(str(folder))
 
