@@ -54,6 +54,7 @@ FAMILY_PRESETS = {
     "jamba": "jamba-llava-tiny",
     "mamba2": "mamba2-llava-tiny",
     "vamba": "vamba-tiny",
+    "mambavlm": "mambavlm-tiny",
     "llava": "llava-tiny",
 }
 DTYPES = {
@@ -138,6 +139,18 @@ def size_overrides(family: str, size: str | ModelSize, intermediate_size: int | 
             "expand": 2,
             "state_size": shape.ssm_state_size,
             "chunk_size": shape.ssm_chunk_size,
+        }
+    elif text_type == "mamba":
+        if intermediate_size is not None:
+            raise ValueError("A Mamba LM has no MLP: intermediate_size cannot be set.")
+        # Mamba-1's own rules at every size (Mamba-2.8B: d_state 16, expand 2, dt_rank = hidden / 16)
+        text = {
+            "hidden_size": hidden,
+            "num_hidden_layers": shape.num_hidden_layers,
+            "state_size": 16,
+            "expand": 2,
+            "intermediate_size": 2 * hidden,
+            "time_step_rank": max(1, math.ceil(hidden / 16)),
         }
     elif text_type == "jamba":
         # Jamba's own rules: d_state 16, dt_rank = hidden / 16 (256 at 4096); the tiny preset keeps its values.
@@ -309,13 +322,15 @@ def _sync(device: torch.device) -> None:
 
 
 def _ssm_path(model: Any) -> str:
-    """Which SSM implementation the model's recurrent layers take on its device ("-" for none)."""
-    from .caching import has_ssm_layers
-    from .kernels import mamba_kernels_usable
+    """Which SSM implementation the model's recurrent layers take on its device ("-" for none): "kernels" or
+    "torch" per kind of SSM module (`kernels.compute_paths` has the full report with reasons)."""
+    from .kernels import compute_paths
 
-    paths = {m.compute_path for m in model.modules() if isinstance(getattr(m, "compute_path", None), str)}
-    if has_ssm_layers(model.config.text_config):
-        paths.add("kernels" if mamba_kernels_usable(model.device) else "torch")
+    paths = {
+        "kernels" if "kernels" in p.path else "torch"
+        for p in compute_paths(model)
+        if "SSM" in p.component and "projector" not in p.component  # (the projector is not timed here)
+    }
     return "+".join(sorted(paths)) or "-"
 
 
@@ -554,6 +569,57 @@ def measure_training(
         lm_params=bench.lm_params,
         repeats=max(1, repeats),
         frames=point.frames,
+    )
+
+
+@dataclass
+class GenerationResult:
+    """Generating `output_tokens` after a prompt with `visual_tokens` visual tokens (MambaVLM's Table 4 setting).
+
+    `e2e_tok_s` is output tokens over the whole generation time (prefill included: the first token comes from the
+    prefill), the paper's "speed"; `decode_tok_s` counts only the single-token steps after it.
+    """
+
+    model: str
+    family: str
+    visual_tokens: int
+    seq_len: int
+    output_tokens: int
+    prefill_s: float
+    decode_s: float
+    decode_tok_s: float
+    e2e_tok_s: float
+    lm_params: int
+    repeats: int
+
+
+def measure_generation(
+    bench: BenchModel,
+    visual_tokens: int,
+    output_tokens: int = 256,
+    repeats: int = 3,
+    statistic: Callable[[Sequence[float]], float] = statistics.median,
+) -> GenerationResult:
+    """Greedy generation of `output_tokens` tokens (prefill + `output_tokens - 1` steps), `statistic` of `repeats`."""
+    if output_tokens < 2:
+        raise ValueError(f"output_tokens must be at least 2 (one from the prefill, one step), got {output_tokens}.")
+    ids, features = bench.inputs(visual_tokens)
+    runs = [bench.prefill_and_decode(ids, features, output_tokens - 1) for _ in range(max(1, repeats))]
+    prefill = statistic([p for p, _ in runs])
+    decode = statistic([d for _, d in runs])
+    total = statistic([p + d for p, d in runs])
+    return GenerationResult(
+        model=bench.name,
+        family=bench.family,
+        visual_tokens=visual_tokens,
+        seq_len=int(ids.shape[1]),
+        output_tokens=output_tokens,
+        prefill_s=prefill,
+        decode_s=decode,
+        decode_tok_s=(output_tokens - 1) / decode,
+        e2e_tok_s=output_tokens / total,
+        lm_params=bench.lm_params,
+        repeats=max(1, repeats),
     )
 
 
@@ -1054,7 +1120,7 @@ def plot_results(
 
 DEFAULT_TOKENS = "256,512,1024,2048"
 QUICK = {
-    "families": "jamba,mamba2,vamba",
+    "families": "jamba,mamba2,vamba,mambavlm",
     "tokens": "256,1024,4096",
     "size": "small",
     "repeats": 1,
@@ -1083,7 +1149,7 @@ def _int_list(text: str | None) -> list[int]:
 def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The benchmark options (shared by `hybrid-vlm bench` and the scripts in benchmarks/)."""
     what = parser.add_argument_group("what to compare")
-    what.add_argument("--families", default="jamba,mamba2,vamba", help="hybrid families, comma-separated "
+    what.add_argument("--families", default="jamba,mamba2,vamba,mambavlm", help="hybrid families, comma-separated "
                       f"({', '.join(f for f in FAMILY_PRESETS if f != 'llava')})")
     what.add_argument("--baseline", default="llava", help="pure-transformer family of the same width and depth")
     what.add_argument("--size", default="small", choices=sorted(SIZES), help="width/depth: " + "; ".join(
@@ -1162,7 +1228,7 @@ def _default_budget(device: torch.device) -> float:
 
 
 _DEFAULTS = {
-    "families": "jamba,mamba2,vamba",
+    "families": "jamba,mamba2,vamba,mambavlm",
     "tokens": None,
     "size": "small",
     "repeats": 3,
@@ -1172,18 +1238,37 @@ _DEFAULTS = {
 }
 
 
-def _header(args: argparse.Namespace, device: torch.device) -> str:
+def _cpu_name() -> str:
+    """The CPU's model name (lscpu's "Model name"), for reports."""
     import platform
 
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _header_line(device: torch.device, dtype: str, size: str, repeats: int, stat: str) -> str:
+    """Device, threads, size, repetitions and library versions: the first line of every report."""
     import transformers
 
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
-    threads = torch.get_num_threads()
-    shape = SIZES[args.size]
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    shape = SIZES[size]
     return (
-        f"hybrid_vlm bench: device {device} ({where}, {threads} torch threads), dtype {args.dtype}, size {args.size} "
-        f"(hidden {shape.hidden_size}, {shape.num_hidden_layers} layers), repeats {args.repeats} ({args.stat}), "
-        f"decode {args.decode_tokens} tokens; torch {torch.__version__}, transformers {transformers.__version__}\n"
+        f"hybrid_vlm bench: device {device} ({where}, {torch.get_num_threads()} torch threads), dtype {dtype}, size "
+        f"{size} (hidden {shape.hidden_size}, {shape.num_hidden_layers} layers), repeats {repeats} ({stat}); "
+        f"torch {torch.__version__}, transformers {transformers.__version__}"
+    )
+
+
+def _header(args: argparse.Namespace, device: torch.device) -> str:
+    return (
+        _header_line(device, args.dtype, args.size, args.repeats, args.stat)
+        + f", decode {args.decode_tokens} tokens\n"
         "Visual tokens enter as fixed embeddings (vision tower and projector skipped: identical for both sides). "
         + (
             "Memory: torch.cuda.max_memory_allocated (weights included)."

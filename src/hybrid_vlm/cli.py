@@ -202,7 +202,25 @@ def run_env() -> int:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+    _print_compute_paths()
     return 0
+
+
+# Tiny presets whose modules cover every path choice: our SSMs (visual stream, projector), transformers' SSM LMs,
+# self- and cross-attention.
+ENV_PATH_PRESETS = ("vamba-tiny", "mambavlm-tiny", "jamba-llava-tiny")
+
+
+def _print_compute_paths() -> None:
+    """Which path each module of a few tiny presets takes here (on CUDA when there is one), and why."""
+    import hybrid_vlm
+    from hybrid_vlm.kernels import compute_paths, format_compute_paths
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for name in ENV_PATH_PRESETS:
+        model, _ = hybrid_vlm.from_preset(name, device=device)
+        print(f"\ncompute paths of {name} on {device}:")
+        print(format_compute_paths(compute_paths(model)))
 
 
 def run_presets(count: bool) -> int:

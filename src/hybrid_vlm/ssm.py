@@ -136,7 +136,8 @@ def _announce(kind: str, path: str, device: torch.device) -> None:
             "causal-conv1d for the fused kernels (faster, less memory)."
         )
     else:
-        logger.info(f"hybrid_vlm.ssm: {kind} mixers run the {path} path on {device.type}.")
+        why = "forced with compute_path" if path == "reference" or device.type == "cuda" else "kernels are CUDA-only"
+        logger.info(f"hybrid_vlm.ssm: {kind} mixers run the {path} path on {device.type} ({why}).")
 
 
 # ---------------------------------------------------------------------------------------------------------------
