@@ -263,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .benchmark import add_bench_subcommand, run_bench
 
     add_bench_subcommand(commands).set_defaults(handler=run_bench)
+    from .train_cli import add_train_subcommand
+
+    add_train_subcommand(commands)
     presets = commands.add_parser("presets", help="list the named presets")
     presets.add_argument("--count", action="store_true", help="print parameter counts (built on the meta device)")
     return parser

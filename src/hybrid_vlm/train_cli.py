@@ -1,0 +1,185 @@
+"""`hybrid-vlm train`: fine-tune a preset or a saved model on a JSONL chat dataset with TRL's SFTTrainer.
+
+The dataset is TRL's vision format, one JSON object per line: `{"messages": [...], "images": ["a.png", ...]}` (and/or
+`"videos": ["clip.mp4"]`), with bare `{"type": "image"}` / `{"type": "video"}` blocks filled in order; relative paths
+are resolved against the JSONL file's folder. Batches go through `VideoSFTCollator`, so images and videos,
+assistant-only loss and over-long samples (dropped, never cut through visual tokens) work the same on both transformers
+lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+STAGE_ALIASES = {"vamba-stage1": "new-layers", "vamba-stage2": "full", "lm": "projector+lm"}
+
+
+def add_train_subcommand(commands: Any) -> argparse.ArgumentParser:
+    """Register `train` on the CLI's sub-parsers (`cli.build_parser` calls this)."""
+    from .training import TRAINING_STAGES
+
+    stages = [*TRAINING_STAGES, *STAGE_ALIASES]
+    parser = commands.add_parser(
+        "train",
+        help="fine-tune on a JSONL chat dataset (TRL vision format) with TRL's SFTTrainer",
+        description=__doc__.split("\n\n")[0] + " Stages: "
+        + "; ".join(f"{name}: {text}" for name, text in TRAINING_STAGES.items())
+        + ". Aliases: " + ", ".join(f"{a} = {s}" for a, s in STAGE_ALIASES.items()) + ".",
+    )
+    parser.add_argument("data", help="a .jsonl file, or a folder holding train.jsonl (or exactly one .jsonl)")
+    parser.add_argument("--model", default="jamba-llava-tiny", help="a preset name, a model folder or a Hub id")
+    parser.add_argument("--output-dir", required=True, help="checkpoints and the final model (or adapter) go here")
+    parser.add_argument("--stage", default=None, choices=stages, help="which weights train (default: projector+lm)")
+    parser.add_argument("--lora", action="store_true", help="train a LoRA adapter on the language model instead")
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (default: epochs)")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--learning-rate", type=float, default=2e-5)
+    parser.add_argument("--max-length", type=int, default=4096, help="longer samples are dropped (never cut)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU); fp16 is not offered for SSMs")
+    parser.add_argument("--save-steps", type=int, default=500)
+    parser.add_argument("--resume", default=None, help="a checkpoint folder to resume from (or 'last')")
+    parser.add_argument("--num-frames", type=int, default=None, help="frames per video while training")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=run_train)
+    return parser
+
+
+def _jsonl_path(data: str) -> Path:
+    path = Path(data)
+    if path.is_dir():
+        if (path / "train.jsonl").is_file():
+            return path / "train.jsonl"
+        found = sorted(path.glob("*.jsonl"))
+        if len(found) != 1:
+            raise ValueError(
+                f"{path} holds {len(found)} .jsonl files; name the training file train.jsonl or pass its path."
+            )
+        return found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"Dataset not found: {path} (pass a .jsonl file or a folder holding train.jsonl).")
+    return path
+
+
+def load_jsonl(data: str) -> list[dict[str, Any]]:
+    """Rows of a JSONL chat dataset, with media paths made absolute; a bad line raises naming its number."""
+    path = _jsonl_path(data)
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
+        if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
+            raise ValueError(
+                f"{path}:{number}: each line needs a 'messages' list (TRL's chat format), e.g. "
+                '{"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "..."}]}, '
+                '{"role": "assistant", "content": "..."}], "images": ["img.png"]}'
+            )
+        for key in ("images", "videos"):
+            items = row.get(key)
+            if items is None:
+                continue
+            if isinstance(items, str):
+                items = [items]
+            resolved = []
+            for item in items:
+                if isinstance(item, str) and "://" not in item:
+                    media = (path.parent / item).resolve()
+                    if not media.exists():
+                        raise FileNotFoundError(f"{path}:{number}: {key[:-1]} file not found: {media}")
+                    item = str(media)
+                resolved.append(item)
+            row[key] = resolved
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} has no examples.")
+    return rows
+
+
+def _load_model(name: str, bf16: bool) -> tuple[Any, Any]:
+    import torch
+    import transformers
+    from transformers import AutoProcessor
+
+    import hybrid_vlm
+
+    if name in hybrid_vlm.list_presets():
+        return hybrid_vlm.from_preset(name)
+    auto = getattr(transformers, "AutoModelForImageTextToText", None) or transformers.AutoModelForVision2Seq
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    return auto.from_pretrained(name, dtype=dtype), AutoProcessor.from_pretrained(name)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Build the model, freeze for the stage (or configure LoRA), train with SFTTrainer, save."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from .training import VideoSFTCollator, count_parameters, freeze_for_stage, lora_config
+
+    if args.lora and args.stage is not None:
+        raise SystemExit("error: --lora trains adapters on the language model; it does not combine with --stage.")
+    rows = load_jsonl(args.data)
+    model, processor = _load_model(args.model, args.bf16)
+    if args.num_frames is not None:
+        processor.video_processor.num_frames = args.num_frames
+    peft_config = None
+    if args.lora:
+        peft_config = lora_config(model, r=args.lora_rank, alpha=2 * args.lora_rank)
+    else:
+        stage = STAGE_ALIASES.get(args.stage or "projector+lm", args.stage or "projector+lm")
+        trainable = freeze_for_stage(model, stage)
+        print(f"stage {stage!r}: {trainable:,} of {count_parameters(model)[1]:,} parameters train")
+
+    # Only the columns the collator reads; media paths stay strings (Arrow-friendly).
+    columns = [key for key in ("messages", "images", "videos") if any(key in row for row in rows)]
+    dataset = Dataset.from_list([{key: row.get(key) for key in columns} for row in rows])
+    collator = VideoSFTCollator(processor, max_length=args.max_length, overflow="drop", assistant_only_loss=True)
+    config = SFTConfig(
+        output_dir=args.output_dir,
+        max_steps=args.max_steps,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.learning_rate,
+        bf16=args.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        logging_steps=max(1, min(10, args.max_steps if args.max_steps > 0 else 10)),
+        save_steps=args.save_steps,
+        report_to=[],
+        seed=args.seed,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+    )
+    trainer = SFTTrainer(
+        model=model,
+        processing_class=processor,
+        train_dataset=dataset,
+        args=config,
+        data_collator=collator,
+        peft_config=peft_config,
+    )
+    if args.lora:
+        trainable, total = count_parameters(trainer.model)
+        print(f"LoRA: {trainable:,} of {total:,} parameters train")
+    resume = args.resume
+    trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
+    trainer.save_model(args.output_dir)
+    processor.save_pretrained(args.output_dir)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    if losses:
+        print(f"loss: {losses[0]:.4f} -> {losses[-1]:.4f} over {trainer.state.global_step} steps")
+    if collator.num_dropped:
+        print(f"{collator.num_dropped} sample(s) longer than --max-length={args.max_length} were dropped")
+    what = "adapter" if args.lora else "model"
+    print(f"saved the {what} and the processor to {args.output_dir}")
+    return 0
