@@ -241,3 +241,39 @@ def test_no_warning_at_inference(warnings_log):
         model(**_batch(processor))
     assert _warnings(warnings_log) == []
     assert "{reason}" in FP16_SSM_WARNING
+
+
+# ---------------------------------------------------------------------------------------------------- sharding
+
+
+@pytest.mark.parametrize(
+    "preset, layers",
+    [
+        ("jamba-llava-tiny", {"CLIPEncoderLayer", "JambaAttentionDecoderLayer", "JambaMambaDecoderLayer"}),
+        ("mamba2-llava-tiny", {"CLIPEncoderLayer", "Mamba2Block"}),
+        ("vamba-tiny", {"CLIPEncoderLayer", "Qwen2DecoderLayer"}),
+    ],
+)
+def test_fsdp_wrap_classes_are_the_layers_the_model_really_has(preset, layers):
+    from hybrid_vlm.training import fsdp_wrap_classes
+
+    model, _ = hybrid_vlm.from_preset(preset, device="meta")
+    names = fsdp_wrap_classes(model)
+    assert layers <= set(names)
+    present = {type(module).__name__ for module in model.modules()}
+    assert set(names) <= present  # accelerate refuses a class name it cannot find in the model
+    # the examples' FSDP config lists the Jamba family's classes
+    import pathlib
+
+    if preset == "jamba-llava-tiny":
+        config = (pathlib.Path(__file__).parent.parent / "examples" / "fsdp.yaml").read_text()
+        assert all(name in config for name in layers)
+
+
+def test_deepspeed_zero3_config_is_valid_and_never_fp16():
+    import json
+    import pathlib
+
+    config = json.loads((pathlib.Path(__file__).parent.parent / "examples" / "deepspeed_zero3.json").read_text())
+    assert config["zero_optimization"]["stage"] == 3 and config["fp16"]["enabled"] is False
+    assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True  # one loadable folder

@@ -44,6 +44,7 @@ __all__ = [
     "count_parameters",
     "topk_distillation_loss",
     "freeze_for_stage",
+    "fsdp_wrap_classes",
     "lora_config",
     "lora_target_modules",
     "qlora_config",
@@ -346,6 +347,28 @@ def freeze_for_stage(model: nn.Module, stage: str) -> int:
     trainable, total = count_parameters(model)
     logger.info(f"freeze_for_stage({stage!r}): {trainable:,} of {total:,} parameters trainable.")
     return trainable
+
+
+# ---------------------------------------------------------------------------------------------------- sharding
+
+
+def fsdp_wrap_classes(model: nn.Module) -> list[str]:
+    """Layer class names to wrap with FSDP (`fsdp_transformer_layer_cls_to_wrap`) or to keep whole on one device.
+
+    The model's collected `_no_split_modules` (vision tower + language model), limited to classes that really occur in
+    it: transformers 5 lists, e.g., CLIP's text embeddings for a vision-only tower (accelerate then refuses the
+    name), and on transformers 4.x the attribute of the outer model is empty (accelerate would wrap nothing).
+    """
+    base = _unwrap(model)
+    names: set[str] = set()
+    present: set[str] = set()
+    for module in base.modules():  # every sub-model's own list (the same on both transformers lines)
+        names.update(getattr(module, "_no_split_modules", None) or [])
+        present.add(type(module).__name__)
+    found = sorted(names & present)
+    if not found:
+        raise ValueError(f"{type(base).__name__} declares no layer class to wrap (_no_split_modules is empty).")
+    return found
 
 
 # ---------------------------------------------------------------------------------------------------- overflow
