@@ -730,15 +730,15 @@ def test_cobra_without_its_vision_towers_is_refused_with_the_fix(tmp_path):
     assert not (tmp_path / "dst").exists()
 
 
-def test_llava_onevision_is_refused_with_the_reason(tmp_path):
+def test_llava_onevision_unknown_aspect_mode_is_refused_with_the_reason(tmp_path):
     src = tmp_path / "src"
     transformers.LlavaOnevisionConfig(
         vision_config={"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
                        "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 28, "patch_size": 14},
-        text_config=dict(TEXT["qwen2"], vocab_size=600),
+        text_config=dict(TEXT["qwen2"], vocab_size=600), vision_aspect_ratio="pad",
     ).save_pretrained(src)
     save_file({"model.image_newline": torch.zeros(64)}, str(src / "model.safetensors"))
-    with pytest.raises(NotImplementedError, match="anyres_max"):
+    with pytest.raises(NotImplementedError, match="anyres_max_N"):
         convert(src, tmp_path / "dst", "llava-onevision", **quiet())
 
 

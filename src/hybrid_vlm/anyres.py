@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from transformers.image_processing_utils import select_best_resolution
 from transformers.models.llava_next.modeling_llava_next import unpad_image
 
-from .token_counts import VisualTokenSpec, count_image_tokens, projector_output_grid
+from .token_counts import VisualTokenSpec, capped_feature_size, count_image_tokens, projector_output_grid
 
 # Far beyond any real use (8000 x 8000 px at 336 px tiles is 24 x 24 = 576 tiles) but keeps the candidate list
 # (about N log N grids) and a mistyped value from eating memory.
@@ -311,6 +311,7 @@ def anyres_token_count(
     height, width = rows * grid_h, cols * grid_w
     if unpad:
         height, width = unpadded_size((height, width), image_size)
+    height, width = capped_feature_size(height, width, spec.anyres_max_feature_tiles, grid_h * grid_w)
     total = height * width + (height if newline else 0)
     if base_view:
         total += prefix + grid_h * grid_w
@@ -366,6 +367,7 @@ def pack_anyres_features(
     num_prefix_tokens: int = 0,
     feature_grid: Any = None,
     merge: str = "spatial",
+    max_feature_tiles: int | None = None,
 ) -> torch.Tensor:
     """Pack one AnyRes image's view features into the LM token sequence, in LLaVA-NeXT's order.
 
@@ -382,6 +384,8 @@ def pack_anyres_features(
         num_prefix_tokens: leading non-grid tokens in every view (CLS/registers with strategy "full"); kept for the
             global view, dropped for tiles (they have no place on the grid).
         feature_grid: (h, w) of each view's patch grid; None means square.
+        max_feature_tiles: LLaVA-OneVision's anyres_max_N: after un-padding, a map larger than 1.1x N views' tokens
+            is scaled down bilinearly (:func:`token_counts.capped_feature_size` says to what).
 
     Returns:
         (tokens, D), with ``tokens == anyres_token_count(...)`` for the same settings (newline = a newline embedding
@@ -422,6 +426,9 @@ def pack_anyres_features(
         stitched = stitched.reshape(dim, rows * out_h, cols * out_w)
         if unpad:
             stitched = unpad_image(stitched, list(as_size(image_size, "image_size")))
+        capped = capped_feature_size(*stitched.shape[1:], max_feature_tiles, out_grid[0] * out_grid[1])
+        if capped != tuple(stitched.shape[1:]):
+            stitched = F.interpolate(stitched[None], size=capped, mode="bilinear", align_corners=False)[0]
         if newline_embedding is not None:
             if newline_embedding.shape != (dim,):
                 raise ValueError(

@@ -87,6 +87,11 @@ class HybridVLMConfig(PretrainedConfig):
             Defaults to CLIP ViT-L/14 at 336 px. A list of configs puts several encoders side by side (MambaVLM,
             Cobra: DINOv2 + SigLIP); `vision_config` then holds the first and `extra_vision_configs` the others
             (transformers expects one config object there), and `vision_configs` lists them all.
+        anyres_max_feature_tiles: AnyRes: LLaVA-OneVision's `anyres_max_N` (N here; OneVision: 9): after un-padding,
+            a tile feature map larger than 1.1x N views' tokens is scaled down bilinearly. None: no cap.
+        video_pool_stride: videos: pool every frame's projected feature grid to ceil(side / stride) with bilinear
+            interpolation (LLaVA-OneVision: 2). None: frames are encoded like images.
+        video_newline: videos: the learned `image_newline` embedding after each video's tokens (LLaVA-OneVision).
         vision_fusion: how several encoders' patch maps are combined: `"channel"` (Cobra: one token per patch with
             the widths concatenated) or `"sequence"` (MambaVLM: every encoder's tokens, encoder after encoder, the
             "visual long sequence"). Ignored with one encoder.
@@ -156,6 +161,9 @@ class HybridVLMConfig(PretrainedConfig):
         projector_scan_merge: str = "sum",
         projector_ssm: dict[str, Any] | None = None,
         vision_fusion: str = "channel",
+        anyres_max_feature_tiles: int | None = None,
+        video_pool_stride: int | None = None,
+        video_newline: bool = False,
         extra_vision_configs: list[PretrainedConfig | dict] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -175,6 +183,9 @@ class HybridVLMConfig(PretrainedConfig):
             for i, c in enumerate(extra_vision_configs or [])
         ]
         self.vision_fusion = vision_fusion
+        self.anyres_max_feature_tiles = anyres_max_feature_tiles
+        self.video_pool_stride = video_pool_stride
+        self.video_newline = video_newline
         self.text_config = _as_config(text_config, "text_config", "jamba")
         if "decoder" in kwargs:
             decoder = kwargs.pop("decoder")
@@ -261,6 +272,7 @@ class HybridVLMConfig(PretrainedConfig):
                 )
         if self.anyres_merge not in ANYRES_MERGES:
             raise ValueError(f"Unknown anyres_merge '{self.anyres_merge}'. Choose one of {list(ANYRES_MERGES)}.")
+        self._validate_onevision_options()
         if self.anyres_merge == "flat" and (self.image_newline or self.anyres_unpad):
             raise ValueError(
                 "anyres_merge='flat' keeps every tile's tokens together, so it cannot add row newlines or un-pad; "
@@ -330,6 +342,30 @@ class HybridVLMConfig(PretrainedConfig):
             )
         if self.decoder_type == "vamba":
             raise ValueError("decoder_type='vamba' takes one vision encoder; give vision_config a single config.")
+
+    def _validate_onevision_options(self) -> None:
+        for name in ("anyres_max_feature_tiles", "video_pool_stride"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
+        if self.anyres_max_feature_tiles is not None and (self.anyres_merge != "spatial" or not self.anyres_unpad):
+            raise ValueError(
+                "anyres_max_feature_tiles scales the stitched, un-padded tile map (LLaVA-OneVision); it needs "
+                "anyres_merge='spatial' and anyres_unpad=True."
+            )
+        if not isinstance(self.video_newline, bool):
+            raise ValueError(f"video_newline must be True or False, got {self.video_newline!r}.")
+        if self.video_newline and not self.image_newline:
+            raise ValueError("video_newline appends the learned image_newline embedding; set image_newline=True too.")
+        if self.video_pool_stride is not None and (
+            VisualTokenSpec.from_config(self).num_maps > 1
+            or self.vision_feature_select_strategy == "full" and VisualTokenSpec.from_config(self).num_prefix_tokens
+            or self.projector_type not in ("mlp2x_gelu", "mlp3x_gelu", "identity")
+        ):
+            raise ValueError(
+                "video_pool_stride pools each frame's projected patch grid: it needs a grid without CLS/register "
+                "tokens and a projector that keeps one token per patch (mlp2x_gelu, mlp3x_gelu, identity)."
+            )
 
     @property
     def vision_configs(self) -> list[PretrainedConfig]:

@@ -645,15 +645,21 @@ def _llava_recipe(kind: str, folder: Path, reader: CheckpointReader, options: _O
     _check_model_type(folder, kind)
     source = AutoConfig.from_pretrained(str(folder))
     model_type = source.model_type
-    if kind == "llava-onevision":
-        raise NotImplementedError(
-            "LLaVA-OneVision does not map cleanly onto HybridVLM's AnyRes yet: its `anyres_max_N` packing downscales "
-            "the stitched tile features with bilinear interpolation when they exceed N*N views' worth of tokens, and "
-            "its videos are 2x2-pooled per frame with a single newline token per video. HybridVLM's "
-            "pack_anyres_features has neither step, so the logits would not match."
-        )
     vision, text = source.vision_config, source.text_config
     notes: list[str] = []
+    video_token_id = None
+    onevision: dict[str, Any] = {}
+    if kind == "llava-onevision":
+        aspect = str(getattr(source, "vision_aspect_ratio", "anyres_max_9") or "")
+        match = re.fullmatch(r"anyres_max_(\d+)", aspect)
+        if match is None and aspect != "anyres":
+            raise NotImplementedError(f"vision_aspect_ratio={aspect!r} is not supported ('anyres_max_N' or 'anyres').")
+        video_token_id = getattr(source, "video_token_id", None)
+        if video_token_id is None:
+            video_token_id = getattr(source, "video_token_index", None)
+        # its packing: tile map capped at N views' tokens; videos 2x2-pooled per frame, one newline per video
+        onevision.update(anyres_max_feature_tiles=int(match.group(1)) if match else None, video_pool_stride=2,
+                         video_newline=True, video_token_id=video_token_id)
     if vision.model_type not in VISION_MODEL_TYPES:
         raise NotImplementedError(
             f"the source's vision tower is '{vision.model_type}', which HybridVLM does not support "
@@ -666,7 +672,7 @@ def _llava_recipe(kind: str, folder: Path, reader: CheckpointReader, options: _O
             "drops SigLIP's first *patch* token (SigLIP has no CLS token); HybridVLM drops only real prefix tokens."
         )
     entries = reader.tensors()
-    newline = kind == "llava-next"
+    newline = kind in ("llava-next", "llava-onevision")
     head = _find_name(entries, ["language_model.lm_head.weight", "lm_head.weight"])
     base = _base_model_prefix(text)
     embed_names = [f"language_model.{base}.embed_tokens.weight", "model.language_model.embed_tokens.weight"]
@@ -679,6 +685,7 @@ def _llava_recipe(kind: str, folder: Path, reader: CheckpointReader, options: _O
     extra: dict[str, Any] = {}
     if newline:
         extra.update(image_newline=True, anyres_unpad=True, anyres_merge="spatial")
+    extra.update(onevision)
     config = HybridVLMConfig(
         vision_config=vision.to_dict(),
         text_config=text_dict,
@@ -706,7 +713,9 @@ def _llava_recipe(kind: str, folder: Path, reader: CheckpointReader, options: _O
         recipe.chat_template = _source_chat_template(folder, recipe.tokenizer)
         if recipe.chat_template is None:
             notes.append("the source has no chat template; the converted processor has none either.")
-        recipe.generation_config = _generation_config(folder, text, [image_token_id])
+        recipe.generation_config = _generation_config(
+            folder, text, [i for i in (image_token_id, video_token_id) if i is not None]
+        )
     return recipe
 
 
@@ -1436,7 +1445,7 @@ def convert(
         kind: one of `KINDS`: "llava", "llava-next" (transformers checkpoints of either line, any LM),
             "longllava" (FreedomIntelligence's llava_jamba), "vamba" (TIGER-AI-Lab's qwen2_vl + cross-attention and
             Mamba-2 layers, with Qwen2-VL's vision tower), "cobra" (a Prismatic run folder; needs `vision_towers`);
-            "llava-onevision" raises NotImplementedError saying what HybridVLM lacks for it.
+            "llava-onevision" (anyres_max_N cap and pooled videos become config fields).
         dtype: cast floating weights (fp32 SSM parameters stay fp32); None keeps the source's.
         overwrite: replace an existing `dst_dir` (only once the new folder is complete).
         progress: show a tqdm progress bar.

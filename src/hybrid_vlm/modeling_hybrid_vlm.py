@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -260,6 +261,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             tokens = pack_anyres_features(
                 features[0], features[1:], grid, size, newline_embedding=newline, unpad=self.config.anyres_unpad,
                 num_prefix_tokens=prefix, feature_grid=feature_grid, merge=self.config.anyres_merge,
+                max_feature_tiles=self.config.anyres_max_feature_tiles,
             )
             expected = self._anyres_count(spec, size, grid, tile)
             if tokens.shape[0] != expected:
@@ -277,12 +279,27 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         )
 
     def get_video_features(self, pixel_values_videos: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
-        """Encode every frame like an image: one `(frames * tokens_per_frame, hidden)` tensor per video."""
+        """Encode every frame like an image: one `(frames * tokens_per_frame, hidden)` tensor per video.
+
+        With `video_pool_stride` each frame's projected grid is pooled first, and with `video_newline` the learned
+        newline follows each video (LLaVA-OneVision).
+        """
         videos = _video_list(pixel_values_videos)
         frames = torch.cat(videos, dim=0)
         features = self.get_image_features(frames)
+        stride = self.config.video_pool_stride
+        if stride is not None:
+            height, width = (int(v) // self.visual_token_spec.patch_size for v in frames.shape[-2:])
+            grid = features.transpose(1, 2).reshape(features.shape[0], features.shape[-1], height, width)
+            size = (math.ceil(height / stride), math.ceil(width / stride))
+            features = nn.functional.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+            features = features.flatten(2).transpose(1, 2)
         per_video = [v.shape[0] for v in videos]
-        return [f.reshape(-1, f.shape[-1]) for f in torch.split(features, per_video, dim=0)]
+        outputs = [f.reshape(-1, f.shape[-1]) for f in torch.split(features, per_video, dim=0)]
+        if self.config.video_newline:
+            newline = self.image_newline[None].to(features.dtype)
+            outputs = [torch.cat([f, newline], dim=0) for f in outputs]
+        return outputs
 
     def _image_token_counts(
         self, pixel_values: torch.FloatTensor, image_sizes: Any = None, image_grids: Any = None

@@ -61,6 +61,7 @@ from .token_counts import (
     count_video_tokens,
     layout_pieces,
     layout_segments,
+    video_runs,
 )
 from .tokenization_utils import CHAT_TEMPLATE, IMAGE_TOKEN, VIDEO_TOKEN, make_tokenizer_files_portable
 from .vamba import VambaOptions  # noqa: F401
@@ -342,6 +343,9 @@ class HybridVLMProcessor(ProcessorMixin):
         vision_pooled_grid: int | None = None,
         projector_conv: list[int] | None = None,
         num_vision_maps: int = 1,
+        anyres_max_feature_tiles: int | None = None,
+        video_pool_stride: int | None = None,
+        video_newline: bool = False,
         **kwargs: Any,
     ) -> None:
         if image_processor is None or tokenizer is None:
@@ -405,6 +409,10 @@ class HybridVLMProcessor(ProcessorMixin):
         if isinstance(num_vision_maps, bool) or not isinstance(num_vision_maps, int) or num_vision_maps < 1:
             raise ValueError(f"{_NAME}: num_vision_maps must be an int >= 1, got {num_vision_maps!r}.")
         self.num_vision_maps = num_vision_maps  # encoders fused along the sequence (MambaVLM), else 1
+        # LLaVA-OneVision's token rules (HybridVLMConfig fields of the same name)
+        self.anyres_max_feature_tiles = anyres_max_feature_tiles
+        self.video_pool_stride = video_pool_stride
+        self.video_newline = bool(video_newline)
         self.image_token = image_token
         self.image_token_id = image_token_id
         self.video_token = video_token
@@ -486,6 +494,9 @@ class HybridVLMProcessor(ProcessorMixin):
             vision_pooled_grid=spec.pooled_grid,
             projector_conv=list(spec.projector_conv) if spec.projector_conv is not None else None,
             num_vision_maps=spec.num_maps,
+            anyres_max_feature_tiles=spec.anyres_max_feature_tiles,
+            video_pool_stride=spec.video_pool_stride,
+            video_newline=spec.video_newline,
             **kwargs,
         )
         config_id = getattr(config, "image_token_id", None)
@@ -512,6 +523,9 @@ class HybridVLMProcessor(ProcessorMixin):
         return VisualTokenSpec(
             self.patch_size, self.num_prefix_tokens, self.vision_feature_select_strategy, self.vision_pooled_grid, conv,
             getattr(self, "num_vision_maps", 1),
+            anyres_max_feature_tiles=getattr(self, "anyres_max_feature_tiles", None),
+            video_pool_stride=getattr(self, "video_pool_stride", None),
+            video_newline=getattr(self, "video_newline", False),
         )
 
     def num_image_tokens(self, height: int, width: int) -> int:
@@ -592,12 +606,12 @@ class HybridVLMProcessor(ProcessorMixin):
     def replace_video_token(self, video_inputs: dict[str, Any], video_idx: int, **kwargs: Any) -> str:
         """The text that stands for video `video_idx` in the prompt (transformers 5's hook name), in `video_layout`.
 
-        Every frame contributes `count_video_tokens(..., 1, ...)` video tokens, one run per frame, with the markers
-        `token_counts.layout_pieces` gives (e.g. `longllava`: `<vid>`, `<img>...</img>` per frame, `<t>`, `</vid>`).
+        One run of video tokens per frame (`token_counts.video_runs`), with the markers `token_counts.layout_pieces`
+        gives (e.g. `longllava`: `<vid>`, `<img>...</img>` per frame, `<t>`, `</vid>`).
         """
         num_frames, _, height, width = video_inputs["pixel_values_videos"][video_idx].shape
-        per_frame = count_video_tokens(self.visual_token_spec, 1, int(height), int(width), include_markers=False)
-        pieces = layout_pieces(self._video_token_layout, "video", [per_frame] * int(num_frames))
+        runs = video_runs(self.visual_token_spec, int(num_frames), int(height), int(width))
+        pieces = layout_pieces(self._video_token_layout, "video", runs)
         return _render(pieces, self.video_token)
 
     def _anyres_layout(self, height: int, width: int, image_processor: Any = None, **overrides: Any) -> Any:

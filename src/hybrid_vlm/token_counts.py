@@ -7,6 +7,7 @@ register tokens, pooling), which otherwise surfaces as a shape error deep inside
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from numbers import Integral
 from typing import Any
@@ -108,6 +109,13 @@ class VisualTokenSpec:
     # Patch maps per image that reach the LM one after another: the number of encoders with
     # `vision_fusion="sequence"` (MambaVLM's visual long sequence), else 1.
     num_maps: int = 1
+    # LLaVA-OneVision's "anyres_max_N": the un-padded tile feature map is scaled down (bilinear) to about N views'
+    # worth of tokens when it is more than 1.1x larger. None: no cap.
+    anyres_max_feature_tiles: int | None = None
+    # LLaVA-OneVision's videos: every frame's projected grid pooled to ceil(side / stride) (bilinear), and one
+    # learned newline after each video's tokens. None / False: frames are counted like images.
+    video_pool_stride: int | None = None
+    video_newline: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> VisualTokenSpec:
@@ -128,6 +136,9 @@ class VisualTokenSpec:
             pooled_grid=pooled_grid,
             projector_conv=projector_conv,
             num_maps=_sequence_maps(config),
+            anyres_max_feature_tiles=getattr(config, "anyres_max_feature_tiles", None),
+            video_pool_stride=getattr(config, "video_pool_stride", None),
+            video_newline=bool(getattr(config, "video_newline", False)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -309,6 +320,38 @@ def _marker_tokens(layout: TokenLayout, kind: str, num_runs: int) -> int:
                if segment and times)
 
 
+def capped_feature_size(height: int, width: int, max_tiles: int | None, view_tokens: int) -> tuple[int, int]:
+    """LLaVA-OneVision's anyres_max_N cap of an un-padded (height, width) tile feature map.
+
+    When the map holds more than 1.1x the tokens of `max_tiles` views (`view_tokens` each), it is scaled down by the
+    square root of that factor, each side floored, exactly as the reference packing computes it.
+    """
+    if max_tiles is None:
+        return height, width
+    ratio = math.sqrt(height * width / (max_tiles * view_tokens))
+    if ratio > 1.1:
+        return int(height // ratio), int(width // ratio)
+    return height, width
+
+
+def video_frame_tokens(spec: VisualTokenSpec, height: int, width: int) -> int:
+    """Features one video frame of `height` x `width` pixels (as fed to the encoder) becomes."""
+    if spec.video_pool_stride is None:
+        return count_image_tokens(spec, height, width)
+    grid_h, grid_w = height // spec.patch_size, width // spec.patch_size
+    count_image_tokens(spec, height, width)  # the same size checks as for images
+    stride = spec.video_pool_stride
+    return math.ceil(grid_h / stride) * math.ceil(grid_w / stride) * spec.num_maps
+
+
+def video_runs(spec: VisualTokenSpec, num_frames: int, height: int, width: int) -> list[int]:
+    """Video tokens per frame, in order; the last frame's run also holds the video's newline when there is one."""
+    runs = [video_frame_tokens(spec, height, width)] * int(num_frames)
+    if spec.video_newline and runs:
+        runs[-1] += 1
+    return runs
+
+
 def count_video_tokens(
     spec: VisualTokenSpec,
     num_frames: int,
@@ -332,8 +375,8 @@ def count_video_tokens(
     if isinstance(num_frames, bool) or not isinstance(num_frames, Integral) or num_frames < 1:
         raise ValueError(f"A video needs at least one frame, got num_frames={num_frames!r}.")
     num_frames = int(num_frames)
-    per_frame = count_image_tokens(spec, height, width)
+    features = num_frames * video_frame_tokens(spec, height, width) + int(spec.video_newline)
     if not include_markers:
-        return num_frames * per_frame
+        return features
     # count_layout_tokens without building a list of runs: token budgets search over large frame counts
-    return num_frames * per_frame + _marker_tokens(token_layout, "video", num_frames)
+    return features + _marker_tokens(token_layout, "video", num_frames)
