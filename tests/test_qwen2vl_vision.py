@@ -342,3 +342,10 @@ def test_build_vamba_refuses_qwen2_5_vl():
 
     with pytest.raises(ValueError, match="Qwen2.5-VL"):
         hybrid_vlm.build_vamba(Fake())
+
+
+def test_qwen2vl_blocks_are_never_split_across_devices():
+    import hybrid_vlm
+
+    model, _ = hybrid_vlm.from_preset("vamba-qwen2vl-tiny")
+    assert "Qwen2VLVisionBlock" in set(model.model._no_split_modules)

@@ -150,6 +150,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         use_torch_ssm_path_where_needed(self.language_model)
         self._is_stateful = has_ssm_layers(config.text_config)
         vision_no_split = vision_no_split_modules(config.vision_configs)
+        vision_no_split |= set(getattr(self.vision_tower, "_no_split_modules", None) or [])  # seam towers (Qwen2-VL)
         self._no_split_modules = sorted(set(self._no_split_modules or []) | vision_no_split)
         self._lm_arguments = frozenset(inspect.signature(self.language_model.forward).parameters)
         self._cache_argument = (

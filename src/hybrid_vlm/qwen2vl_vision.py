@@ -184,6 +184,7 @@ class Qwen2VLVisionEncoder(nn.Module):
             self.add_module(name, child)
         object.__setattr__(self, "wrapped", wrapped)  # not a registered child: no second copy of the keys
         self.config = wrapped.config
+        self._no_split_modules = list(getattr(wrapped, "_no_split_modules", None) or [])  # device_map="auto"
         self.vit_patch_size = int(config.patch_size)
         self.temporal_patch_size = int(config.temporal_patch_size)
         self.spatial_merge_size = int(config.spatial_merge_size)
