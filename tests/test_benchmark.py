@@ -155,6 +155,26 @@ def test_sizes_give_every_family_the_same_width_and_depth():
         assert shapes == {(bm.SIZES[size].hidden_size, bm.SIZES[size].num_hidden_layers)}
 
 
+def test_mambavlm_family_is_a_mamba1_lm_of_the_size():
+    config = bm.preset_config(bm.family_preset("mambavlm"), **bm.size_overrides("mambavlm", "small"))
+    text = config.text_config
+    assert text.model_type == "mamba" and config.vision_fusion == "sequence"
+    assert (text.hidden_size, text.intermediate_size, text.state_size, text.time_step_rank) == (128, 256, 16, 8)
+    with pytest.raises(ValueError, match="no MLP"):
+        bm.size_overrides("mambavlm", "small", intermediate_size=64)
+
+
+def test_generation_speed_is_consistent_with_its_timings():
+    bench = bm.BenchModel.build("mambavlm", "tiny")
+    result = bm.measure_generation(bench, 12, output_tokens=4, repeats=1)
+    assert (result.visual_tokens, result.output_tokens, result.seq_len) == (12, 4, 12 + bm._prompt_length(bench))
+    assert result.decode_tok_s == pytest.approx(3 / result.decode_s)
+    assert result.e2e_tok_s == pytest.approx(4 / (result.prefill_s + result.decode_s))
+    assert bench.describe()["lm_type"] == "mamba" and bench.describe()["ssm_path"] == "torch"
+    with pytest.raises(ValueError, match="output_tokens"):
+        bm.measure_generation(bench, 12, output_tokens=1)
+
+
 def test_matched_parameter_baseline():
     target = bm.lm_parameter_count("vamba", "tiny")
     width = bm.matched_intermediate_size("llava", target, "tiny")
