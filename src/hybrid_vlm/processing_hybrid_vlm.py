@@ -63,7 +63,13 @@ from .token_counts import (
     layout_segments,
     video_runs,
 )
-from .tokenization_utils import CHAT_TEMPLATE, IMAGE_TOKEN, VIDEO_TOKEN, make_tokenizer_files_portable
+from .tokenization_utils import (
+    CHAT_TEMPLATE,
+    IMAGE_TOKEN,
+    RENDER_CONTENT_MACRO,
+    VIDEO_TOKEN,
+    make_tokenizer_files_portable,
+)
 from .vamba import VambaOptions  # noqa: F401
 from .video_processing_hybrid_vlm import (
     VIDEO_PROCESSOR_FILE,
@@ -115,32 +121,10 @@ _ANYRES_MERGES = ("spatial", "flat")  # HybridVLMConfig.anyres_merge
 
 # Chat templates per layout: each family's turn format. Image/video blocks become one `<image>` / `<video>` each (the
 # processor lays them out); the assistant's words and end-of-turn token sit in {% generation %} for assistant-only loss.
-_RENDER_CONTENT = r"""{%- macro render_content(content) -%}
-    {%- if content is string -%}
-        {{- content -}}
-    {%- elif content is mapping -%}
-        {{- raise_exception('Message content must be a string or a list of content blocks.') -}}
-    {%- elif content is not none -%}
-        {%- for block in content -%}
-            {%- if block is not mapping -%}
-                {{- raise_exception('Content blocks must be dicts with a "type" key.') -}}
-            {%- elif block['type'] == 'text' -%}
-                {{- block['text'] -}}
-            {%- elif block['type'] == 'image' -%}
-                {{- '<image>' -}}
-            {%- elif block['type'] == 'video' -%}
-                {{- '<video>' -}}
-            {%- else -%}
-                {{- raise_exception('Unsupported content block type: ' ~ block['type']) -}}
-            {%- endif -%}
-        {%- endfor -%}
-    {%- endif -%}
-{%- endmacro -%}
-"""
 # LongLLaVA: <|startoftext|><|User|>\n{question}\n<|startoftext|><|Assistant|>\n{answer}<|endoftext|>
 LONGLLAVA_CHAT_TEMPLATE = (
     "{#- LongLLaVA turns with image/video content blocks; {% generation %} marks what the assistant says. -#}\n"
-    + _RENDER_CONTENT
+    + RENDER_CONTENT_MACRO
     + r"""{%- for message in messages -%}
     {%- if message['role'] == 'assistant' -%}
         {{- '<|startoftext|><|Assistant|>\n' -}}
@@ -161,7 +145,7 @@ LONGLLAVA_CHAT_TEMPLATE = (
 # Qwen2-VL / Vamba: ChatML with Qwen's default system prompt.
 QWEN2VL_CHAT_TEMPLATE = (
     "{#- Qwen ChatML with image/video content blocks; {% generation %} marks what the assistant says. -#}\n"
-    + _RENDER_CONTENT
+    + RENDER_CONTENT_MACRO
     + r"""{%- if messages and messages[0]['role'] != 'system' -%}
     {{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' -}}
 {%- endif -%}

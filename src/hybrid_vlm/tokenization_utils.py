@@ -73,8 +73,8 @@ NAMED_SPECIAL_TOKENS: dict[str, str] = {"image_token": IMAGE_TOKEN, "video_token
 # ChatML turns. Content is a string or a list of blocks; image/video blocks become one placeholder each, which the
 # processor later expands. The assistant turn, including its closing <|im_end|>, sits inside {% generation %} so
 # that `return_assistant_tokens_mask=True` (TRL's assistant-only loss) marks exactly what the model must learn.
-CHAT_TEMPLATE = r"""{#- ChatML with image/video content blocks; {% generation %} marks what the assistant says. -#}
-{%- macro render_content(content) -%}
+# Renders a message's content: a string, or a list of blocks where image/video blocks become one placeholder each.
+RENDER_CONTENT_MACRO = r"""{%- macro render_content(content) -%}
     {%- if content is string -%}
         {{- content -}}
     {%- elif content is mapping -%}
@@ -95,7 +95,11 @@ CHAT_TEMPLATE = r"""{#- ChatML with image/video content blocks; {% generation %}
         {%- endfor -%}
     {%- endif -%}
 {%- endmacro -%}
-{%- for message in messages -%}
+"""
+CHAT_TEMPLATE = (
+    "{#- ChatML with image/video content blocks; {% generation %} marks what the assistant says. -#}\n"
+    + RENDER_CONTENT_MACRO
+    + r"""{%- for message in messages -%}
     {%- if message['role'] == 'assistant' -%}
         {{- '<|im_start|>assistant\n' -}}
         {%- generation -%}
@@ -112,6 +116,7 @@ CHAT_TEMPLATE = r"""{#- ChatML with image/video content blocks; {% generation %}
     {{- '<|im_start|>assistant\n' -}}
 {%- endif -%}
 """
+)
 
 TINY_MODEL_MAX_LENGTH = 32768
 _TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
