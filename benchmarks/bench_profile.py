@@ -16,7 +16,16 @@ from collections.abc import Sequence
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from hybrid_vlm.benchmark import DTYPES, SIZES, BenchModel, _header_line
+from hybrid_vlm.benchmark import (
+    DTYPES,
+    MIB,
+    SIZES,
+    BenchModel,
+    TensorMemoryTracker,
+    _header_line,
+    format_table,
+    tensor_bytes,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sort", default=None, help="profiler sort key (default: self time, then self memory)")
     parser.add_argument("--rows", type=int, default=12)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--training", action="store_true", help="profile a training step (forward + backward)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -40,12 +50,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     for family in args.families.replace(" ", "").split(","):
         bench = BenchModel.build(family, args.size, device, DTYPES[args.dtype])
         ids, features = bench.inputs(args.tokens)
-        bench.prefill_and_decode(ids, features, 0)  # warm-up
+        def run(bench=bench, ids=ids, features=features):
+            if args.training:
+                return bench.train_step(ids, features)
+            return bench.prefill_and_decode(ids, features, 0)
+
+        run()  # warm-up
         with profile(activities=activities, profile_memory=True) as prof:
-            bench.prefill_and_decode(ids, features, 0)
+            run()
         averages = prof.key_averages()
+        if device.type == "cpu":
+            weights = [*bench.model.parameters(), *bench.model.buffers()]
+            with TensorMemoryTracker(weights, record_peak=True) as tracker:
+                run()
+            title = (f"\n{family}: tensors alive at the peak ({tracker.peak / MIB:.1f} MiB besides "
+                     f"{tensor_bytes(bench.model) / MIB:.1f} MiB of weights), largest groups")
+            print(format_table(tracker.peak_breakdown(args.rows), title=title))
         for key in sorts:
-            print(f"\n{family} ({bench.describe()['ssm_path']} SSM path), prefill of {args.tokens} visual tokens, "
+            what = "training step" if args.training else "prefill"
+            print(f"\n{family} ({bench.describe()['ssm_path']} SSM path), {what} with {args.tokens} visual tokens, "
                   f"sorted by {key}:")
             print(averages.table(sort_by=key, row_limit=args.rows, max_name_column_width=40))
         bench.release()

@@ -131,6 +131,17 @@ def test_memory_tracker_counts_live_storages_once():
     assert view.untyped_storage().data_ptr() == a.untyped_storage().data_ptr() and c.numel() == 128 * 128
 
 
+def test_memory_tracker_names_what_is_alive_at_the_peak():
+    with bm.TensorMemoryTracker(record_peak=True) as tracker:
+        a = torch.ones(256, 256)
+        b = a * 2  # the peak: a and b alive
+        del b
+        c = torch.zeros(64, 64)  # after the peak: not in the breakdown
+    rows = tracker.peak_breakdown()
+    assert {(r["op"], r["shape"], r["count"]) for r in rows} == {("ones", "256x256", 1), ("mul", "256x256", 1)}
+    assert sum(r["mib"] for r in rows) * bm.MIB == tracker.peak and c.numel() == 64 * 64
+
+
 def test_table_and_csv(tmp_path):
     rows = [{"model": "a", "n": 1024, "t": 0.1234, "x": float("nan")}, {"model": "bb", "n": 8, "t": 12345.6}]
     table = bm.format_table(rows, title="T")

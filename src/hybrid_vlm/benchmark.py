@@ -249,13 +249,19 @@ class TensorMemoryTracker(TorchDispatchMode):
     Every ATen op's outputs pass through `__torch_dispatch__`; each new storage is counted once (views share it)
     and uncounted when it is freed. Storages of `existing` tensors (weights) are not counted. Costs a Python call
     per op, so never time code while tracking.
+
+    With `record_peak`, :meth:`peak_breakdown` says which tensors (producing op, shape) were alive at the peak: the
+    way to find what dominates a model's peak memory.
     """
 
-    def __init__(self, existing: Iterable[torch.Tensor] = ()) -> None:
+    def __init__(self, existing: Iterable[torch.Tensor] = (), record_peak: bool = False) -> None:
         super().__init__()
         self.current = 0
         self.peak = 0
         self._live: set[int] = set()
+        self._record = record_peak
+        self._info: dict[int, tuple[str, tuple[int, ...], str, int]] = {}
+        self._at_peak: list[tuple[str, tuple[int, ...], str, int]] = []
         self._existing = [t.untyped_storage() for t in existing if t.device.type != "meta"]
         self._existing_ids = {id(s) for s in self._existing}
 
@@ -263,10 +269,23 @@ class TensorMemoryTracker(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         for item in tree_leaves(out):
             if isinstance(item, torch.Tensor):
-                self._see(item)
+                self._see(item, func)
         return out
 
-    def _see(self, tensor: torch.Tensor) -> None:
+    def peak_breakdown(self, top: int = 10) -> list[dict[str, Any]]:
+        """The largest storages alive at the peak (needs `record_peak=True`): op, shape, dtype, MiB, and how many
+        storages of that op and shape were alive."""
+        groups: dict[tuple[str, tuple[int, ...], str], list[int]] = {}
+        for op, shape, dtype, nbytes in self._at_peak:
+            groups.setdefault((op, shape, dtype), []).append(nbytes)
+        rows = [
+            {"op": op, "shape": "x".join(map(str, shape)), "dtype": dtype, "count": len(sizes),
+             "mib": sum(sizes) / MIB, "share": sum(sizes) / max(self.peak, 1)}
+            for (op, shape, dtype), sizes in groups.items()
+        ]
+        return sorted(rows, key=lambda r: -r["mib"])[:top]
+
+    def _see(self, tensor: torch.Tensor, func: Any = None) -> None:
         try:
             storage = tensor.untyped_storage()
         except (RuntimeError, NotImplementedError):  # sparse or other storage-less tensors
@@ -277,6 +296,11 @@ class TensorMemoryTracker(TorchDispatchMode):
         nbytes = storage.nbytes()
         self._live.add(key)
         self.current += nbytes
+        if self._record:
+            name = str(getattr(func, "overloadpacket", func)).replace("aten.", "")
+            self._info[key] = (name, tuple(tensor.shape), str(tensor.dtype).replace("torch.", ""), nbytes)
+            if self.current > self.peak:
+                self._at_peak = [self._info[k] for k in self._live if k in self._info]
         self.peak = max(self.peak, self.current)
         weakref.finalize(storage, self._release, key, nbytes)
 
