@@ -28,7 +28,6 @@ import bisect
 import functools
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,7 +45,7 @@ from .caching import has_ssm_layers  # noqa: F401  (configuration's imports, for
 from .configuration_hybrid_vlm import FEATURE_SELECT_STRATEGIES, HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
 from .projectors import build_projector  # noqa: F401
-from .remote_code import write_processor_remote_code
+from .remote_code import write_processor_remote_code, write_text_atomic
 from .ssm import SSMBlock  # noqa: F401
 from .token_counts import (
     IMAGE_LAYOUTS,
@@ -186,20 +185,6 @@ _HUB_KWARGS = frozenset(
 )
 # Nested per-modality dicts, as transformers processors accept them (`common_kwargs` is 4.x's shared dict).
 _NESTED_KWARGS = ("text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs", "common_kwargs")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _is_single_image(item: Any) -> bool:
@@ -1064,8 +1049,8 @@ class HybridVLMProcessor(ProcessorMixin):
         # Always rewritten (never left over from an earlier save): 4.x loads the image processor from this file.
         if hasattr(self.image_processor, "_set_processor_class"):  # 4.x records it; 5.x has no such method
             self.image_processor._set_processor_class(self.__class__.__name__)
-        _write_text_atomic(directory / _IMAGE_PROCESSOR_FILE, self.image_processor.to_json_string())
-        _write_text_atomic(directory / VIDEO_PROCESSOR_FILE, self.video_processor.to_json_string())
+        write_text_atomic(directory / _IMAGE_PROCESSOR_FILE, self.image_processor.to_json_string())
+        write_text_atomic(directory / VIDEO_PROCESSOR_FILE, self.video_processor.to_json_string())
         if remote_code:
             write_processor_remote_code(directory)
             _nest_auto_map(directory / "processor_config.json")
@@ -1087,7 +1072,7 @@ def _nest_auto_map(processor_config: Path) -> None:
             nested["auto_map"] = auto_map
             changed = True
     if changed:
-        _write_text_atomic(processor_config, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(processor_config, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _copy_conversation(conversation: list[dict[str, Any]], blocks_for_strings: bool) -> list[dict[str, Any]]:

@@ -35,11 +35,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write text via a temporary file in the same folder and a rename: readers never see half a file, and a crash
     never leaves a half-written file where a good one was."""
     path = Path(path)
+    # mkstemp makes the file owner-only; a saved checkpoint is meant to be shared, and a rewrite keeps the old mode.
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a saved checkpoint is meant to be shared
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

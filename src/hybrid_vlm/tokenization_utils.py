@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import transformers
 from transformers import PreTrainedTokenizerFast
+
+from .remote_code import write_text_atomic
 
 __all__ = [
     "BOS_TOKEN",
@@ -234,21 +235,6 @@ def _portable_special_tokens_map(tokens_map: dict[str, Any]) -> dict[str, Any]:
     return _normalize_special_tokens(tokens_map, named_as_dict=False)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` in one step so a crash never leaves a half-written file; keep its permissions."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _rewrite_json(path: Path, transform: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
@@ -257,7 +243,7 @@ def _rewrite_json(path: Path, transform: Callable[[dict[str, Any]], dict[str, An
     new = transform(data)
     if new != data:
         # Written only when something changed, in the layout transformers itself uses (indent 2, sorted keys).
-        _write_text_atomic(path, json.dumps(new, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        write_text_atomic(path, json.dumps(new, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def make_tokenizer_files_portable(save_directory: str | os.PathLike[str]) -> None:

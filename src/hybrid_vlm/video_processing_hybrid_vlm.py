@@ -29,7 +29,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from transformers.processing_utils import VideosKwargs
 from transformers.utils import cached_file, logging
 
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
+from .remote_code import write_text_atomic
 from .token_counts import VIDEO_LAYOUTS, TokenLayout, VisualTokenSpec, count_video_tokens
 
 try:  # transformers 5: the torchvision-free base of every video processor (what ProcessorMixin type-checks against)
@@ -1296,7 +1296,7 @@ class HybridVLMVideoProcessor(_VideoProcessorBase):
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, json_file_path: str | os.PathLike[str]) -> None:
-        _write_text_atomic(Path(json_file_path), self.to_json_string())
+        write_text_atomic(Path(json_file_path), self.to_json_string())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"
@@ -1398,20 +1398,6 @@ def _read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{_NAME}: {path} must hold a JSON object, got {type(data).__name__}.")
     return data
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 __all__ = [

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from hybrid_vlm.tokenization_utils import SPECIAL_TOKENS, _write_text_atomic
+from hybrid_vlm.remote_code import write_text_atomic
+from hybrid_vlm.tokenization_utils import SPECIAL_TOKENS
 
 # 500 learned tokens + 12 special tokens = 512, a friendly embedding size for tiny models.
 BPE_VOCAB_SIZE = 500
@@ -87,7 +88,7 @@ def main() -> None:
         )
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     # Pretty-printed so that a rebuild that changes something gives a readable diff.
-    _write_text_atomic(OUTPUT_DIR / "tokenizer.json", tokenizer.to_str(pretty=True) + "\n")
+    write_text_atomic(OUTPUT_DIR / "tokenizer.json", tokenizer.to_str(pretty=True) + "\n")
     print(f"wrote {OUTPUT_DIR / 'tokenizer.json'} ({tokenizer.get_vocab_size()} tokens)")
 
 
