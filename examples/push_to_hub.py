@@ -54,8 +54,7 @@ def main() -> None:
 
     api = HfApi()
     api.create_repo(args.repo_id, private=args.private, exist_ok=True)
-    # upload_folder sends the folder as saved; model.push_to_hub() would save again and replace README.md with
-    # transformers' generic card.
+    # upload_folder sends the folder as saved (a loaded model can also call model.push_to_hub(repo_id, processor=...)).
     info = api.upload_folder(repo_id=args.repo_id, folder_path=str(folder), commit_message="Upload HybridVLM model")
     print(f"uploaded: {info}")
 

@@ -212,3 +212,36 @@ def test_other_transformers_line_loads_the_folder_with_remote_code(hub_folder, r
     maxdiff, answer = _run_load_script(other_python, folder, "remote_code", tmp_path)
     assert maxdiff < 1e-4  # same weights; the two lines' kernels round differently
     assert answer["role"] == "assistant" and isinstance(answer["content"], str)
+
+
+def test_push_to_hub_uploads_the_complete_folder_in_one_commit(tmp_path, monkeypatch):
+    """No Hub here: HfApi is replaced by a recorder that copies what would be uploaded."""
+    import shutil
+
+    import huggingface_hub
+
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"] = (repo_id, kwargs)
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        calls["upload"] = (repo_id, kwargs)
+        shutil.copytree(folder_path, tmp_path / "uploaded")
+        return "commit-info"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    model, processor = hybrid_vlm.from_preset("llava-tiny")
+    assert model.push_to_hub("you/tiny", processor=processor, private=True) == "commit-info"
+    assert calls["create_repo"][0] == "you/tiny" and calls["create_repo"][1]["private"] is True
+    assert calls["upload"][0] == "you/tiny"
+    uploaded = tmp_path / "uploaded"
+    names = {p.name for p in uploaded.iterdir()}
+    assert {"config.json", "README.md", "modeling_hybrid_vlm.py", "processing_hybrid_vlm.py",
+            "preprocessor_config.json", "tokenizer.json"} <= names
+    assert front_matter(uploaded / "README.md")["library_name"] == "transformers"
+    assert json.loads((uploaded / "config.json").read_text())["auto_map"]["AutoModelForImageTextToText"]
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        model.push_to_hub("you/tiny", use_auth_tokn="x")

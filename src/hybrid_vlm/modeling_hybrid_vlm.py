@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +99,40 @@ class HybridVLMPreTrainedModel(PreTrainedModel):
             write_model_remote_code(save_directory)
         if model_card and kwargs.get("is_main_process", True):
             write_model_card(save_directory, self, remote_code=remote_code)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        processor: Any = None,
+        remote_code: bool = True,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str = "5GB",
+        **kwargs: Any,
+    ) -> Any:
+        """Upload the folder `save_pretrained` writes (weights, config, model card, remote code and, when given,
+        `processor`) in one commit. transformers' own `push_to_hub` would save without the remote code and replace
+        the model card with its generic one."""
+        from huggingface_hub import HfApi
+
+        unknown = sorted(set(kwargs) - {"use_temp_dir", "safe_serialization", "commit_description", "tags"})
+        if unknown:
+            raise TypeError(f"push_to_hub got unexpected keyword argument(s) {unknown}.")
+        api = HfApi(token=token)
+        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, remote_code=remote_code, max_shard_size=max_shard_size)
+            if processor is not None:
+                processor.save_pretrained(folder, remote_code=remote_code)
+            return api.upload_folder(
+                repo_id=getattr(repo, "repo_id", repo_id), folder_path=folder, repo_type="model",
+                commit_message=commit_message or "Upload HybridVLM model", revision=revision, create_pr=create_pr,
+                commit_description=kwargs.get("commit_description"),
+            )
 
     def post_init(self) -> None:
         super().post_init()
