@@ -118,8 +118,12 @@ def test_from_vision_config_variants():
     assert same.size == {"shortest_edge": 64}
     overridden = HybridVLMImageProcessor.from_vision_config(CLIPVisionConfig(image_size=64), do_center_crop=False)
     assert overridden.do_center_crop is False
-    with pytest.raises(ValueError, match="different preprocessing"):
-        HybridVLMImageProcessor.from_vision_config([CLIPVisionConfig(), SiglipVisionConfig()])
+    # several encoders: one geometry (SigLIP's squash), one mean/std triple per encoder
+    pair = HybridVLMImageProcessor.from_vision_config([CLIPVisionConfig(), SiglipVisionConfig()])
+    assert pair.size == {"height": 224, "width": 224} and not pair.do_center_crop
+    assert pair.image_mean == [list(OPENAI_CLIP_MEAN), [0.5, 0.5, 0.5]]
+    with pytest.raises(ValueError, match="different input sizes"):
+        HybridVLMImageProcessor.from_vision_config([CLIPVisionConfig(image_size=64), SiglipVisionConfig()])
     with pytest.raises(ValueError, match="no preset for vision config model_type 'llama'"):
         HybridVLMImageProcessor.from_vision_config(transformers.LlamaConfig())
 
