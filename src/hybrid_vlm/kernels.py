@@ -121,9 +121,11 @@ def _attention_path(module: nn.Module, implementation: str | None, cross: bool) 
     installed = installed_kernels()
     if cross and implementation not in ("eager", "sdpa", "flex_attention"):
         return "sdpa", f"'{implementation}' cannot take the per-token visual mask (self-attention keeps it)"
+    if implementation == "sdpa" and cross:
+        return "sdpa", "transformers' sdpa with the visual mask (which visual tokens each text token may see)"
     if implementation == "sdpa":
         hint = ""
-        if installed["flash_attn"] and _device_of(module).type == "cuda" and not cross:
+        if installed["flash_attn"] and _device_of(module).type == "cuda":
             hint = "; flash-attn is installed: attn_implementation='flash_attention_2' selects it"
         return "sdpa", "transformers' default (torch picks its fused kernel when no mask is materialised)" + hint
     if implementation.startswith("flash_attention"):
