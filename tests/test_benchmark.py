@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import runpy
 
 import pytest
 import torch
@@ -316,3 +317,44 @@ def test_quick_fills_only_defaulted_options():
     args = parser.parse_args(["--quick", "--frames", "8,16"])
     bm._apply_quick(args)
     assert args.tokens is None and [a for a, *_ in bm._axes(args)] == ["frames"]
+
+
+# ------------------------------------------------------------------------------------------------ scripts
+
+
+def run_script(name: str, argv: list[str]) -> int:
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / name
+    return runpy.run_path(str(script))["main"](argv)
+
+
+def test_mambavlm_decode_script_writes_the_table_4_comparison(tmp_path, capsys):
+    argv = ["--size", "tiny", "--output-tokens", "3", "--repeats", "1", "--visual-tokens", "10",
+            "--baseline-visual-tokens", "4", "--out", str(tmp_path)]
+    assert run_script("bench_mambavlm_decode.py", argv) == 0
+    out = capsys.readouterr().out
+    assert "mambavlm@10 / llava@4" in out and "paper, Table 4" in out
+    with (tmp_path / "mambavlm_decode.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["model"], r["visual_tokens"], r["output_tokens"]) for r in rows] == [
+        ("mambavlm", "10", "3"), ("llava", "4", "3"), ("llava", "10", "3")
+    ]
+
+
+def test_vamba_frames_script_compares_vamba_with_the_baseline(tmp_path, capsys):
+    argv = ["--size", "tiny", "--frames", "1,2", "--tokens-per-frame", "4", "--repeats", "1", "--warmup", "0",
+            "--decode-tokens", "1", "--no-progress", "--out", str(tmp_path)]
+    assert run_script("bench_vamba_frames.py", argv) == 0
+    with (tmp_path / "inference_frames_ratios.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["model"], r["baseline"], r["visual_tokens"]) for r in rows] == [("vamba", "llava", "4"),
+                                                                              ("vamba", "llava", "8")]
+    assert "frames=2" in capsys.readouterr().out
+
+
+def test_ssm_paths_script_compares_torch_with_reference(capsys):
+    assert run_script("bench_ssm_paths.py", ["--size", "tiny", "--lengths", "8,24", "--repeats", "1",
+                                              "--reference-max", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "torch/reference_fwd" in out and "automatic path here: torch" in out
