@@ -229,3 +229,12 @@ def test_kernels_are_left_on_when_usable(monkeypatch):
     assert all(m.use_fast_kernels for m in mixers)
     assert kernels.use_torch_ssm_path_where_needed(lm, "cpu") is True
     assert not any(m.use_fast_kernels for m in mixers)
+
+
+def test_torch_fallback_on_cuda_is_announced_as_a_warning(caplog):
+    model, _ = hybrid_vlm.from_preset("mamba2-llava-tiny")
+    with caplog.at_level(logging.INFO, logger="hybrid_vlm.kernels"):
+        assert kernels.announce_compute_paths(model, CUDA)
+        assert not kernels.announce_compute_paths(model, CUDA)
+    [record] = [r for r in caplog.records if "compute paths on cuda" in r.getMessage()]
+    assert record.levelno == logging.WARNING and "transformers torch reference" in record.getMessage()
