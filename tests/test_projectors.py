@@ -456,7 +456,7 @@ def every_projector(widths=(D,), prefix: int = 0) -> dict[str, nn.Module]:
 
 
 def test_every_registered_type_is_covered():
-    assert set(every_projector()) == set(PROJECTOR_CLASSES)
+    assert set(every_projector()) | {"identity"} == set(PROJECTOR_CLASSES)  # identity: its own test below
     assert set(PROJECTOR_TYPES) <= set(PROJECTOR_CLASSES)  # the config's list names only buildable projectors
     # The pure token arithmetic knows every projector: preserving, pooling, or the conv adapter.
     known = {*TOKEN_PRESERVING_PROJECTORS, *POOLING_PROJECTORS, "conv2d_adapter"}
@@ -481,7 +481,21 @@ def test_output_tokens_equals_the_real_output_length(maps, prefix, grid):
             assert out.shape[1] == maps * (prefix + out_grid[0] * out_grid[1]), name
 
 
-@pytest.mark.parametrize("name", list(PROJECTOR_CLASSES))
+def test_identity_projector_passes_lm_wide_features_through():
+    from hybrid_vlm.projectors import IdentityProjector
+
+    projector = IdentityProjector(TEXT, TEXT)
+    features = torch.randn(2, 9, TEXT, requires_grad=True)
+    assert projector(features) is features and projector.output_tokens(9) == 9
+    assert not list(projector.parameters())
+    two = IdentityProjector((TEXT, TEXT), TEXT)
+    a, b = torch.randn(1, 4, TEXT), torch.randn(1, 4, TEXT)
+    assert torch.equal(two((a, b)), torch.cat([a, b], dim=1))
+    with pytest.raises(ValueError, match="as wide as the language model"):
+        IdentityProjector(D, TEXT)
+
+
+@pytest.mark.parametrize("name", [n for n in PROJECTOR_CLASSES if n != "identity"])
 def test_gradients_reach_every_parameter(name):
     maps = 2 if name == "mamba" else 1
     projector = every_projector((D,) * maps)[name].double()

@@ -224,7 +224,7 @@ def _ssd_pass(
     causal_chunks = torch.ones(n_chunks + 1, n_chunks + 1, dtype=torch.bool, device=x.device).tril()
     mix = (cum[:, :, None] - cum[:, None, :]).masked_fill(~causal_chunks[..., None], float("-inf")).exp()
     entering = torch.einsum("btsh,bshpn->bthpn", mix, sources)  # (b, c+1, h, p, n)
-    final_state = entering[:, -1]
+    final_state = entering[:, -1].clone()  # a copy: a view would keep every chunk's entering state alive
 
     # 4. Contribution of the entering state to each output: exp(cs_i) C_i . h_in.
     start = entering[:, :-1].reshape(batch, n_chunks, groups, per_group, head_dim, d_state)
@@ -325,19 +325,22 @@ def _selective_scan_block(
     decay = torch.exp(log_decay)
     inputs = ((delta * u)[..., None] * B[:, :, None, :]).view(shape)
 
-    # 1. Every chunk scanned at once from a zero state: `chunk` steps over (b, n_chunks, d, n).
-    h = inputs[:, :, 0]
+    # 1. Every chunk scanned at once from a zero state: `chunk` steps over (b, n_chunks, d, n). The steps are split
+    #    once with unbind: indexing a full tensor inside the loop makes every backward step write a full-size gradient.
+    decays, steps = decay.unbind(2), inputs.unbind(2)
+    h = steps[0]
     local = [h]
     for k in range(1, chunk):
-        h = decay[:, :, k] * h + inputs[:, :, k]
+        h = decays[k] * h + steps[k]
         local.append(h)
     local = torch.stack(local, dim=2)
     # 2. The state handed from chunk to chunk: `n_chunks` steps over (b, d, n). Decays are only multiplied (<= 1).
     decay_from_start = torch.exp(torch.cumsum(log_decay, dim=2))
+    chunk_decays, chunk_ends = decay_from_start[:, :, -1].unbind(1), local[:, :, -1].unbind(1)
     entering = []
     for k in range(n_chunks):
         entering.append(state)
-        state = decay_from_start[:, k, -1] * state + local[:, k, -1]
+        state = chunk_decays[k] * state + chunk_ends[k]
     # 3. Each position: its chunk-local state plus the decayed state that entered the chunk.
     states = local + decay_from_start * torch.stack(entering, dim=1)[:, :, None]
     y = torch.einsum("bmsdn,bmsn->bmsd", states, C.view(batch, n_chunks, chunk, d_state))
@@ -553,7 +556,7 @@ class _SSMMixerBase(nn.Module):
             conv_state = x.new_zeros(x.shape[0], x.shape[1], width)
         history = torch.cat([conv_state.to(x.dtype), x], dim=-1)  # real token t sits at t + width
         if lengths is None:
-            return history[..., -width:]
+            return history[..., -width:].clone()  # a copy: a view would keep the whole sequence's history alive
         index = lengths[:, None] + torch.arange(width, device=x.device)  # (b, width)
         return history.gather(-1, index[:, None, :].expand(-1, x.shape[1], -1))
 
