@@ -22,6 +22,7 @@ SETTINGS = {
     "conv2d_adapter": (dict(projector_conv_kernel=2), 4),
     "conv2d_adapter-k3s1": (dict(projector_conv_kernel=3, projector_conv_stride=1), 4),
     "mamba": (dict(projector_ssm=TINY_SSM), 16),
+    "identity": ({}, 16),  # the tiny tower is as wide as the tiny LMs (32)
 }
 
 
