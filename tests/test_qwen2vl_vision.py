@@ -349,3 +349,44 @@ def test_qwen2vl_blocks_are_never_split_across_devices():
 
     model, _ = hybrid_vlm.from_preset("vamba-qwen2vl-tiny")
     assert "Qwen2VLVisionBlock" in set(model.model._no_split_modules)
+
+
+def test_video_frames_are_paired_into_temporal_patches(encoder_and_reference):
+    """Qwen2-VL/Vamba encode two consecutive frames as one temporal patch: a pair of equal frames is exactly the image
+    of that frame (images are the frame repeated in time), the order inside a pair matters, and pairs are
+    independent."""
+    encoder = encoder_and_reference[0]
+    torch.manual_seed(0)
+    frames = torch.randn(4, 3, 56, 56)
+    with torch.no_grad():
+        paired = encoder.encode_patch_maps(frames, [-1], frames_per_patch=2)[0]
+        assert paired.shape[0] == 2
+        still = encoder.encode_patch_maps(frames[[0, 0]], [-1], frames_per_patch=2)[0]
+        torch.testing.assert_close(still[0], encoder.encode_patch_maps(frames[:1], [-1])[0][0])
+        swapped = encoder.encode_patch_maps(frames[[1, 0, 2, 3]], [-1], frames_per_patch=2)[0]
+        assert (swapped[0] - paired[0]).abs().max() > 1e-4
+        torch.testing.assert_close(swapped[1], paired[1])
+    with pytest.raises(ValueError, match="multiple of 2 frames"):
+        encoder.encode_patch_maps(frames[:3], [-1], frames_per_patch=2)
+
+
+def test_video_token_counts_follow_the_pairs(tiny_preset):
+    model, processor = tiny_preset
+    spec = model.model.visual_token_spec
+    assert spec.video_temporal_patch == 2 and processor.video_processor.temporal_patch_size == 2
+    from hybrid_vlm.token_counts import count_video_tokens
+
+    grid = count_video_tokens(spec, 2, 448, 448, include_markers=False)
+    assert count_video_tokens(spec, 6, 448, 448, include_markers=False) == 3 * grid
+    with pytest.raises(ValueError, match="multiple of 2 frames"):
+        count_video_tokens(spec, 3, 448, 448)
+    frames = np.random.default_rng(0).integers(0, 255, (4, 40, 50, 3), dtype=np.uint8)
+    inputs = processor(text="<video>what happens?", videos=[frames], return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.video_token_id).sum()) == 2 * grid
+    with torch.no_grad():
+        features = model.model.get_video_features(inputs["pixel_values_videos"])
+        assert features[0].shape[0] == 2 * grid
+        logits = model(**inputs).logits
+    assert torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match="multiple of 2 frames"):
+        model.model.get_video_features(inputs["pixel_values_videos"][:, :3])

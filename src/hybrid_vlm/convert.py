@@ -1186,7 +1186,7 @@ def _vamba_recipe(kind: str, folder: Path, reader: CheckpointReader, options: _O
         image_token_id=raw.get("image_token_id", 151655), video_token_id=raw.get("video_token_id", 151656),
     )
     notes.append("images are resized to a fixed square (448 px by default) instead of Qwen2-VL's dynamic "
-                 "resolution; videos are encoded frame by frame (Qwen2-VL/Vamba pair frames into temporal patches).")
+                 "resolution; visual tokens get 1-D positions (Vamba: M-RoPE's 3-D ids).")
     recipe = _Recipe(config, _vamba_rules(), notes=notes, description="Vamba (TIGER-AI-Lab/Vamba, qwen2_vl)")
     if _has_tokenizer(folder):
         from .image_processing_hybrid_vlm import HybridVLMImageProcessor

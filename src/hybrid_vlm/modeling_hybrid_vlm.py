@@ -37,7 +37,7 @@ from .projectors import build_projector, init_projector_module
 from .qwen2vl_vision import Qwen2VLVisionEncoder  # noqa: F401 (direct import: 4.x remote code copies it)
 from .remote_code import write_model_remote_code
 from .ssm import SSM_FP32_PARAMETERS  # (also a direct import so transformers 4.x remote code copies ssm.py)
-from .token_counts import VisualTokenSpec, count_image_tokens, count_video_tokens
+from .token_counts import VisualTokenSpec, count_image_tokens, count_video_tokens, video_groups
 from .vision_encoders import (  # noqa: F401 (UnwrappedVisionModel: public name kept here)
     UnwrappedVisionModel,
     build_vision_tower,
@@ -218,7 +218,11 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         return VisualTokenSpec.from_config(self.config)
 
     def _encode_views(
-        self, pixel_values: torch.FloatTensor, vision_feature_layer: Any = None, strategy: str | None = None
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: Any = None,
+        strategy: str | None = None,
+        frames_per_patch: int = 1,
     ) -> torch.FloatTensor:
         """Vision tower -> chosen layers -> prefix selection -> optional 2-D pooling -> projector, per view."""
         if pixel_values.dim() != 4:
@@ -229,7 +233,9 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
         strategy = strategy or self.config.vision_feature_select_strategy
         spec = dataclasses.replace(self.visual_token_spec, vision_feature_select_strategy=strategy)
-        maps, prefix = encode_patch_maps(self.vision_tower, pixel_values, layers, spec.num_prefix_tokens)
+        maps, prefix = encode_patch_maps(
+            self.vision_tower, pixel_values, layers, spec.num_prefix_tokens, frames_per_patch=frames_per_patch
+        )
         if spec.vision_feature_select_strategy != "full":
             prefix = None
         height, width = (int(v) for v in pixel_values.shape[-2:])
@@ -322,7 +328,14 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         """
         videos = _video_list(pixel_values_videos)
         frames = torch.cat(videos, dim=0)
-        features = self.get_image_features(frames)
+        patch = self.visual_token_spec.video_temporal_patch
+        if patch > 1:  # Qwen2-VL: consecutive frames form one temporal patch, one token grid per group
+            for video in videos:
+                video_groups(self.visual_token_spec, int(video.shape[0]))  # a clear error for an odd frame count
+            features = self._encode_views(frames, frames_per_patch=patch)
+            videos = [video[::patch] for video in videos]  # one row of features per group from here on
+        else:
+            features = self.get_image_features(frames)
         stride = self.config.video_pool_stride
         if stride is not None:
             height, width = (int(v) // self.visual_token_spec.patch_size for v in frames.shape[-2:])

@@ -315,6 +315,7 @@ class HybridVLMProcessor(ProcessorMixin):
         anyres_max_feature_tiles: int | None = None,
         video_pool_stride: int | None = None,
         video_newline: bool = False,
+        video_temporal_patch: int = 1,
         **kwargs: Any,
     ) -> None:
         if image_processor is None or tokenizer is None:
@@ -366,7 +367,9 @@ class HybridVLMProcessor(ProcessorMixin):
         self.layout_markers = layout_markers
         self.anyres_merge = anyres_merge
         if video_processor is None:
-            video_processor = HybridVLMVideoProcessor.from_image_processor(image_processor)
+            # frame counts must be multiples of the frames the tower encodes together (Qwen2-VL: 2)
+            extra = {"temporal_patch_size": video_temporal_patch} if video_temporal_patch > 1 else {}
+            video_processor = HybridVLMVideoProcessor.from_image_processor(image_processor, **extra)
         self.patch_size = patch_size
         self.num_prefix_tokens = num_prefix_tokens
         self.vision_feature_select_strategy = vision_feature_select_strategy
@@ -382,6 +385,10 @@ class HybridVLMProcessor(ProcessorMixin):
         self.anyres_max_feature_tiles = anyres_max_feature_tiles
         self.video_pool_stride = video_pool_stride
         self.video_newline = bool(video_newline)
+        patch = video_temporal_patch
+        if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
+            raise ValueError(f"{_NAME}: video_temporal_patch must be an int >= 1, got {video_temporal_patch!r}.")
+        self.video_temporal_patch = video_temporal_patch  # frames per temporal patch (Qwen2-VL towers: 2)
         self.image_token = image_token
         self.image_token_id = image_token_id
         self.video_token = video_token
@@ -466,6 +473,7 @@ class HybridVLMProcessor(ProcessorMixin):
             anyres_max_feature_tiles=spec.anyres_max_feature_tiles,
             video_pool_stride=spec.video_pool_stride,
             video_newline=spec.video_newline,
+            video_temporal_patch=spec.video_temporal_patch,
             **kwargs,
         )
         config_id = getattr(config, "image_token_id", None)
@@ -495,6 +503,7 @@ class HybridVLMProcessor(ProcessorMixin):
             anyres_max_feature_tiles=getattr(self, "anyres_max_feature_tiles", None),
             video_pool_stride=getattr(self, "video_pool_stride", None),
             video_newline=getattr(self, "video_newline", False),
+            video_temporal_patch=getattr(self, "video_temporal_patch", 1),
         )
 
     def num_image_tokens(self, height: int, width: int) -> int:

@@ -16,8 +16,8 @@ What differs from a CLIP-style tower:
 * There is one feature layer, the merged last block: `vision_feature_layer` does not apply. The config default
   (`-2`) and `-1` are accepted and both mean the merger's output; any other value is refused.
 * Images only: a video frame is encoded as an image (duplicated along time), as HybridVLM encodes every frame.
-  Qwen2-VL and Vamba pair consecutive frames into one temporal patch instead (half the tokens per frame); that
-  pairing is not reproduced here.
+  Video frames are paired as Qwen2-VL and Vamba do: `temporal_patch_size` consecutive frames form one temporal
+  patch, so a video gets one token grid per frame pair (`VisualTokenSpec.video_temporal_patch`).
 """
 
 from __future__ import annotations
@@ -123,17 +123,30 @@ def qwen2_text_config(source: Any) -> dict[str, Any]:
 
 
 def patchify(
-    pixel_values: torch.Tensor, patch_size: int = 14, temporal_patch_size: int = 2, merge_size: int = 2
+    pixel_values: torch.Tensor,
+    patch_size: int = 14,
+    temporal_patch_size: int = 2,
+    merge_size: int = 2,
+    frames_per_patch: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(B, C, H, W)` images -> Qwen2-VL's flat patches `(B * gh * gw, C * temporal_patch_size * p * p)` and
     `grid_thw` `(B, 3)`, in the order `Qwen2VLImageProcessor` writes them.
 
     Every image is one temporal patch (the frame repeated `temporal_patch_size` times); patches are listed merge
     window by merge window (windows in raster order, the `merge_size x merge_size` patches of a window in raster
-    order), each patch flattened as (channel, time, row, column).
+    order), each patch flattened as (channel, time, row, column). With `frames_per_patch=temporal_patch_size` the
+    batch is a video's frames instead, and each run of that many consecutive frames is one temporal patch (Qwen2-VL's
+    video layout): `B / temporal_patch_size` patches.
     """
     if pixel_values.dim() != 4:
         raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}.")
+    if frames_per_patch not in (1, temporal_patch_size):
+        raise ValueError(f"frames_per_patch must be 1 or temporal_patch_size={temporal_patch_size}.")
+    if pixel_values.shape[0] % frames_per_patch:
+        raise ValueError(
+            f"{pixel_values.shape[0]} frames cannot be paired into temporal patches of {frames_per_patch}; give a "
+            f"multiple of {frames_per_patch} frames (the video processor's temporal_patch_size does that)."
+        )
     batch, channels, height, width = pixel_values.shape
     factor = patch_size * merge_size
     if height % factor or width % factor:
@@ -142,7 +155,11 @@ def patchify(
             f"{merge_size}), got {height}x{width}; the image processor resizes to such a size."
         )
     grid_h, grid_w = height // patch_size, width // patch_size
-    frames = pixel_values.unsqueeze(1).expand(batch, temporal_patch_size, channels, height, width)
+    if frames_per_patch == 1:
+        frames = pixel_values.unsqueeze(1).expand(batch, temporal_patch_size, channels, height, width)
+    else:
+        batch //= frames_per_patch
+        frames = pixel_values.reshape(batch, temporal_patch_size, channels, height, width)
     patches = frames.reshape(
         batch, temporal_patch_size, channels,
         grid_h // merge_size, merge_size, patch_size,
@@ -196,8 +213,13 @@ class Qwen2VLVisionEncoder(nn.Module):
         """Merged features `(B, (H/28) * (W/28), hidden_size)` of `(B, 3, H, W)` processed images."""
         return self.encode_patch_maps(pixel_values, [ACCEPTED_FEATURE_LAYERS[-1]])[0]
 
-    def encode_patch_maps(self, pixel_values: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
-        """One map: the merger's output for each image, in raster order over the `(H/28, W/28)` token grid."""
+    def encode_patch_maps(
+        self, pixel_values: torch.Tensor, layers: Sequence[int], frames_per_patch: int = 1
+    ) -> list[torch.Tensor]:
+        """One map: the merger's output for each image, in raster order over the `(H/28, W/28)` token grid.
+
+        `frames_per_patch=temporal_patch_size`: `pixel_values` are a video's frames, paired into temporal patches
+        (one output row per pair)."""
         check_feature_layers(layers)
         channels = int(self.config.in_channels)
         if pixel_values.dim() != 4 or pixel_values.shape[1] != channels:
@@ -205,8 +227,11 @@ class Qwen2VLVisionEncoder(nn.Module):
                 f"pixel_values must be (batch, {channels}, height, width) images for Qwen2-VL's vision tower, got "
                 f"{tuple(pixel_values.shape)}."
             )
-        batch, _, height, width = pixel_values.shape
-        flat, grid_thw = patchify(pixel_values, self.vit_patch_size, self.temporal_patch_size, self.spatial_merge_size)
+        _, _, height, width = pixel_values.shape
+        flat, grid_thw = patchify(
+            pixel_values, self.vit_patch_size, self.temporal_patch_size, self.spatial_merge_size, frames_per_patch
+        )
+        batch = grid_thw.shape[0]
         dtype = self.patch_embed.proj.weight.dtype
         output = self.wrapped(flat.to(dtype), grid_thw=grid_thw)
         # transformers 4.x returns the merged tensor; 5.x a BaseModelOutputWithPooling with it as pooler_output.

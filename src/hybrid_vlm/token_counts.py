@@ -27,6 +27,13 @@ def vision_token_patch_size(vision_config: PretrainedConfig) -> int:
     return patch
 
 
+def vision_temporal_patch(vision_config: PretrainedConfig) -> int:
+    """Video frames one output token grid covers: Qwen2-VL's `temporal_patch_size` (2), else 1."""
+    if vision_config.model_type in QWEN2VL_VISION_TYPES:
+        return int(getattr(vision_config, "temporal_patch_size", 2) or 1)
+    return 1
+
+
 def vision_prefix_token_count(vision_config: PretrainedConfig) -> int:
     """Tokens a vision encoder emits before its patch grid: CLS for CLIP/DINOv2, plus DINOv2's register tokens."""
     model_type = vision_config.model_type
@@ -116,6 +123,9 @@ class VisualTokenSpec:
     # learned newline after each video's tokens. None / False: frames are counted like images.
     video_pool_stride: int | None = None
     video_newline: bool = False
+    # Consecutive video frames encoded together as one temporal patch (Qwen2-VL's tower, and so Vamba: 2): a video
+    # gets one token grid per group, and its frame count must be a multiple of this.
+    video_temporal_patch: int = 1
 
     @classmethod
     def from_config(cls, config: Any) -> VisualTokenSpec:
@@ -139,6 +149,7 @@ class VisualTokenSpec:
             anyres_max_feature_tiles=getattr(config, "anyres_max_feature_tiles", None),
             video_pool_stride=getattr(config, "video_pool_stride", None),
             video_newline=bool(getattr(config, "video_newline", False)),
+            video_temporal_patch=vision_temporal_patch(vision_config),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -344,9 +355,21 @@ def video_frame_tokens(spec: VisualTokenSpec, height: int, width: int) -> int:
     return math.ceil(grid_h / stride) * math.ceil(grid_w / stride) * spec.num_maps
 
 
+def video_groups(spec: VisualTokenSpec, num_frames: int) -> int:
+    """Token grids a video of `num_frames` frames gets: one per frame, or per temporal patch of frames."""
+    patch = spec.video_temporal_patch
+    if num_frames % patch:
+        raise ValueError(
+            f"This model encodes {patch} consecutive frames together (Qwen2-VL's temporal patches), so a video needs a "
+            f"multiple of {patch} frames, got {num_frames}; set the video processor's temporal_patch_size={patch}."
+        )
+    return num_frames // patch
+
+
 def video_runs(spec: VisualTokenSpec, num_frames: int, height: int, width: int) -> list[int]:
-    """Video tokens per frame, in order; the last frame's run also holds the video's newline when there is one."""
-    runs = [video_frame_tokens(spec, height, width)] * int(num_frames)
+    """Video tokens per frame (per temporal patch of frames), in order; the last run also holds the video's newline
+    when there is one."""
+    runs = [video_frame_tokens(spec, height, width)] * video_groups(spec, int(num_frames))
     if spec.video_newline and runs:
         runs[-1] += 1
     return runs
@@ -374,9 +397,9 @@ def count_video_tokens(
         raise ValueError(f"Unknown video layout {layout!r}; use one of {list(VIDEO_LAYOUTS)}.")
     if isinstance(num_frames, bool) or not isinstance(num_frames, Integral) or num_frames < 1:
         raise ValueError(f"A video needs at least one frame, got num_frames={num_frames!r}.")
-    num_frames = int(num_frames)
-    features = num_frames * video_frame_tokens(spec, height, width) + int(spec.video_newline)
+    groups = video_groups(spec, int(num_frames))
+    features = groups * video_frame_tokens(spec, height, width) + int(spec.video_newline)
     if not include_markers:
         return features
     # count_layout_tokens without building a list of runs: token budgets search over large frame counts
-    return features + _marker_tokens(token_layout, "video", num_frames)
+    return features + _marker_tokens(token_layout, "video", groups)

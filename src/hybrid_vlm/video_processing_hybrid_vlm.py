@@ -200,20 +200,21 @@ def frames_for_token_budget(
     same function the processor and the model use, searched over ``k``; no token arithmetic is repeated here.
     """
     budget = _check_count(max_visual_tokens, "max_visual_tokens")
-    one = count_video_tokens(spec, 1, height, width, layout)
+    step = getattr(spec, "video_temporal_patch", 1)  # frames come in groups the model encodes together
+    one = count_video_tokens(spec, step, height, width, layout)
     if one > budget:
         raise ValueError(
             f"max_visual_tokens={budget} is less than one {height}x{width} frame needs ({one} tokens with the "
             f"{getattr(layout, 'name', layout)!r} layout); raise the budget or use smaller frames (size=...)."
         )
-    low, high = 1, budget  # every frame costs at least one token, so `budget` frames never fit more than it
+    low, high = 1, budget  # in groups: every group costs at least one token, so `budget` groups never fit more
     while low < high:
         mid = (low + high + 1) // 2
-        if count_video_tokens(spec, mid, height, width, layout) <= budget:
+        if count_video_tokens(spec, mid * step, height, width, layout) <= budget:
             low = mid
         else:
             high = mid - 1
-    return low
+    return low * step
 
 
 def _check_count(value: Any, name: str) -> int:

@@ -145,12 +145,19 @@ def vision_no_split_modules(vision_configs: Sequence[PretrainedConfig]) -> set[s
 
 
 def encode_patch_maps(
-    tower: nn.Module, pixel_values: torch.Tensor, layers: Sequence[int], num_prefix_tokens: int
+    tower: nn.Module,
+    pixel_values: torch.Tensor,
+    layers: Sequence[int],
+    num_prefix_tokens: int,
+    frames_per_patch: int = 1,
 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """Patch maps of any tower, plus the prefix tokens of a single ViT (for `vision_feature_select_strategy="full"`).
 
     Towers with their own `encode_patch_maps` (several encoders, Qwen2-VL) never return a prefix.
+    `frames_per_patch > 1`: video frames that the tower encodes in groups (Qwen2-VL's temporal patches).
     """
+    if frames_per_patch > 1:
+        return tower.encode_patch_maps(pixel_values, layers, frames_per_patch=frames_per_patch), None
     if hasattr(tower, "encode_patch_maps"):
         return tower.encode_patch_maps(pixel_values, layers), None
     if pixel_values.shape[1] != 3:
