@@ -6,12 +6,21 @@ Importing the package registers `HybridVLMConfig`, the models and the processors
 from .builders import build_vamba
 from .configuration_hybrid_vlm import HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
+from .kernels import compute_paths
 from .modeling_hybrid_vlm import HybridVLMForConditionalGeneration, HybridVLMModel, HybridVLMPreTrainedModel
 from .presets import from_preset, list_presets, preset_config
 from .processing_hybrid_vlm import HybridVLMProcessor
 from .registration import register_auto_classes
-from .token_counts import VisualTokenSpec, count_image_tokens
+from .token_counts import VisualTokenSpec, count_image_tokens, count_video_tokens
 from .tokenization_utils import load_tiny_tokenizer
+from .training import (
+    VideoSFTCollator,
+    freeze_for_stage,
+    fsdp_wrap_classes,
+    lora_config,
+    qlora_config,
+    topk_distillation_loss,
+)
 from .version import __version__
 from .video_processing_hybrid_vlm import HybridVLMVideoProcessor
 
@@ -25,13 +34,21 @@ __all__ = [
     "HybridVLMPreTrainedModel",
     "HybridVLMProcessor",
     "HybridVLMVideoProcessor",
+    "VideoSFTCollator",
     "VisualTokenSpec",
     "__version__",
     "build_vamba",
+    "compute_paths",
     "count_image_tokens",
+    "count_video_tokens",
+    "freeze_for_stage",
     "from_preset",
+    "fsdp_wrap_classes",
     "list_presets",
     "load_tiny_tokenizer",
+    "lora_config",
     "preset_config",
+    "qlora_config",
     "register_auto_classes",
+    "topk_distillation_loss",
 ]

@@ -64,6 +64,7 @@ from .token_counts import (
 )
 from .tokenization_utils import (
     CHAT_TEMPLATE,
+    CHATML_TURNS,
     IMAGE_TOKEN,
     RENDER_CONTENT_MACRO,
     VIDEO_TOKEN,
@@ -148,23 +149,8 @@ QWEN2VL_CHAT_TEMPLATE = (
     + r"""{%- if messages and messages[0]['role'] != 'system' -%}
     {{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' -}}
 {%- endif -%}
-{%- for message in messages -%}
-    {%- if message['role'] == 'assistant' -%}
-        {{- '<|im_start|>assistant\n' -}}
-        {%- generation -%}
-            {{- render_content(message['content']) + '<|im_end|>' -}}
-        {%- endgeneration -%}
-        {{- '\n' -}}
-    {%- elif message['role'] in ['system', 'user'] -%}
-        {{- '<|im_start|>' + message['role'] + '\n' + render_content(message['content']) + '<|im_end|>\n' -}}
-    {%- else -%}
-        {{- raise_exception('Unsupported role: ' ~ message['role'] ~ ' (use system, user or assistant).') -}}
-    {%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{- '<|im_start|>assistant\n' -}}
-{%- endif -%}
 """
+    + CHATML_TURNS
 )
 # llava: ChatML, the tiny tokenizer's own template.
 CHAT_TEMPLATES: dict[str, str] = {

@@ -97,10 +97,8 @@ RENDER_CONTENT_MACRO = r"""{%- macro render_content(content) -%}
     {%- endif -%}
 {%- endmacro -%}
 """
-CHAT_TEMPLATE = (
-    "{#- ChatML with image/video content blocks; {% generation %} marks what the assistant says. -#}\n"
-    + RENDER_CONTENT_MACRO
-    + r"""{%- for message in messages -%}
+# ChatML turns after the content macro; the Qwen2-VL template adds its default system prompt in front.
+CHATML_TURNS = r"""{%- for message in messages -%}
     {%- if message['role'] == 'assistant' -%}
         {{- '<|im_start|>assistant\n' -}}
         {%- generation -%}
@@ -117,6 +115,10 @@ CHAT_TEMPLATE = (
     {{- '<|im_start|>assistant\n' -}}
 {%- endif -%}
 """
+CHAT_TEMPLATE = (
+    "{#- ChatML with image/video content blocks; {% generation %} marks what the assistant says. -#}\n"
+    + RENDER_CONTENT_MACRO
+    + CHATML_TURNS
 )
 
 TINY_MODEL_MAX_LENGTH = 32768
