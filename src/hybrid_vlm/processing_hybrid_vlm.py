@@ -683,7 +683,7 @@ class HybridVLMProcessor(ProcessorMixin):
         input_ids = [list(row) for row in encoding["input_ids"]]
         self._check_visual_tokens(input_ids, expanded, texts, text_kwargs)
         if video_replacements:
-            self._check_video_tokens(input_ids, expanded, texts, text_kwargs)
+            self._check_visual_tokens(input_ids, expanded, texts, text_kwargs, kind="video")
 
         data: dict[str, Any] = dict(encoding)
         if want_offsets and not options["return_text_replacement_offsets"]:
@@ -871,30 +871,40 @@ class HybridVLMProcessor(ProcessorMixin):
         return expanded, all_offsets
 
     def _check_visual_tokens(
-        self, input_ids: list[list[int]], expanded: list[str], texts: list[str], text_kwargs: dict[str, Any]
+        self,
+        input_ids: list[list[int]],
+        expanded: list[str],
+        texts: list[str],
+        text_kwargs: dict[str, Any],
+        kind: str = "image",
     ) -> None:
-        """Every sample must still hold all its image tokens after tokenization; truncation must not cut them."""
+        """Every sample must still hold all its image (or video) tokens after tokenization; truncation must not cut
+        them."""
+        token, token_id = (self.image_token, self.image_token_id) if kind == "image" else (
+            self.video_token, self.video_token_id
+        )
+        fewer = "drop images from this sample" if kind == "image" else (
+            "sample fewer frames (num_frames=..., max_visual_tokens=...)"
+        )
         for index, (ids, sample) in enumerate(zip(input_ids, expanded)):
-            expected = sample.count(self.image_token)
-            found = ids.count(self.image_token_id)
+            expected = sample.count(token)
+            found = ids.count(token_id)
             if found == expected:
                 continue
-            num_images = texts[index].count(self.image_token)
+            num_items = texts[index].count(token)
             if text_kwargs.get("truncation") not in (None, False, "do_not_truncate"):
                 untruncated = {k: v for k, v in text_kwargs.items() if k not in ("truncation", "max_length", "padding")}
                 needed = len(self.tokenizer(sample, **untruncated)["input_ids"])
                 limit = text_kwargs.get("max_length") or self.tokenizer.model_max_length
                 raise ValueError(
                     f"{_NAME}: truncation to max_length={limit} would cut visual tokens of sample {index}: it keeps "
-                    f"{found} of its {expected} image tokens ({num_images} image(s)); the sample needs {needed} "
-                    "tokens. Raise max_length to at least that, drop images from this sample, or disable truncation."
+                    f"{found} of its {expected} {kind} tokens ({num_items} {kind}(s)); the sample needs {needed} "
+                    f"tokens. Raise max_length to at least that, {fewer}, or disable truncation."
                 )
             raise ValueError(
-                f"{_NAME}: sample {index} should hold {expected} image tokens (id {self.image_token_id}) after "
-                f"tokenization but holds {found}. Does the text contain the image token in another form?"
+                f"{_NAME}: sample {index} should hold {expected} {kind} tokens (id {token_id}) after "
+                f"tokenization but holds {found}. Does the text contain the {kind} token in another form?"
             )
-
-    # ------------------------------------------------------------------ videos
 
     def _process_videos(
         self, texts: list[str], videos: Any, video_kwargs: dict[str, Any]
@@ -944,31 +954,6 @@ class HybridVLMProcessor(ProcessorMixin):
             given = f"{len(flat_videos)} video(s) were given" if flat_videos else "no videos were given"
             raise ValueError(
                 f"{_NAME}: the text has {total} {token} placeholder(s) (per sample: {counts}) but {given}. {hint}"
-            )
-
-    def _check_video_tokens(
-        self, input_ids: list[list[int]], expanded: list[str], texts: list[str], text_kwargs: dict[str, Any]
-    ) -> None:
-        """Every sample must still hold all its video tokens after tokenization; truncation must not cut them."""
-        for index, (ids, sample) in enumerate(zip(input_ids, expanded)):
-            expected = sample.count(self.video_token)
-            found = ids.count(self.video_token_id)
-            if found == expected:
-                continue
-            num_videos = texts[index].count(self.video_token)
-            if text_kwargs.get("truncation") not in (None, False, "do_not_truncate"):
-                untruncated = {k: v for k, v in text_kwargs.items() if k not in ("truncation", "max_length", "padding")}
-                needed = len(self.tokenizer(sample, **untruncated)["input_ids"])
-                limit = text_kwargs.get("max_length") or self.tokenizer.model_max_length
-                raise ValueError(
-                    f"{_NAME}: truncation to max_length={limit} would cut visual tokens of sample {index}: it keeps "
-                    f"{found} of its {expected} video tokens ({num_videos} video(s)); the sample needs {needed} "
-                    "tokens. Raise max_length to at least that, sample fewer frames (num_frames=..., "
-                    "max_visual_tokens=...), or disable truncation."
-                )
-            raise ValueError(
-                f"{_NAME}: sample {index} should hold {expected} video tokens (id {self.video_token_id}) after "
-                f"tokenization but holds {found}. Does the text contain the video token in another form?"
             )
 
     # ------------------------------------------------------------------ chat template
