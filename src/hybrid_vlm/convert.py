@@ -42,6 +42,7 @@ from safetensors.torch import save_file
 from .caching import IS_TRANSFORMERS_5
 from .configuration_hybrid_vlm import VISION_MODEL_TYPES, HybridVLMConfig
 from .ssm import SSM_FP32_PARAMETERS
+from .tokenization_utils import render_content_macro
 
 __all__ = [
     "KINDS",
@@ -69,25 +70,7 @@ INDEX_FILE = "model.safetensors.index.json"
 # LongLLaVA's chat format (its `conv_jambaLabel`): every turn opens with <|startoftext|> and a role tag; the assistant
 # turn ends with <|endoftext|>. Images are wrapped in plain-text <img>...</img> markers as its chat script does; the
 # assistant part sits inside {% generation %} for TRL's assistant-only loss.
-LONGLLAVA_CHAT_TEMPLATE = r"""{#- LongLLaVA (Jamba) chat format; <img>/</img> are plain text as in the original. -#}
-{%- macro render_content(content) -%}
-    {%- if content is string -%}
-        {{- content -}}
-    {%- elif content is not none -%}
-        {%- for block in content -%}
-            {%- if block['type'] == 'text' -%}
-                {{- block['text'] -}}
-            {%- elif block['type'] == 'image' -%}
-                {{- '<img><image></img>\n' -}}
-            {%- elif block['type'] == 'video' -%}
-                {{- '<vid><video></vid>\n' -}}
-            {%- else -%}
-                {{- raise_exception('Unsupported content block type: ' ~ block['type']) -}}
-            {%- endif -%}
-        {%- endfor -%}
-    {%- endif -%}
-{%- endmacro -%}
-{%- for message in messages -%}
+_LONGLLAVA_TURNS = r"""{%- for message in messages -%}
     {%- if message['role'] == 'user' -%}
         {{- '<|startoftext|><|User|>\n' + render_content(message['content']) + '\n' -}}
     {%- elif message['role'] == 'assistant' -%}
@@ -105,10 +88,16 @@ LONGLLAVA_CHAT_TEMPLATE = r"""{#- LongLLaVA (Jamba) chat format; <img>/</img> ar
     {{- '<|startoftext|><|Assistant|>\n' -}}
 {%- endif -%}
 """
-
+LONGLLAVA_CHAT_TEMPLATE = (
+    "{#- LongLLaVA (Jamba) chat format; <img>/</img> are plain text as in the original. -#}\n"
+    + render_content_macro(image=r"<img><image></img>\n", video=r"<vid><video></vid>\n")
+    + _LONGLLAVA_TURNS
+)
 # The same chat format for processors that write the markers themselves (the 'longllava' layout with text markers).
-LONGLLAVA_CHAT_TEMPLATE_BARE = LONGLLAVA_CHAT_TEMPLATE.replace("'<img><image></img>\\n'", "'<image>\\n'").replace(
-    "'<vid><video></vid>\\n'", "'<video>\\n'"
+LONGLLAVA_CHAT_TEMPLATE_BARE = (
+    "{#- LongLLaVA (Jamba) chat format; the processor writes the <img>/<vid> markers. -#}\n"
+    + render_content_macro(image=r"<image>\n", video=r"<video>\n")
+    + _LONGLLAVA_TURNS
 )
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "VIDEO_TOKEN",
     "load_tiny_tokenizer",
     "make_tokenizer_files_portable",
+    "render_content_macro",
     "tiny_tokenizer_path",
 ]
 
@@ -71,11 +72,12 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 # Named special tokens beyond bos/eos/pad: they become ``tokenizer.image_token`` / ``tokenizer.image_token_id``.
 NAMED_SPECIAL_TOKENS: dict[str, str] = {"image_token": IMAGE_TOKEN, "video_token": VIDEO_TOKEN}
 
-# ChatML turns. Content is a string or a list of blocks; image/video blocks become one placeholder each, which the
-# processor later expands. The assistant turn, including its closing <|im_end|>, sits inside {% generation %} so
-# that `return_assistant_tokens_mask=True` (TRL's assistant-only loss) marks exactly what the model must learn.
-# Renders a message's content: a string, or a list of blocks where image/video blocks become one placeholder each.
-RENDER_CONTENT_MACRO = r"""{%- macro render_content(content) -%}
+
+def render_content_macro(image: str = IMAGE_TOKEN, video: str = VIDEO_TOKEN) -> str:
+    """Jinja macro `render_content(content)`: a message's content, a string or a list of blocks, where each image or
+    video block becomes `image` / `video` (one placeholder each by default, which the processor later expands)."""
+    return (
+        r"""{%- macro render_content(content) -%}
     {%- if content is string -%}
         {{- content -}}
     {%- elif content is mapping -%}
@@ -87,9 +89,13 @@ RENDER_CONTENT_MACRO = r"""{%- macro render_content(content) -%}
             {%- elif block['type'] == 'text' -%}
                 {{- block['text'] -}}
             {%- elif block['type'] == 'image' -%}
-                {{- '<image>' -}}
+                {{- '"""
+        + image
+        + r"""' -}}
             {%- elif block['type'] == 'video' -%}
-                {{- '<video>' -}}
+                {{- '"""
+        + video
+        + r"""' -}}
             {%- else -%}
                 {{- raise_exception('Unsupported content block type: ' ~ block['type']) -}}
             {%- endif -%}
@@ -97,6 +103,12 @@ RENDER_CONTENT_MACRO = r"""{%- macro render_content(content) -%}
     {%- endif -%}
 {%- endmacro -%}
 """
+    )
+
+
+RENDER_CONTENT_MACRO = render_content_macro()
+# ChatML turns. The assistant turn, including its closing <|im_end|>, sits inside {% generation %} so that
+# `return_assistant_tokens_mask=True` (TRL's assistant-only loss) marks exactly what the model must learn.
 # ChatML turns after the content macro; the Qwen2-VL template adds its default system prompt in front.
 CHATML_TURNS = r"""{%- for message in messages -%}
     {%- if message['role'] == 'assistant' -%}
