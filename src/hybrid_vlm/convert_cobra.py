@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .configuration_hybrid_vlm import HybridVLMConfig
+from .tokenization_utils import render_content_macro
 
 # Prismatic vision backbone ids HybridVLM can rebuild: (DINOv2 input side, SigLIP input side).
 _DINOSIGLIP = {"dinosiglip-vit-so-384px": 384, "dinosiglip-vit-so-224px": 224}
@@ -28,26 +29,18 @@ _PROJECTORS = {"fused-gelu-mlp": ("mlp3x_gelu", 3), "gelu-mlp": ("mlp2x_gelu", 2
 
 # Zephyr's chat format with GPT-NeoX's end-of-text token, as Cobra's prompt builder writes it; images go where their
 # content blocks are (put them first to reproduce Prismatic's "patches right after BOS" order).
-COBRA_CHAT_TEMPLATE = r"""{#- Cobra (Zephyr chat format). -#}
-{%- for message in messages -%}
-    {%- if message['content'] is string -%}
-        {%- set text = message['content'] -%}
-    {%- else -%}
-        {%- set ns = namespace(text='') -%}
-        {%- for block in message['content'] -%}
-            {%- if block['type'] == 'image' -%}{%- set ns.text = ns.text ~ '<image>' -%}
-            {%- elif block['type'] == 'video' -%}{%- set ns.text = ns.text ~ '<video>' -%}
-            {%- elif block['type'] == 'text' -%}{%- set ns.text = ns.text ~ block['text'] -%}
-            {%- endif -%}
-        {%- endfor -%}
-        {%- set text = ns.text -%}
-    {%- endif -%}
-    {%- if message['role'] == 'user' -%}
-        {{- '<|user|>\n' ~ text ~ '<|endoftext|>\n' -}}
-    {%- elif message['role'] == 'system' -%}
-        {{- '<|system|>\n' ~ text ~ '<|endoftext|>\n' -}}
+COBRA_CHAT_TEMPLATE = (
+    "{#- Cobra (Zephyr chat format). -#}\n"
+    + render_content_macro()
+    + r"""{%- for message in messages -%}
+    {%- if message['role'] in ['user', 'system'] -%}
+        {{- '<|' + message['role'] + '|>\n' + render_content(message['content']) + '<|endoftext|>\n' -}}
     {%- elif message['role'] == 'assistant' -%}
-        {{- '<|assistant|>\n' -}}{% generation %}{{- text ~ '<|endoftext|>' -}}{% endgeneration %}{{- '\n' -}}
+        {{- '<|assistant|>\n' -}}
+        {%- generation -%}
+            {{- render_content(message['content']) + '<|endoftext|>' -}}
+        {%- endgeneration -%}
+        {{- '\n' -}}
     {%- else -%}
         {{- raise_exception('Unsupported role: ' ~ message['role']) -}}
     {%- endif -%}
@@ -56,6 +49,7 @@ COBRA_CHAT_TEMPLATE = r"""{#- Cobra (Zephyr chat format). -#}
     {{- '<|assistant|>\n' -}}
 {%- endif -%}
 """
+)
 
 
 def _tower_config(folder: Path, model_types: tuple[str, ...], what: str) -> dict[str, Any]:
