@@ -797,33 +797,34 @@ class HybridVLMProcessor(ProcessorMixin):
         raise TypeError(f"{_NAME}: text must be a string or a list of strings, got {type(text).__name__}.")
 
     def _check_placeholders(
-        self, counts: list[int], flat_images: list[Any], per_sample: list[list[Any]] | None
+        self, counts: list[int], flat_items: list[Any], per_sample: list[list[Any]] | None, kind: str = "image"
     ) -> None:
-        """One placeholder per image, per sample when the images came per sample, else in total."""
-        token = self.image_token
+        """One placeholder per image (video), per sample when the items came per sample, else in total."""
+        token = self.image_token if kind == "image" else self.video_token
         hint = (
-            f"Put one {token} in the text where each image goes (apply_chat_template does this for "
-            '{"type": "image"} blocks), or pass exactly the images the text refers to.'
+            f"Put one {token} in the text where each {kind} goes (apply_chat_template does this for "
+            f'{{"type": "{kind}"}} blocks), or pass exactly the {kind}s the text refers to.'
         )
         if per_sample is not None:
-            for index, (count, sample_images) in enumerate(zip(counts, per_sample)):
-                if count != len(sample_images):
+            for index, (count, sample_items) in enumerate(zip(counts, per_sample)):
+                if count != len(sample_items):
                     raise ValueError(
                         f"{_NAME}: sample {index} has {count} {token} placeholder(s) in its text but "
-                        f"{len(sample_images)} image(s) were given for it. {hint}"
+                        f"{len(sample_items)} {kind}(s) were given for it. {hint}"
                     )
             return
         total = sum(counts)
-        if total != len(flat_images):
-            if not flat_images:
-                raise ValueError(
-                    f"{_NAME}: the text has {total} {token} placeholder(s) (per sample: {counts}) but no images were "
-                    f"given. Pass images=..., or remove the placeholders."
-                )
+        if total == len(flat_items):
+            return
+        if not flat_items and kind == "image":
             raise ValueError(
-                f"{_NAME}: the text has {total} {token} placeholder(s) (per sample: {counts}) but {len(flat_images)} "
-                f"image(s) were given. {hint}"
+                f"{_NAME}: the text has {total} {token} placeholder(s) (per sample: {counts}) but no images were "
+                f"given. Pass images=..., or remove the placeholders."
             )
+        given = f"{len(flat_items)} {kind}(s) were given" if flat_items else f"no {kind}s were given"
+        raise ValueError(
+            f"{_NAME}: the text has {total} {token} placeholder(s) (per sample: {counts}) but {given}. {hint}"
+        )
 
     def _expand_placeholders(
         self, texts: list[str], replacements: list[str], video_replacements: Sequence[str] = ()
@@ -914,7 +915,7 @@ class HybridVLMProcessor(ProcessorMixin):
         if videos is None and not any(counts):
             return {}, []
         flat, per_sample = _flatten_sample_videos(videos, len(texts))
-        self._check_video_placeholders(counts, flat, per_sample)
+        self._check_placeholders(counts, flat, per_sample, kind="video")
         if not flat:
             return {}, []
         if self.video_token_id is None:
@@ -931,30 +932,6 @@ class HybridVLMProcessor(ProcessorMixin):
         video_inputs = dict(self.video_processor(flat, return_tensors=None, **kwargs))
         replacements = [self.replace_video_token(video_inputs, i) for i in range(len(flat))]
         return video_inputs, replacements
-
-    def _check_video_placeholders(
-        self, counts: list[int], flat_videos: list[Any], per_sample: list[list[Any]] | None
-    ) -> None:
-        """One placeholder per video, per sample when the videos came per sample, else in total."""
-        token = self.video_token
-        hint = (
-            f"Put one {token} in the text where each video goes (apply_chat_template does this for "
-            '{"type": "video"} blocks), or pass exactly the videos the text refers to.'
-        )
-        if per_sample is not None:
-            for index, (count, sample_videos) in enumerate(zip(counts, per_sample)):
-                if count != len(sample_videos):
-                    raise ValueError(
-                        f"{_NAME}: sample {index} has {count} {token} placeholder(s) in its text but "
-                        f"{len(sample_videos)} video(s) were given for it. {hint}"
-                    )
-            return
-        total = sum(counts)
-        if total != len(flat_videos):
-            given = f"{len(flat_videos)} video(s) were given" if flat_videos else "no videos were given"
-            raise ValueError(
-                f"{_NAME}: the text has {total} {token} placeholder(s) (per sample: {counts}) but {given}. {hint}"
-            )
 
     # ------------------------------------------------------------------ chat template
 
