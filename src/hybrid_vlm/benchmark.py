@@ -46,6 +46,7 @@ from torch.utils._pytree import tree_leaves
 
 from .anyres import anyres_token_count
 from .caching import SSM_ONLY_MODEL_TYPES
+from .compat import output_cache
 from .presets import preset_config
 from .token_counts import VisualTokenSpec
 
@@ -442,11 +443,11 @@ class BenchModel:
             out = model(input_ids=ids, pixel_values=self._pixel_stub(), use_cache=True, logits_to_keep=1)
             _sync(self.device)
             prefilled = time.perf_counter()
-            cache = out.past_key_values
+            cache = output_cache(out)
             token = out.logits[:, -1:].argmax(-1)
             for _ in range(decode_tokens):
                 out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                cache = out.past_key_values
+                cache = output_cache(out)
                 token = out.logits[:, -1:].argmax(-1)
             _sync(self.device)
             decoded = time.perf_counter()

@@ -1,36 +1,17 @@
-"""Cache plumbing that differs between language models and between transformers 4.x and 5.x.
+"""Cache plumbing that differs between language models.
 
-transformers 5 gives every language model a `DynamicCache` built from its config (SSM layers included) and the
-models create it themselves. transformers 4.57 gives each hybrid or SSM model its own cache class, which the
-*causal LM* class creates in `prepare_inputs_for_generation`; since we wrap the base model, we create it here.
+Where transformers' standard `DynamicCache` holds SSM layers (built from the LM config) the models create it
+themselves. Where an LM's modeling file defines its own cache class (`legacy_cache_class`), the *causal LM*
+class creates it in `prepare_inputs_for_generation`; since we wrap the base model, we create it here.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import torch
-import transformers
-from packaging import version
 
-IS_TRANSFORMERS_5 = version.parse(transformers.__version__).major >= 5
-
-# model_type -> (module, cache class) of the language models with their own cache class in transformers 4.x.
-_V4_STATE_CACHES = {
-    "jamba": ("transformers.models.jamba.modeling_jamba", "HybridMambaAttentionDynamicCache"),
-    "bamba": ("transformers.models.bamba.modeling_bamba", "HybridMambaAttentionDynamicCache"),
-    "granitemoehybrid": (
-        "transformers.models.granitemoehybrid.modeling_granitemoehybrid",
-        "HybridMambaAttentionDynamicCache",
-    ),
-    "zamba2": ("transformers.models.zamba2.modeling_zamba2", "Zamba2HybridDynamicCache"),
-    "zamba": ("transformers.models.zamba.modeling_zamba", "ZambaHybridDynamicCache"),
-    "falcon_h1": ("transformers.models.falcon_h1.modeling_falcon_h1", "FalconHybridMambaAttentionDynamicCache"),
-    "mamba": ("transformers.models.mamba.modeling_mamba", "MambaCache"),
-    "falcon_mamba": ("transformers.models.falcon_mamba.modeling_falcon_mamba", "FalconMambaCache"),
-    "mamba2": ("transformers.models.mamba2.modeling_mamba2", "Mamba2Cache"),
-}
+from .compat import build_legacy_cache, legacy_cache_class, new_standard_cache
 
 # Language models whose layers are all SSM (no attention), for which the cache carries no sequence length.
 SSM_ONLY_MODEL_TYPES = ("mamba", "mamba2", "falcon_mamba")
@@ -78,22 +59,14 @@ def _counting(cache_class: type) -> type:
 def new_language_model_cache(text_config: Any, batch_size: int, dtype: torch.dtype, device: torch.device) -> Any:
     """A fresh cache for the language model, or None where the LM builds a standard one itself."""
     ssm_only = text_config.model_type in SSM_ONLY_MODEL_TYPES
-    if IS_TRANSFORMERS_5:
+    own_class = legacy_cache_class(text_config.model_type)
+    if own_class is None:
         from transformers import DynamicCache
 
-        return (_counting(DynamicCache) if ssm_only else DynamicCache)(config=text_config)
-    entry = _V4_STATE_CACHES.get(text_config.model_type)
-    if entry is None:
-        return None  # attention-only LMs build a DynamicCache themselves
-    module_name, class_name = entry
-    cache_class = getattr(importlib.import_module(module_name), class_name)
+        return new_standard_cache(text_config, _counting(DynamicCache) if ssm_only else DynamicCache)
     if ssm_only:
-        cache_class = _counting(cache_class)
-    if text_config.model_type in ("mamba", "falcon_mamba"):
-        return cache_class(text_config, max_batch_size=batch_size, dtype=dtype, device=device)
-    if text_config.model_type == "falcon_h1":
-        return cache_class(text_config, batch_size, dtype, devices=[device] * text_config.num_hidden_layers)
-    return cache_class(text_config, batch_size, dtype=dtype, device=device)
+        own_class = _counting(own_class)
+    return build_legacy_cache(own_class, text_config, batch_size, dtype, device)
 
 
 def cache_seq_length(cache: Any) -> int | None:

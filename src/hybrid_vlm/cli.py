@@ -182,15 +182,16 @@ def run_env() -> int:
     import transformers
 
     import hybrid_vlm
-    from hybrid_vlm.caching import IS_TRANSFORMERS_5
+    from hybrid_vlm.compat import feature_report
     from hybrid_vlm.kernels import KERNEL_PACKAGES, installed_kernels, mamba_kernels_usable
 
     rows = [
         ("hybrid_vlm", hybrid_vlm.__version__),
         ("python", platform.python_version()),
         ("torch", torch.__version__),
-        ("transformers", f"{transformers.__version__} ({'5.x' if IS_TRANSFORMERS_5 else '4.x'} line)"),
+        ("transformers", transformers.__version__),
     ]
+    rows += [(f"  {name}", value) for name, value in feature_report()]
     rows += [(name, _version(name)) for name in ("trl", "peft", "accelerate", "datasets", "av", "torchvision")]
     cuda = torch.cuda.is_available()
     rows.append(("cuda", torch.cuda.get_device_name(0) if cuda else "not available"))

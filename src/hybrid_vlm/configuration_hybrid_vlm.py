@@ -11,6 +11,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 # transformers 4.x remote code copies only the relative imports written in this file, but then walks the copies
 # recursively: every module reachable from here (validation uses projectors and vamba) is imported directly.
 from .anyres import pool_2d  # noqa: F401
+from .compat import decode_special_floats
 from .projectors import validate_projector_settings
 from .qwen2vl_vision import QWEN2VL_VISION_MODEL_TYPES, check_feature_layers, qwen2vl_vision_config
 from .ssm import SSMBlock  # noqa: F401
@@ -32,17 +33,6 @@ INTERPOLATING_VISION_TYPES = ("dinov2", "dinov2_with_registers")
 _COMPOSITE_VISION_TYPES = ("clip", "siglip")
 
 
-def _decode_special_floats(value: Any) -> Any:
-    """transformers 5 writes inf/nan in config.json as {"__float__": "Infinity"}; 4.x does not read that back."""
-    if isinstance(value, dict):
-        if set(value) == {"__float__"}:
-            return float(value["__float__"])
-        return {k: _decode_special_floats(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode_special_floats(v) for v in value]
-    return value
-
-
 def _as_config(value: Any, name: str, default_type: str) -> PretrainedConfig:
     """Turn a dict (as found in config.json) or None into a transformers config object."""
     if value is None:
@@ -50,7 +40,7 @@ def _as_config(value: Any, name: str, default_type: str) -> PretrainedConfig:
     model_type = value.get("model_type") if isinstance(value, dict) else getattr(value, "model_type", None)
     if "vision_config" in name and model_type in QWEN2VL_VISION_MODEL_TYPES:
         # Qwen2-VL's vision config is 'qwen2_vl_vision' on 5.x and 'qwen2_vl' (the composite's name) on 4.x.
-        return qwen2vl_vision_config(_decode_special_floats(value) if isinstance(value, dict) else value)
+        return qwen2vl_vision_config(decode_special_floats(value) if isinstance(value, dict) else value)
     if isinstance(value, PretrainedConfig):
         return value
     if isinstance(value, dict):
@@ -62,7 +52,7 @@ def _as_config(value: Any, name: str, default_type: str) -> PretrainedConfig:
                 f"`{name}` has model_type '{model_type}', which this transformers version does not know. "
                 "Upgrade transformers or pick another model."
             )
-        kwargs = {k: _decode_special_floats(v) for k, v in value.items() if k != "model_type"}
+        kwargs = {k: decode_special_floats(v) for k, v in value.items() if k != "model_type"}
         return CONFIG_MAPPING[model_type](**kwargs)
     raise TypeError(f"`{name}` must be a transformers config, a dict or None, got {type(value).__name__}.")
 

@@ -39,7 +39,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .caching import IS_TRANSFORMERS_5
+from .compat import revert_weight_conversion
 from .configuration_hybrid_vlm import VISION_MODEL_TYPES, HybridVLMConfig
 from .ssm import SSM_FP32_PARAMETERS
 from .tokenization_utils import render_content_macro
@@ -1212,14 +1212,7 @@ def _expected_weights(config: HybridVLMConfig) -> dict[str, tuple[int, ...]]:
 
     with torch.device("meta"):
         model = HybridVLMForConditionalGeneration(config)
-    state = model.state_dict()
-    if IS_TRANSFORMERS_5:
-        try:
-            from transformers.core_model_loading import revert_weight_conversion
-        except ImportError:  # pragma: no cover - older 5.x
-            revert_weight_conversion = None
-        if revert_weight_conversion is not None:
-            state = revert_weight_conversion(model, state)
+    state = revert_weight_conversion(model, model.state_dict())
     return {name: tuple(tensor.shape) for name, tensor in state.items()}
 
 

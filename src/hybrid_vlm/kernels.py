@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from .compat import disable_unusable_mixer_kernels
+
 logger = logging.get_logger(__name__)
 
 KERNEL_PACKAGES = {"mamba_ssm": "mamba-ssm", "causal_conv1d": "causal-conv1d", "flash_attn": "flash-attn"}
@@ -101,8 +103,6 @@ def transformers_ssm_path(mixer: nn.Module, device: torch.device | None = None) 
     transformers 4.x takes the kernels when mamba-ssm and causal-conv1d import and the weights are on CUDA (Jamba
     also needs `use_mamba_kernels`); 5.x binds each kernel function at import when its package is installed.
     """
-    from .caching import IS_TRANSFORMERS_5
-
     device = device or _device_of(mixer)
     missing = _missing(("mamba_ssm", "causal_conv1d"))
     reference = "transformers torch reference"
@@ -112,8 +112,7 @@ def transformers_ssm_path(mixer: nn.Module, device: torch.device | None = None) 
         return reference, f"tensors on {device.type} (the kernels are CUDA-only)"
     if getattr(mixer, "use_fast_kernels", True) is False:
         return reference, "use_mamba_kernels=False (switched off: kernels were not usable when the model was built)"
-    line = "5.x binds them at import" if IS_TRANSFORMERS_5 else "4.x: CUDA tensors and kernels import"
-    return "mamba-ssm kernels (transformers)", line
+    return "mamba-ssm kernels (transformers)", "kernels import and the weights are on CUDA"
 
 
 def _attention_path(module: nn.Module, implementation: str | None, cross: bool) -> tuple[str, str]:
@@ -221,11 +220,7 @@ def use_torch_ssm_path_where_needed(language_model: nn.Module, device: torch.dev
         language_model._hybrid_vlm_announces_paths = True
     if mamba_kernels_usable(device):
         return False
-    switched = False
-    for module in language_model.modules():
-        if getattr(module, "use_fast_kernels", False):
-            module.use_fast_kernels = False
-            switched = True
+    switched = disable_unusable_mixer_kernels(language_model)
     if switched:
         logger.warning_once(
             "hybrid_vlm: mamba-ssm/causal-conv1d kernels are not usable here (not installed or not on CUDA); "

@@ -10,7 +10,6 @@ import dataclasses
 import inspect
 import math
 import tempfile
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,13 +20,25 @@ from transformers.utils import logging
 
 from .anyres import anyres_token_count, pack_anyres_features, pool_2d, select_real_views, view_feature_grid
 from .caching import (
-    IS_TRANSFORMERS_5,
     SSM_ONLY_MODEL_TYPES,
     cache_seq_length,
     has_ssm_layers,
     new_language_model_cache,
     note_tokens_seen,
     reorder_state_cache,
+)
+from .compat import (
+    CACHE_NAMES,
+    GENERATE_CACHE_NAME,
+    GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL,
+    cache_argument,
+    cache_output_kwargs,
+    legacy_cache_position,
+    model_output,
+    output_cache,
+    standard_cache_holds_ssm_state,
+    take_cache,
+    tied_weights_keys,
 )
 from .configuration_hybrid_vlm import HybridVLMConfig
 from .hub import write_model_card
@@ -49,7 +60,7 @@ logger = logging.get_logger(__name__)
 
 
 
-@dataclass
+@model_output
 class HybridVLMModelOutputWithPast(BaseModelOutputWithPast):
     """Base model outputs plus the visual features that were scattered into the sequence."""
 
@@ -57,14 +68,15 @@ class HybridVLMModelOutputWithPast(BaseModelOutputWithPast):
     image_hidden_states: torch.FloatTensor | None = None
 
 
-@dataclass
+@model_output
 class HybridVLMCausalLMOutputWithPast(ModelOutput):
-    """Causal LM outputs; `aux_loss` is the MoE load-balancing loss when the LM has a router."""
+    """Causal LM outputs; `aux_loss` is the MoE load-balancing loss when the LM has a router. The cache field is
+    named as the installed transformers names it (`OUTPUT_CACHE_FIELD`)."""
 
     loss: torch.FloatTensor | None = None
     aux_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    past_key_values: Any = None
+    cache: Any = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     router_logits: tuple[torch.FloatTensor, ...] | None = None
@@ -78,7 +90,7 @@ class HybridVLMPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules: list[str] = []  # the sub-models' own lists are collected by transformers
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = list(CACHE_NAMES)
     _keep_in_fp32_modules = None  # set per instance in post_init: which SSM parameters exist depends on the LM
     _supports_flash_attn = True
     _supports_flash_attn_2 = True
@@ -188,11 +200,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         vision_no_split |= set(getattr(self.vision_tower, "_no_split_modules", None) or [])  # seam towers (Qwen2-VL)
         self._no_split_modules = sorted(set(self._no_split_modules or []) | vision_no_split)
         self._lm_arguments = frozenset(inspect.signature(self.language_model.forward).parameters)
-        self._cache_argument = (
-            "cache_params"
-            if "cache_params" in self._lm_arguments and "past_key_values" not in self._lm_arguments
-            else "past_key_values"
-        )
+        self._cache_argument = cache_argument(self.language_model.forward, default=GENERATE_CACHE_NAME)
         self.post_init()
 
     def _vision_feature_width(self) -> int | tuple[int, ...]:
@@ -496,6 +504,8 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         num_patches: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> HybridVLMModelOutputWithPast:
+        """The cache may come as `past_key_values`, `cache` or `cache_params` (transformers has used all three)."""
+        past_key_values = take_cache(kwargs, past_key_values=past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
@@ -540,23 +550,25 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             "output_router_logits": output_router_logits,
         }
         lm_kwargs.update({k: v for k, v in optional.items() if v is not None and k in self._lm_arguments})
-        if not IS_TRANSFORMERS_5 and "cache_position" in self._lm_arguments and use_cache:
-            lm_kwargs["cache_position"] = self._v4_cache_position(past_length, inputs_embeds, cache_position)
+        if "cache_position" in self._lm_arguments and use_cache:
+            legacy_position = legacy_cache_position(
+                text_config, past_length, inputs_embeds.shape[1], cache_position, inputs_embeds.device
+            )
+            if legacy_position is not None:
+                lm_kwargs["cache_position"] = legacy_position
 
         seq_len = inputs_embeds.shape[1]
         if use_cache and past_length > 0 and seq_len > 1 and self._is_stateful:
             outputs = self._continue_token_by_token(inputs_embeds, lm_kwargs, past_length)
         else:
             outputs = self._call_language_model(inputs_embeds, lm_kwargs)
-        cache = getattr(outputs, "past_key_values", None)
-        if cache is None:
-            cache = getattr(outputs, "cache_params", None)
+        cache = output_cache(outputs)
         if use_cache and cache is None:
             cache = past_key_values
         note_tokens_seen(cache, past_length, seq_len)
         return HybridVLMModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=cache if use_cache else None,
+            **cache_output_kwargs(cache if use_cache else None),
             hidden_states=getattr(outputs, "hidden_states", None),
             attentions=getattr(outputs, "attentions", None),
             router_logits=getattr(outputs, "router_logits", None),
@@ -573,17 +585,6 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             # SSM-only LMs use the mask just to zero padded inputs; it must cover exactly the new tokens.
             lm_kwargs = {**lm_kwargs, "attention_mask": attention_mask[:, -inputs_embeds.shape[1] :]}
         return self.language_model(inputs_embeds=inputs_embeds, **lm_kwargs)
-
-    def _v4_cache_position(
-        self, past_length: int, inputs_embeds: torch.Tensor, cache_position: torch.LongTensor | None
-    ) -> torch.LongTensor:
-        """transformers 4.x SSM caches read `cache_position`; Mamba-1 expects the conv window at prefill."""
-        device = inputs_embeds.device
-        if past_length == 0 and self.config.text_config.model_type in ("mamba", "falcon_mamba"):
-            return torch.arange(self.config.text_config.conv_kernel, device=device)
-        if cache_position is not None:
-            return cache_position
-        return torch.arange(past_length, past_length + inputs_embeds.shape[1], device=device)
 
     def _continue_token_by_token(
         self, inputs_embeds: torch.Tensor, lm_kwargs: dict[str, Any], past_length: int
@@ -611,22 +612,20 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             if cache_position is not None:
                 step_kwargs["cache_position"] = cache_position[step : step + 1]
             outputs = self._call_language_model(inputs_embeds[:, step : step + 1], step_kwargs)
-            cache = getattr(outputs, "past_key_values", None) or getattr(outputs, "cache_params", None)
+            cache = output_cache(outputs)
             if cache is not None:
                 lm_kwargs[self._cache_argument] = cache
             note_tokens_seen(lm_kwargs[self._cache_argument], past_length + step, 1)
             hidden.append(outputs.last_hidden_state)
         return BaseModelOutputWithPast(
-            last_hidden_state=torch.cat(hidden, dim=1), past_key_values=lm_kwargs[self._cache_argument]
+            last_hidden_state=torch.cat(hidden, dim=1), **cache_output_kwargs(lm_kwargs[self._cache_argument])
         )
 
 
 class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixin):
     """HybridVLM with a language-modelling head; what `AutoModelForImageTextToText` returns."""
 
-    _tied_weights_keys = (
-        {"lm_head.weight": "model.language_model.embed_tokens.weight"} if IS_TRANSFORMERS_5 else ["lm_head.weight"]
-    )
+    _tied_weights_keys = tied_weights_keys({"lm_head.weight": "model.language_model.embed_tokens.weight"})
 
     def __init__(self, config: HybridVLMConfig) -> None:
         super().__init__(config)
@@ -640,9 +639,9 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         if num_experts is not None:
             self.num_experts = num_experts
             self.num_experts_per_tok = text_config.num_experts_per_tok
-        if IS_TRANSFORMERS_5:
-            embed_name = _input_embedding_name(self.model.language_model)
-            self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embed_name}.weight"}
+        embed_name = _input_embedding_name(self.model.language_model)
+        tied = {"lm_head.weight": f"model.language_model.{embed_name}.weight"}
+        self._tied_weights_keys = tied_weights_keys(tied)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -696,6 +695,8 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         num_patches: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> HybridVLMCausalLMOutputWithPast | tuple:
+        """The cache may come as `past_key_values`, `cache` or `cache_params` (transformers has used all three)."""
+        past_key_values = take_cache(kwargs, past_key_values=past_key_values)
         if self.training:
             warn_if_fp16_with_ssm(self)  # once per model: fp16 overflows the SSM scan (DESIGN 5.6)
         text_config = self.config.text_config
@@ -740,7 +741,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
             loss=loss,
             aux_loss=aux_loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **cache_output_kwargs(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             router_logits=outputs.router_logits,
@@ -760,15 +761,16 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         pixel_values_videos: Any = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        if IS_TRANSFORMERS_5:
-            # transformers 5 drops pixel_values after prefill by itself (they are a known multimodal input).
+        past_key_values = take_cache(kwargs, past_key_values=past_key_values)
+        if GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL:
+            # generate() forwards pixel_values & co. only with the prefill by itself (known multimodal inputs).
             return super().prepare_inputs_for_generation(
                 input_ids,
-                past_key_values=past_key_values,
                 inputs_embeds=inputs_embeds,
                 pixel_values=pixel_values,
                 attention_mask=attention_mask,
                 pixel_values_videos=pixel_values_videos,
+                **{GENERATE_CACHE_NAME: past_key_values},
                 **kwargs,
             )
         use_cache = kwargs.get("use_cache", True)
@@ -777,7 +779,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
             past_key_values = new_language_model_cache(self.config.text_config, batch, self.dtype, self.device)
         model_inputs = super().prepare_inputs_for_generation(
             input_ids,
-            past_key_values=past_key_values,
+            **{GENERATE_CACHE_NAME: past_key_values},
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             **kwargs,
@@ -796,8 +798,9 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         """Let generate() build a standard cache only where the LM uses one; otherwise `forward` makes ours."""
         if self.config.decoder_type == "vamba":
             return False  # the model makes its VambaCache
-        if IS_TRANSFORMERS_5:
-            return self.config.text_config.model_type not in SSM_ONLY_MODEL_TYPES
+        model_type = self.config.text_config.model_type
+        if standard_cache_holds_ssm_state(model_type):
+            return model_type not in SSM_ONLY_MODEL_TYPES
         return not self._is_stateful
 
     def _reorder_cache(self, past_key_values: Any, beam_idx: torch.LongTensor) -> Any:

@@ -34,7 +34,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import transformers
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ImagesKwargs, MultiModalData, ProcessorMixin
@@ -42,6 +41,12 @@ from transformers.utils import logging
 
 from .anyres import anyres_token_count  # direct import: transformers 4.x remote code copies only direct imports
 from .caching import has_ssm_layers  # noqa: F401  (configuration's imports, for 4.x remote code: see there)
+from .compat import (
+    CHAT_TEMPLATE_TAKES_PROCESSOR_KWARGS,
+    PROCESSOR_ATTRIBUTES_FROM_SIGNATURE,
+    processor_attribute_names,
+    processor_view_with_attributes,
+)
 from .configuration_hybrid_vlm import FEATURE_SELECT_STRATEGIES, HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
 from .projectors import build_projector  # noqa: F401
@@ -80,7 +85,6 @@ from .video_processing_hybrid_vlm import (
 
 logger = logging.get_logger(__name__)
 
-_IS_TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 _NAME = "HybridVLMProcessor"
 _IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 
@@ -270,9 +274,9 @@ class HybridVLMProcessor(ProcessorMixin):
     """
 
     # transformers 4.x finds sub-processors through these; 5.x reads `__init__`'s parameters and warns about
-    # `*_class` attributes, so they are only declared on 4.x. The video processor is named by its own class: 4.x's
-    # "AutoVideoProcessor" resolves to a torchvision-only dummy (see `get_possibly_dynamic_module`).
-    if not _IS_TRANSFORMERS_5:
+    # `*_class` attributes, so they are only declared where they are read (see compat). The video processor is named
+    # by its own class: 4.x's "AutoVideoProcessor" resolves to a torchvision-only dummy.
+    if not PROCESSOR_ATTRIBUTES_FROM_SIGNATURE:
         attributes: ClassVar[list[str]] = ["image_processor", "tokenizer", "video_processor"]
         image_processor_class = "AutoImageProcessor"
         tokenizer_class = "AutoTokenizer"
@@ -951,11 +955,12 @@ class HybridVLMProcessor(ProcessorMixin):
         images = kwargs.pop("images", None)
         videos = kwargs.pop("videos", None)
         tokenize = bool(kwargs.get("tokenize", False))
-        if images is not None or videos is not None or (tokenize and not _IS_TRANSFORMERS_5):
+        routes_kwargs = CHAT_TEMPLATE_TAKES_PROCESSOR_KWARGS
+        if images is not None or videos is not None or (tokenize and not routes_kwargs):
             conversation = _prepare_conversations(
-                conversation, images, blocks_for_strings=not _IS_TRANSFORMERS_5, videos=videos
+                conversation, images, blocks_for_strings=not routes_kwargs, videos=videos
             )
-        if _IS_TRANSFORMERS_5 and tokenize:
+        if routes_kwargs and tokenize:
             # 5.x routes unknown kwargs to __call__ anyway, but warns on every call (TRL's collator passes padding=).
             processor_kwargs = dict(kwargs.pop("processor_kwargs", None) or {})
             known = _TOKENIZER_KWARGS | _PROCESSOR_TEXT_OPTIONS | self._image_kwarg_names() | set(_NESTED_KWARGS)
@@ -1186,18 +1191,14 @@ def _single_token_id(tokenizer: Any, token: str, role: str) -> int:
 
 def _sub_processor_names(cls: type) -> list[str]:
     """The processor's sub-processor attributes, in `__init__` order (4.x: `attributes`; 5.x: from the signature)."""
-    return list(cls.get_attributes()) if _IS_TRANSFORMERS_5 else list(cls.attributes)
+    return processor_attribute_names(cls)
 
 
 @functools.cache
 def _without_video_processor(cls: type) -> type:
     """A view of `cls` whose sub-processors exclude the video processor: the parent loads the others through it."""
     names = [name for name in _sub_processor_names(cls) if name != "video_processor"]
-    if _IS_TRANSFORMERS_5:
-        namespace: dict[str, Any] = {"get_attributes": classmethod(lambda view: list(names))}
-    else:
-        namespace = {"attributes": names}
-    return type(f"_{cls.__name__}WithoutVideo", (cls,), namespace)
+    return processor_view_with_attributes(cls, names)
 
 
 __all__ = ["HybridVLMProcessor"]

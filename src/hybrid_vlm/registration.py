@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import transformers
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -12,6 +11,7 @@ from transformers import (
     AutoProcessor,
 )
 
+from .compat import AUTO_MODEL_FOR_VISION2SEQ
 from .configuration_hybrid_vlm import HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
 from .modeling_hybrid_vlm import HybridVLMForConditionalGeneration, HybridVLMModel
@@ -25,9 +25,8 @@ def register_auto_classes() -> None:
     AutoModel.register(HybridVLMConfig, HybridVLMModel, exist_ok=True)
     # The ImageTextToText and Vision2Seq mappings are separate objects: register both (Vision2Seq is gone in 5.x).
     AutoModelForImageTextToText.register(HybridVLMConfig, HybridVLMForConditionalGeneration, exist_ok=True)
-    vision2seq = getattr(transformers, "AutoModelForVision2Seq", None)
-    if vision2seq is not None:
-        vision2seq.register(HybridVLMConfig, HybridVLMForConditionalGeneration, exist_ok=True)
+    if AUTO_MODEL_FOR_VISION2SEQ is not None:
+        AUTO_MODEL_FOR_VISION2SEQ.register(HybridVLMConfig, HybridVLMForConditionalGeneration, exist_ok=True)
     # TRL falls back to AutoModelForCausalLM when it is given a model path.
     AutoModelForCausalLM.register(HybridVLMConfig, HybridVLMForConditionalGeneration, exist_ok=True)
     AutoImageProcessor.register(

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import transformers
 from transformers import PreTrainedTokenizerFast
 
+from .compat import special_tokens_kwargs
 from .remote_code import write_text_atomic
 
 __all__ = [
@@ -134,7 +134,6 @@ CHAT_TEMPLATE = (
 )
 
 TINY_MODEL_MAX_LENGTH = 32768
-_TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 # Where the two lines (and 5.x's own __init__ kwargs) keep the extra special tokens.
 _EXTRA_TOKEN_KEYS = ("additional_special_tokens", "extra_special_tokens", "model_specific_special_tokens")
 # Attributes every transformers version knows by name; any other "*_token" key in a config is a named extra token.
@@ -159,12 +158,8 @@ def load_tiny_tokenizer() -> PreTrainedTokenizerFast:
             f"{tokenizer_file} is missing; regenerate it with src/hybrid_vlm/assets/build_tiny_tokenizer.py"
         )
     extra = [t for t in SPECIAL_TOKENS if t not in (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)]
-    # The two lines spell "unnamed extra tokens" and "named extra tokens" differently.
-    if _TRANSFORMERS_MAJOR >= 5:
-        # 5.x: a list means unnamed extra tokens; any other "*_token" keyword becomes a named one.
-        special_kwargs: dict[str, Any] = {"extra_special_tokens": extra, **NAMED_SPECIAL_TOKENS}
-    else:
-        special_kwargs = {"additional_special_tokens": extra, "extra_special_tokens": dict(NAMED_SPECIAL_TOKENS)}
+    # transformers releases spell "unnamed extra tokens" and "named extra tokens" differently (see compat).
+    special_kwargs = special_tokens_kwargs(extra, NAMED_SPECIAL_TOKENS)
     return PreTrainedTokenizerFast(
         tokenizer_file=str(tokenizer_file),
         bos_token=BOS_TOKEN,

@@ -106,14 +106,15 @@ def load_jsonl(data: str) -> list[dict[str, Any]]:
 
 def _load_model(name: str, bf16: bool) -> tuple[Any, Any]:
     import torch
-    import transformers
     from transformers import AutoProcessor
 
     import hybrid_vlm
 
     if name in hybrid_vlm.list_presets():
         return hybrid_vlm.from_preset(name)
-    auto = getattr(transformers, "AutoModelForImageTextToText", None) or transformers.AutoModelForVision2Seq
+    from hybrid_vlm.compat import auto_model_for_image_text_to_text
+
+    auto = auto_model_for_image_text_to_text()
     dtype = torch.bfloat16 if bf16 else torch.float32
     return auto.from_pretrained(name, dtype=dtype), AutoProcessor.from_pretrained(name)
 

@@ -41,6 +41,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 
+from .compat import cache_kwargs, cache_output_kwargs, take_cache
 from .ssm import SSMBlock, SSMState
 
 logger = logging.get_logger(__name__)
@@ -729,6 +730,7 @@ class VambaLanguageModel(nn.Module):
         visual positions the visual stream after the last layer (no final norm; an LM head should read only text
         positions). `attention_mask` is the usual 2-D padding mask, over the new tokens or over past + new tokens.
         """
+        past_key_values = take_cache(kwargs, past_key_values=past_key_values)
         if (inputs_embeds is None) == (input_ids is None):
             raise ValueError("Pass exactly one of inputs_embeds or input_ids.")
         if inputs_embeds is None:
@@ -823,7 +825,7 @@ class VambaLanguageModel(nn.Module):
             )
         result = BaseModelOutputWithPast(
             last_hidden_state=output,
-            past_key_values=cache if use_cache else None,
+            **cache_output_kwargs(cache if use_cache else None),
             hidden_states=tuple([*all_hidden, output]) if output_hidden_states else None,
         )
         return result if return_dict is not False else result.to_tuple()
@@ -850,7 +852,7 @@ class VambaLanguageModel(nn.Module):
                 hidden_states=normed,
                 position_embeddings=state.text_rope,
                 attention_mask=self_mask,
-                past_key_values=cache,
+                **cache_kwargs(layer.self_attn.forward, cache),
             )[0]
         else:
             attended = normed

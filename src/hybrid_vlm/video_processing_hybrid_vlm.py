@@ -40,19 +40,18 @@ from typing import Any, ClassVar
 import numpy as np
 import PIL.Image
 import torch
-from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import PILImageResampling
 from transformers.processing_utils import VideosKwargs
 from transformers.utils import cached_file, logging
 
+from .compat import VIDEO_PROCESSOR_BASE
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
 from .remote_code import write_text_atomic
 from .token_counts import VIDEO_LAYOUTS, TokenLayout, VisualTokenSpec, count_video_tokens
 
-try:  # transformers 5: the torchvision-free base of every video processor (what ProcessorMixin type-checks against)
-    from transformers.video_processing_utils import VideoProcessorMixin as _VideoProcessorBase
-except ImportError:  # transformers 4.x: its BaseVideoProcessor is a torchvision "fast" processor; use the plain base
-    _VideoProcessorBase = BaseImageProcessor
+# the torchvision-free base ProcessorMixin type-checks video processors against (see compat)
+_VideoProcessorBase = VIDEO_PROCESSOR_BASE
 
 logger = logging.get_logger(__name__)
 

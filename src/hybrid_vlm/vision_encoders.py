@@ -15,12 +15,12 @@ feeding both the same normalisation is a silent accuracy loss. The image process
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoModel, PretrainedConfig
 
+from .compat import UnwrappedVisionModel, unwrap_vision_model
 from .qwen2vl_vision import QWEN2VL_VISION_MODEL_TYPES, build_qwen2vl_vision_tower
 from .token_counts import vision_prefix_token_count
 
@@ -29,32 +29,9 @@ from .token_counts import vision_prefix_token_count
 VISION_FUSIONS = ("channel", "sequence")
 
 
-class UnwrappedVisionModel(nn.Module):
-    """A transformers 4.x CLIP/SigLIP vision model seen without its `vision_model` wrapper.
-
-    transformers 5 dropped that wrapper (and renames keys when loading old checkpoints). Registering the inner
-    modules directly here gives the 5.x weight layout (`model.vision_tower.encoder...`) on 4.x too, so a folder
-    saved by either line loads on the other; `forward` still runs the full 4.x model (hidden-state capture lives
-    in its decorated forward). The modules are shared, not copied.
-    """
-
-    def __init__(self, wrapped: nn.Module) -> None:
-        super().__init__()
-        for name, child in wrapped.vision_model.named_children():
-            self.add_module(name, child)
-        object.__setattr__(self, "wrapped", wrapped)  # not a registered child: no second copy of the keys
-        self.config = wrapped.config
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.wrapped(*args, **kwargs)
-
-
 def build_single_encoder(vision_config: PretrainedConfig) -> nn.Module:
     """One ViT-style encoder from its config, with the same weight names on transformers 4.x and 5.x."""
-    encoder = AutoModel.from_config(vision_config)
-    if isinstance(getattr(encoder, "vision_model", None), nn.Module):
-        return UnwrappedVisionModel(encoder)
-    return encoder
+    return unwrap_vision_model(AutoModel.from_config(vision_config))
 
 
 def hidden_state_maps(

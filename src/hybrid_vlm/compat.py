@@ -1,0 +1,348 @@
+"""Every difference between the transformers releases hybrid_vlm runs on, in one place, decided by probes.
+
+Remote code freezes this file into every checkpoint published with `remote_code=True`, and such a checkpoint is
+later loaded by transformers releases that did not exist when it was saved. So nothing here compares version
+numbers: each decision asks the installed transformers whether it has the feature in question (a keyword in a
+signature, a field of an output class, a class in a module) and the rest of the package asks this module. No other
+module tests the transformers version or picks between cache keyword names; `tests/test_compat.py` enforces it.
+
+This module imports only torch and transformers (it is part of the flat set of files remote code copies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel, ProcessorMixin
+from transformers.generation import utils as _generation_utils
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cache naming. transformers <= 5.23 calls the cache `past_key_values` (`cache_params` for Mamba-style models); 5.24
+# renamed both to `cache` in every output class, in what generate() passes to forward and in what it reads back.
+
+CACHE_NAMES = ("cache", "past_key_values", "cache_params")
+"""Every keyword a cache has travelled under, the newest first."""
+
+
+def _first_cache_name(names: Iterable[str], default: str) -> str:
+    names = set(names)
+    return next((name for name in CACHE_NAMES if name in names), default)
+
+
+OUTPUT_CACHE_FIELD = _first_cache_name((f.name for f in dataclasses.fields(BaseModelOutputWithPast)), "past_key_values")
+"""The field under which transformers' output classes (and ours) carry the cache."""
+
+GENERATE_CACHE_NAME = _first_cache_name(
+    inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters, "past_key_values"
+)
+"""The keyword generate() passes the cache to `prepare_inputs_for_generation` and `forward` under."""
+
+
+def cache_argument(function: Callable[..., Any], default: str | None = None) -> str | None:
+    """The cache keyword `function` declares (`cache`, `past_key_values` or `cache_params`), else `default`.
+
+    A callable that takes `**kwargs` would swallow a wrongly named cache silently, so the name is read off its
+    signature (decorators that rename deprecated keywords keep `__wrapped__`, which `inspect` follows).
+    """
+    parameters = inspect.signature(function).parameters
+    name = _first_cache_name(parameters, "")
+    return name or default
+
+
+def cache_kwargs(function: Callable[..., Any], cache: Any) -> dict[str, Any]:
+    """`{name: cache}` under the name `function` takes; TypeError when it takes none (the cache would be lost)."""
+    name = cache_argument(function)
+    if name is None:
+        owner = getattr(function, "__qualname__", function)
+        raise TypeError(f"{owner} takes no cache argument (none of {', '.join(CACHE_NAMES)}).")
+    return {name: cache}
+
+
+def take_cache(kwargs: dict[str, Any], **explicit: Any) -> Any:
+    """Remove the cache from `kwargs` (under any of its names) and return it, merged with explicit parameters.
+
+    `explicit` holds a function's own cache parameters (e.g. `past_key_values=past_key_values`). Two different names
+    carrying a cache at once is ambiguous and raises TypeError; a cache never stays in `kwargs`, where it would be
+    forwarded under a name the receiver ignores.
+    """
+    given = {name: value for name, value in explicit.items() if value is not None}
+    for name in CACHE_NAMES:
+        if name in kwargs:
+            value = kwargs.pop(name)
+            if value is not None:
+                if name in given and given[name] is not value:
+                    raise TypeError(f"the cache was passed twice as `{name}`.")
+                given[name] = value
+    if len(given) > 1:
+        raise TypeError(
+            f"got a cache under {' and '.join(f'`{n}`' for n in sorted(given))}; pass it once, under one name "
+            f"(`{GENERATE_CACHE_NAME}` on this transformers)."
+        )
+    return next(iter(given.values()), None)
+
+
+def output_cache(outputs: Any) -> Any:
+    """The cache an output object carries, whatever its class calls the field (None when it has none)."""
+    if outputs is None:
+        return None
+    fields = getattr(type(outputs), "__dataclass_fields__", None) or {}
+    for name in CACHE_NAMES:
+        if name in fields:
+            return getattr(outputs, name)
+    if isinstance(outputs, Mapping):
+        return next((outputs[name] for name in CACHE_NAMES if name in outputs.keys()), None)
+    return None
+
+
+def cache_output_kwargs(cache: Any) -> dict[str, Any]:
+    """`{field: cache}` for building a transformers (or our) output object on this transformers."""
+    return {OUTPUT_CACHE_FIELD: cache}
+
+
+def model_output(cls: type) -> type:
+    """`@dataclass` for a `ModelOutput` subclass whose cache field is declared as `cache`: the field gets the name
+    the installed transformers uses (generate() reads it back by that name)."""
+    annotations = cls.__dict__.get("__annotations__", {})
+    if "cache" in annotations and OUTPUT_CACHE_FIELD != "cache":
+        cls.__annotations__ = {(OUTPUT_CACHE_FIELD if k == "cache" else k): v for k, v in annotations.items()}
+        default = cls.__dict__.get("cache", None)
+        if "cache" in cls.__dict__:
+            delattr(cls, "cache")
+        setattr(cls, OUTPUT_CACHE_FIELD, default)
+    return dataclasses.dataclass(cls)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Generation hooks.
+
+GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL = hasattr(_generation_utils, "MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL")
+"""generate()'s own `prepare_inputs_for_generation` forwards `pixel_values` & co. only with the prefill (5.x); where
+it does not, ours decides (and creates the LM's own cache, see `legacy_cache_class`)."""
+
+# model_type -> (module, class) of the language models whose modeling file defines its own cache class (transformers
+# 4.x). Where the class is absent the standard `DynamicCache(config=...)` holds the SSM layers itself.
+_OWN_CACHE_CLASSES = {
+    "jamba": ("transformers.models.jamba.modeling_jamba", "HybridMambaAttentionDynamicCache"),
+    "bamba": ("transformers.models.bamba.modeling_bamba", "HybridMambaAttentionDynamicCache"),
+    "granitemoehybrid": (
+        "transformers.models.granitemoehybrid.modeling_granitemoehybrid",
+        "HybridMambaAttentionDynamicCache",
+    ),
+    "zamba2": ("transformers.models.zamba2.modeling_zamba2", "Zamba2HybridDynamicCache"),
+    "zamba": ("transformers.models.zamba.modeling_zamba", "ZambaHybridDynamicCache"),
+    "falcon_h1": ("transformers.models.falcon_h1.modeling_falcon_h1", "FalconHybridMambaAttentionDynamicCache"),
+    "mamba": ("transformers.models.mamba.modeling_mamba", "MambaCache"),
+    "falcon_mamba": ("transformers.models.falcon_mamba.modeling_falcon_mamba", "FalconMambaCache"),
+    "mamba2": ("transformers.models.mamba2.modeling_mamba2", "Mamba2Cache"),
+}
+
+
+def legacy_cache_class(model_type: str) -> type | None:
+    """The LM's own cache class where its modeling module still defines one (transformers 4.x), else None."""
+    entry = _OWN_CACHE_CLASSES.get(model_type)
+    if entry is None:
+        return None
+    try:
+        module = importlib.import_module(entry[0])
+    except ImportError:
+        return None
+    return getattr(module, entry[1], None)
+
+
+def standard_cache_holds_ssm_state(model_type: str) -> bool:
+    """Whether transformers' `DynamicCache(config=text_config)` is this LM's cache (SSM layers included)."""
+    return legacy_cache_class(model_type) is None
+
+
+def build_legacy_cache(
+    cache_class: type, text_config: Any, batch_size: int, dtype: torch.dtype, device: torch.device
+) -> Any:
+    """Construct a transformers 4.x per-model cache; their constructors disagree on arguments."""
+    if text_config.model_type in ("mamba", "falcon_mamba"):
+        return cache_class(text_config, max_batch_size=batch_size, dtype=dtype, device=device)
+    if text_config.model_type == "falcon_h1":
+        return cache_class(text_config, batch_size, dtype, devices=[device] * text_config.num_hidden_layers)
+    return cache_class(text_config, batch_size, dtype=dtype, device=device)
+
+
+def new_standard_cache(text_config: Any, cache_class: type = DynamicCache) -> Any:
+    """A standard cache built from the LM's config (its `layer_types` decide which layers hold SSM state)."""
+    return cache_class(config=text_config)
+
+
+def legacy_cache_position(
+    text_config: Any, past_length: int, new_tokens: int, cache_position: torch.Tensor | None, device: torch.device
+) -> torch.LongTensor | None:
+    """`cache_position` for LMs with their own cache class (4.x), which read it; None for the others.
+
+    4.x Mamba-1 expects the conv window's positions at prefill.
+    """
+    if legacy_cache_class(text_config.model_type) is None:
+        return None
+    if past_length == 0 and text_config.model_type in ("mamba", "falcon_mamba"):
+        return torch.arange(text_config.conv_kernel, device=device)
+    if cache_position is not None:
+        return cache_position
+    return torch.arange(past_length, past_length + new_tokens, device=device)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model class attributes.
+
+TIED_WEIGHTS_AS_MAPPING = hasattr(PreTrainedModel, "get_expanded_tied_weights_keys")
+"""`_tied_weights_keys` maps target -> source (5.x) rather than listing the tied targets (4.x)."""
+
+
+def tied_weights_keys(mapping: Mapping[str, str]) -> dict[str, str] | list[str]:
+    """`_tied_weights_keys` in the form the installed transformers reads."""
+    return dict(mapping) if TIED_WEIGHTS_AS_MAPPING else list(mapping)
+
+
+def revert_weight_conversion(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict under its on-disk names: transformers that fuse weights in memory (MoE experts) save them
+    unfused; where there is no such conversion the state is returned as it is."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion as revert
+    except ImportError:
+        return state
+    return revert(model, state)
+
+
+class UnwrappedVisionModel(nn.Module):
+    """A CLIP/SigLIP vision model seen without its `vision_model` wrapper (transformers 4.x has one, 5.x not).
+
+    Registering the inner modules directly gives the unwrapped weight layout (`model.vision_tower.encoder...`)
+    everywhere, so a folder saved by either line loads on the other; `forward` still runs the wrapped model (its
+    hidden-state capture lives in its decorated forward). The modules are shared, not copied.
+    """
+
+    def __init__(self, wrapped: nn.Module) -> None:
+        super().__init__()
+        for name, child in wrapped.vision_model.named_children():
+            self.add_module(name, child)
+        object.__setattr__(self, "wrapped", wrapped)  # not a registered child: no second copy of the keys
+        self.config = wrapped.config
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.wrapped(*args, **kwargs)
+
+
+def unwrap_vision_model(encoder: nn.Module) -> nn.Module:
+    """The encoder with the weight layout of the unwrapped vision models (see `UnwrappedVisionModel`)."""
+    if isinstance(getattr(encoder, "vision_model", None), nn.Module):
+        return UnwrappedVisionModel(encoder)
+    return encoder
+
+
+def disable_unusable_mixer_kernels(language_model: nn.Module) -> bool:
+    """Switch the LM's SSM mixers that carry a `use_fast_kernels` flag (transformers 4.x Jamba) to their torch path;
+    such a mixer raises when the flag is set and the kernels cannot run. Returns whether any was switched."""
+    switched = False
+    for module in language_model.modules():
+        if getattr(module, "use_fast_kernels", False):
+            module.use_fast_kernels = False
+            switched = True
+    return switched
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Auto classes.
+
+AUTO_MODEL_FOR_VISION2SEQ = getattr(transformers, "AutoModelForVision2Seq", None)
+"""`AutoModelForVision2Seq` where it exists (removed in transformers 5): a separate mapping from ImageTextToText."""
+
+
+def auto_model_for_image_text_to_text() -> Any:
+    """The Auto class for VLMs with a text head: ImageTextToText, or Vision2Seq where that is all there is."""
+    return getattr(transformers, "AutoModelForImageTextToText", None) or AUTO_MODEL_FOR_VISION2SEQ
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Processors and tokenizers.
+
+PROCESSOR_ATTRIBUTES_FROM_SIGNATURE = hasattr(ProcessorMixin, "get_attributes")
+"""ProcessorMixin finds sub-processors from `__init__`'s parameters (5.x) rather than from `attributes` and
+`*_class` attributes (4.x)."""
+
+CHAT_TEMPLATE_TAKES_PROCESSOR_KWARGS = "processor_kwargs" in inspect.signature(
+    ProcessorMixin.apply_chat_template
+).parameters
+"""`ProcessorMixin.apply_chat_template` routes `processor_kwargs` to `__call__` (5.x). Its predecessor (4.x) also
+assumed list-of-blocks message contents when tokenizing, so strings are turned into text blocks there."""
+
+
+def processor_attribute_names(cls: type) -> list[str]:
+    """A processor class's sub-processor attribute names, in `__init__` order."""
+    return list(cls.get_attributes()) if PROCESSOR_ATTRIBUTES_FROM_SIGNATURE else list(cls.attributes)
+
+
+def processor_view_with_attributes(cls: type, names: list[str]) -> type:
+    """A subclass of `cls` whose sub-processors are only `names` (so the parent's loader skips the others)."""
+    if PROCESSOR_ATTRIBUTES_FROM_SIGNATURE:
+        namespace: dict[str, Any] = {"get_attributes": classmethod(lambda view: list(names))}
+    else:
+        namespace = {"attributes": list(names)}
+    return type(f"_{cls.__name__}View", (cls,), namespace)
+
+
+try:  # the torchvision-free base every video processor derives from, where there is one (5.x)
+    from transformers.video_processing_utils import VideoProcessorMixin as _VideoProcessorMixin
+except ImportError:  # 4.x: BaseVideoProcessor is a torchvision "fast" processor; the plain image base works
+    from transformers.image_processing_utils import BaseImageProcessor as _VideoProcessorMixin
+VIDEO_PROCESSOR_BASE: type = _VideoProcessorMixin
+
+_UNNAMED_EXTRAS_KEY = (
+    "additional_special_tokens"
+    if "additional_special_tokens" in getattr(PreTrainedTokenizerBase, "SPECIAL_TOKENS_ATTRIBUTES", ())
+    else "extra_special_tokens"
+)
+
+
+def special_tokens_kwargs(extra: list[str], named: Mapping[str, str]) -> dict[str, Any]:
+    """Tokenizer constructor keywords for unnamed extra special tokens plus named ones (`image_token=...`).
+
+    Where `additional_special_tokens` is a standard attribute (4.x) it takes the list and `extra_special_tokens` the
+    named ones; otherwise (5.x) a list under `extra_special_tokens` is unnamed and every `*_token` keyword is named.
+    """
+    if _UNNAMED_EXTRAS_KEY == "additional_special_tokens":
+        return {"additional_special_tokens": list(extra), "extra_special_tokens": dict(named)}
+    return {"extra_special_tokens": list(extra), **named}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Config files.
+
+
+def decode_special_floats(value: Any) -> Any:
+    """Some transformers releases write inf/nan in config.json as {"__float__": "Infinity"}; others cannot read that
+    back. Decoded everywhere (a no-op for plain JSON)."""
+    if isinstance(value, dict):
+        if set(value) == {"__float__"}:
+            return float(value["__float__"])
+        return {k: decode_special_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_special_floats(v) for v in value]
+    return value
+
+
+def feature_report() -> list[tuple[str, str]]:
+    """What each probe found on the installed transformers (printed by `hybrid-vlm env`)."""
+    return [
+        ("cache keyword (generate)", GENERATE_CACHE_NAME),
+        ("cache field (outputs)", OUTPUT_CACHE_FIELD),
+        ("generate drops visual inputs after prefill", str(GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL)),
+        ("per-model SSM cache classes", str(legacy_cache_class("jamba") is not None)),
+        ("tied weights as mapping", str(TIED_WEIGHTS_AS_MAPPING)),
+        ("processor attributes from signature", str(PROCESSOR_ATTRIBUTES_FROM_SIGNATURE)),
+        ("AutoModelForVision2Seq", str(AUTO_MODEL_FOR_VISION2SEQ is not None)),
+        ("unnamed extra special tokens key", _UNNAMED_EXTRAS_KEY),
+    ]
