@@ -81,10 +81,26 @@ def assert_same_continuation(batched_row: torch.Tensor, single: torch.Tensor) ->
 GREEDY = dict(do_sample=False, suppress_tokens=[IMAGE_TOKEN_ID], pad_token_id=PAD_ID)
 
 
+def _other_pythons() -> list[str]:
+    """Interpreters of the other transformers releases CI tests (`HYBRID_VLM_OTHER_PYTHON`, os.pathsep-separated)."""
+    return [path for path in os.environ.get("HYBRID_VLM_OTHER_PYTHON", "").split(os.pathsep) if path]
+
+
+def _release_id(path: str | None) -> str:
+    return Path(path).parent.parent.name if path else "none"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every cross-version test runs once per other release: checkpoints must load in every direction."""
+    if "other_python" in metafunc.fixturenames:
+        paths = _other_pythons() or [None]
+        metafunc.parametrize("other_python", paths, ids=[_release_id(p) for p in paths], indirect=True)
+
+
 @pytest.fixture
-def other_python() -> str:
-    """The interpreter of the other transformers line (4.57 <-> 5.x), for cross-version checks."""
-    path = os.environ.get("HYBRID_VLM_OTHER_PYTHON")
+def other_python(request: pytest.FixtureRequest) -> str:
+    """The interpreter of another transformers release (4.57 <-> 5.23 <-> newest), for cross-version checks."""
+    path = request.param
     if not path or not Path(path).exists():
-        pytest.skip("set HYBRID_VLM_OTHER_PYTHON to the other transformers line's python (.ci/run does)")
+        pytest.skip("set HYBRID_VLM_OTHER_PYTHON to the other transformers releases' pythons (.ci/run does)")
     return path

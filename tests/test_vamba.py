@@ -12,6 +12,7 @@ from transformers import GenerationMixin, PreTrainedModel, Qwen2Config
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from hybrid_vlm import compat
 from hybrid_vlm.vamba import (
     VERIFIED_MODEL_TYPES,
     VambaCache,
@@ -483,11 +484,11 @@ class _TinyVambaForCausalLM(PreTrainedModel, GenerationMixin):
             visual_mask=input_ids == VISUAL_ID,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            past_key_values=compat.take_cache(kwargs, past_key_values=past_key_values),  # generate()'s name varies
             use_cache=use_cache,
         )
         return CausalLMOutputWithPast(
-            logits=self.lm_head(outputs.last_hidden_state), past_key_values=outputs.past_key_values
+            logits=self.lm_head(outputs.last_hidden_state), **compat.cache_output_kwargs(compat.output_cache(outputs))
         )
 
 

@@ -46,7 +46,7 @@ from torch.utils._pytree import tree_leaves
 
 from .anyres import anyres_token_count
 from .caching import SSM_ONLY_MODEL_TYPES
-from .compat import output_cache
+from .compat import TRANSFORMERS_VERSION, output_cache
 from .presets import preset_config
 from .token_counts import VisualTokenSpec
 
@@ -1279,14 +1279,13 @@ def _cpu_name() -> str:
 
 def _header_line(device: torch.device, dtype: str, size: str, repeats: int, stat: str) -> str:
     """Device, threads, size, repetitions and library versions: the first line of every report."""
-    import transformers
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     shape = SIZES[size]
     return (
         f"hybrid_vlm bench: device {device} ({where}, {torch.get_num_threads()} torch threads), dtype {dtype}, size "
         f"{size} (hidden {shape.hidden_size}, {shape.num_hidden_layers} layers), repeats {repeats} ({stat}); "
-        f"torch {torch.__version__}, transformers {transformers.__version__}"
+        f"torch {torch.__version__}, transformers {TRANSFORMERS_VERSION}"
     )
 
 

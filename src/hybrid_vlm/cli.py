@@ -178,9 +178,7 @@ def _version(package: str) -> str:
 
 
 def run_env() -> int:
-    """Print versions and which compute paths would run."""
-    import transformers
-
+    """Print versions, what compat's probes found, and which compute paths would run."""
     import hybrid_vlm
     from hybrid_vlm.compat import feature_report
     from hybrid_vlm.kernels import KERNEL_PACKAGES, installed_kernels, mamba_kernels_usable
@@ -189,7 +187,6 @@ def run_env() -> int:
         ("hybrid_vlm", hybrid_vlm.__version__),
         ("python", platform.python_version()),
         ("torch", torch.__version__),
-        ("transformers", transformers.__version__),
     ]
     rows += [(f"  {name}", value) for name, value in feature_report()]
     rows += [(name, _version(name)) for name in ("trl", "peft", "accelerate", "datasets", "av", "torchvision")]

@@ -25,6 +25,9 @@ from transformers.generation import utils as _generation_utils
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+TRANSFORMERS_VERSION: str = transformers.__version__
+"""For reports only (`hybrid-vlm env`, benchmark headers); nothing is decided by it."""
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Cache naming. transformers <= 5.23 calls the cache `past_key_values` (`cache_params` for Mamba-style models); 5.24
 # renamed both to `cache` in every output class, in what generate() passes to forward and in what it reads back.
@@ -127,6 +130,27 @@ def model_output(cls: type) -> type:
 GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL = hasattr(_generation_utils, "MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL")
 """generate()'s own `prepare_inputs_for_generation` forwards `pixel_values` & co. only with the prefill (5.x); where
 it does not, ours decides (and creates the LM's own cache, see `legacy_cache_class`)."""
+
+
+
+def continuation_length(
+    input_ids: torch.Tensor, past_length: int | None, attention_mask: torch.Tensor | None, kwargs: dict[str, Any]
+) -> None:
+    """Make generate() feed only the tokens a non-empty cache has not seen.
+
+    generate() slices the prompt by the cache's length, but some releases skip that for caches whose layers are all
+    recurrent (`is_linear`: they cannot tell their length), handing the whole conversation to the model again. Our
+    caches always know their length, so where generate() left `next_sequence_length` unset at the first iteration
+    and the prompt (and mask) cover more than the cache holds, it is set here, as generate() does for other caches.
+    """
+    if "next_sequence_length" not in kwargs or kwargs["next_sequence_length"] is not None:
+        return
+    if not kwargs.get("is_first_iteration", True) or not past_length:
+        return
+    length = input_ids.shape[1]
+    if length > past_length and (attention_mask is None or attention_mask.shape[1] == length):
+        kwargs["next_sequence_length"] = length - past_length
+
 
 # model_type -> (module, class) of the language models whose modeling file defines its own cache class (transformers
 # 4.x). Where the class is absent the standard `DynamicCache(config=...)` holds the SSM layers itself.
@@ -337,6 +361,7 @@ def decode_special_floats(value: Any) -> Any:
 def feature_report() -> list[tuple[str, str]]:
     """What each probe found on the installed transformers (printed by `hybrid-vlm env`)."""
     return [
+        ("transformers", TRANSFORMERS_VERSION),
         ("cache keyword (generate)", GENERATE_CACHE_NAME),
         ("cache field (outputs)", OUTPUT_CACHE_FIELD),
         ("generate drops visual inputs after prefill", str(GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL)),

@@ -33,6 +33,7 @@ from .compat import (
     GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL,
     cache_argument,
     cache_output_kwargs,
+    continuation_length,
     legacy_cache_position,
     model_output,
     output_cache,
@@ -502,10 +503,11 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         pixel_values_videos: torch.FloatTensor | list[torch.FloatTensor] | None = None,
         image_grids: torch.LongTensor | None = None,
         num_patches: torch.LongTensor | None = None,
+        cache: Any = None,
         **kwargs: Any,
     ) -> HybridVLMModelOutputWithPast:
         """The cache may come as `past_key_values`, `cache` or `cache_params` (transformers has used all three)."""
-        past_key_values = take_cache(kwargs, past_key_values=past_key_values)
+        past_key_values = take_cache(kwargs, past_key_values=past_key_values, cache=cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
@@ -693,10 +695,11 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         pixel_values_videos: torch.FloatTensor | list[torch.FloatTensor] | None = None,
         image_grids: torch.LongTensor | None = None,
         num_patches: torch.LongTensor | None = None,
+        cache: Any = None,
         **kwargs: Any,
     ) -> HybridVLMCausalLMOutputWithPast | tuple:
         """The cache may come as `past_key_values`, `cache` or `cache_params` (transformers has used all three)."""
-        past_key_values = take_cache(kwargs, past_key_values=past_key_values)
+        past_key_values = take_cache(kwargs, past_key_values=past_key_values, cache=cache)
         if self.training:
             warn_if_fp16_with_ssm(self)  # once per model: fp16 overflows the SSM scan (DESIGN 5.6)
         text_config = self.config.text_config
@@ -759,11 +762,14 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         pixel_values_videos: Any = None,
+        cache: Any = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        past_key_values = take_cache(kwargs, past_key_values=past_key_values)
+        past_key_values = take_cache(kwargs, past_key_values=past_key_values, cache=cache)
         if GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL:
             # generate() forwards pixel_values & co. only with the prefill by itself (known multimodal inputs).
+            if inputs_embeds is None:
+                continuation_length(input_ids, cache_seq_length(past_key_values), attention_mask, kwargs)
             return super().prepare_inputs_for_generation(
                 input_ids,
                 inputs_embeds=inputs_embeds,

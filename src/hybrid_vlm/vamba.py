@@ -798,7 +798,7 @@ class VambaLanguageModel(nn.Module):
             visual_filled=visual_filled,
             cross_mask=cross_mask,
             has_visual=has_visual,
-            cache=cache,
+            vamba_cache=cache,
         )
         all_hidden: list[torch.Tensor] = []
         for index, layer in enumerate(self.layers):
@@ -844,7 +844,7 @@ class VambaLanguageModel(nn.Module):
         visual: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One decoder layer on both streams (see the module docstring for the equations)."""
-        cache = state.cache
+        cache = state.vamba_cache
         residual = text
         normed = layer.input_layernorm(text)
         if text.shape[1]:
@@ -1005,7 +1005,7 @@ class _LayerInputs:
     visual_filled: torch.Tensor
     cross_mask: torch.Tensor | None
     has_visual: torch.Tensor | None
-    cache: VambaCache | None
+    vamba_cache: VambaCache | None
 
 
 class _SelfAttentionMasks:
