@@ -267,6 +267,12 @@ def unwrap_vision_model(encoder: nn.Module) -> nn.Module:
     return encoder
 
 
+def merged_vision_features(output: Any) -> torch.Tensor:
+    """The merged patch features of Qwen2-VL's vision model: the output itself (4.x) or its `pooler_output` (5.x,
+    a `BaseModelOutputWithPooling`)."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
 def disable_unusable_mixer_kernels(language_model: nn.Module) -> bool:
     """Switch the LM's SSM mixers that carry a `use_fast_kernels` flag (transformers 4.x Jamba) to their torch path;
     such a mixer raises when the flag is set and the kernels cannot run. Returns whether any was switched."""
@@ -302,6 +308,14 @@ CHAT_TEMPLATE_TAKES_PROCESSOR_KWARGS = "processor_kwargs" in inspect.signature(
 ).parameters
 """`ProcessorMixin.apply_chat_template` routes `processor_kwargs` to `__call__` (5.x). Its predecessor (4.x) also
 assumed list-of-blocks message contents when tokenizing, so strings are turned into text blocks there."""
+
+
+def record_processor_class(image_processor: Any, processor_class: str) -> None:
+    """Record the owning processor's class in an image processor's saved JSON where transformers does so (4.x has
+    `_set_processor_class`; 5.x nests sub-processors in processor_config.json instead)."""
+    setter = getattr(image_processor, "_set_processor_class", None)
+    if setter is not None:
+        setter(processor_class)
 
 
 def processor_attribute_names(cls: type) -> list[str]:

@@ -46,6 +46,7 @@ from .compat import (
     PROCESSOR_ATTRIBUTES_FROM_SIGNATURE,
     processor_attribute_names,
     processor_view_with_attributes,
+    record_processor_class,
 )
 from .configuration_hybrid_vlm import FEATURE_SELECT_STRATEGIES, HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
@@ -1009,8 +1010,7 @@ class HybridVLMProcessor(ProcessorMixin):
         directory = Path(save_directory)
         make_tokenizer_files_portable(directory)
         # Always rewritten (never left over from an earlier save): 4.x loads the image processor from this file.
-        if hasattr(self.image_processor, "_set_processor_class"):  # 4.x records it; 5.x has no such method
-            self.image_processor._set_processor_class(self.__class__.__name__)
+        record_processor_class(self.image_processor, self.__class__.__name__)
         write_text_atomic(directory / _IMAGE_PROCESSOR_FILE, self.image_processor.to_json_string())
         write_text_atomic(directory / VIDEO_PROCESSOR_FILE, self.video_processor.to_json_string())
         if remote_code:

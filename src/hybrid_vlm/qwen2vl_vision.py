@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
+from .compat import merged_vision_features
+
 # `model_type` of transformers' Qwen2VLVisionConfig: "qwen2_vl_vision" on 5.x; 4.x gives the vision config the
 # composite's name, "qwen2_vl". Both name the same config class on their line.
 QWEN2VL_VISION_MODEL_TYPES = ("qwen2_vl_vision", "qwen2_vl")
@@ -234,8 +236,7 @@ class Qwen2VLVisionEncoder(nn.Module):
         batch = grid_thw.shape[0]
         dtype = self.patch_embed.proj.weight.dtype
         output = self.wrapped(flat.to(dtype), grid_thw=grid_thw)
-        # transformers 4.x returns the merged tensor; 5.x a BaseModelOutputWithPooling with it as pooler_output.
-        merged = output if isinstance(output, torch.Tensor) else output.pooler_output
+        merged = merged_vision_features(output)
         tokens = (height // self.patch_size) * (width // self.patch_size)
         return [merged.reshape(batch, tokens, merged.shape[-1])]
 
