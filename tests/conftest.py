@@ -94,10 +94,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every cross-version test runs once per other release: checkpoints must load in every direction."""
     if "other_python" in metafunc.fixturenames:
         paths = _other_pythons() or [None]
-        metafunc.parametrize("other_python", paths, ids=[_release_id(p) for p in paths], indirect=True)
+        metafunc.parametrize(
+            "other_python", paths, ids=[_release_id(p) for p in paths], indirect=True, scope="module"
+        )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def other_python(request: pytest.FixtureRequest) -> str:
     """The interpreter of another transformers release (4.57 <-> 5.23 <-> newest), for cross-version checks."""
     path = request.param

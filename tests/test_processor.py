@@ -426,10 +426,7 @@ def test_save_and_auto_load_round_trip(processor, tmp_path):
 # ------------------------------------------------------------------------------------------------ cross version
 
 
-def _run_other(*args: str) -> dict[str, Any]:
-    other = os.environ.get("HYBRID_VLM_OTHER_PYTHON")
-    if not other:
-        pytest.skip("set HYBRID_VLM_OTHER_PYTHON to the other transformers line's python for cross-version tests")
+def _run_other(other: str, *args: str) -> dict[str, Any]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     proc = subprocess.run(
         [other, str(Path(__file__).resolve()), *args], capture_output=True, text=True, env=env, timeout=300
@@ -439,11 +436,11 @@ def _run_other(*args: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def other_side(processor, tmp_path_factory) -> dict[str, Any]:
+def other_side(processor, tmp_path_factory, other_python) -> dict[str, Any]:
     """One subprocess for both directions: it saves into ``saved_there`` and describes what we saved here."""
     saved_here, saved_there = tmp_path_factory.mktemp("saved_here"), tmp_path_factory.mktemp("saved_there")
     save_folder(processor, saved_here)
-    report = _run_other(str(saved_there), str(saved_here))
+    report = _run_other(other_python, str(saved_there), str(saved_here))
     assert report["transformers"] != transformers.__version__, "HYBRID_VLM_OTHER_PYTHON runs the same line"
     return {**report, "saved_there": saved_there}
 

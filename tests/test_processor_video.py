@@ -368,10 +368,7 @@ def test_folder_saved_without_a_video_processor_still_loads(processor, tmp_path,
     assert describe(loaded, str(clips["long"])) == describe(processor, str(clips["long"]))
 
 
-def _run_other(*args: str) -> dict[str, Any]:
-    other = os.environ.get("HYBRID_VLM_OTHER_PYTHON")
-    if not other:
-        pytest.skip("set HYBRID_VLM_OTHER_PYTHON to the other transformers line's python for cross-version tests")
+def _run_other(other: str, *args: str) -> dict[str, Any]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     proc = subprocess.run(
         [other, str(Path(__file__).resolve()), *args], capture_output=True, text=True, env=env, timeout=300
@@ -380,11 +377,11 @@ def _run_other(*args: str) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_folders_cross_transformers_lines(tmp_path, clips):
+def test_folders_cross_transformers_lines(tmp_path, clips, other_python):
     processor = build_processor("longllava", num_frames=3)
     saved_here, saved_there = tmp_path / "here", tmp_path / "there"
     save_folder(processor, saved_here)
-    report = _run_other(str(saved_there), str(saved_here), str(clips["long"]))
+    report = _run_other(other_python, str(saved_there), str(saved_here), str(clips["long"]))
     assert report["transformers"] != transformers.__version__, "HYBRID_VLM_OTHER_PYTHON runs the same line"
     mine = describe(processor, str(clips["long"]))
     assert report["loaded"] == mine, f"loaded by transformers {report['transformers']}"

@@ -248,20 +248,10 @@ def test_portable_rejects_bad_input(tmp_path):
 # ------------------------------------------------------------------------------------------------ cross version
 
 
-def _other_python() -> str:
-    other = os.environ.get("HYBRID_VLM_OTHER_PYTHON")
-    if not other:
-        pytest.skip(
-            "set HYBRID_VLM_OTHER_PYTHON to a python with the other transformers line (4.x vs 5.x) and hybrid_vlm "
-            "installed to run the cross-version tokenizer tests"
-        )
-    return other
-
-
-def _run_other(*args: str) -> str:
+def _run_other(other: str, *args: str) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     proc = subprocess.run(
-        [_other_python(), str(Path(__file__).resolve()), *args],
+        [other, str(Path(__file__).resolve()), *args],
         check=False,
         capture_output=True,
         text=True,
@@ -273,14 +263,13 @@ def _run_other(*args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def other_side(tokenizer, tmp_path_factory) -> dict[str, Any]:
+def other_side(tokenizer, tmp_path_factory, other_python) -> dict[str, Any]:
     """One subprocess for both directions (starting the other interpreter costs seconds): it saves the tiny
     tokenizer into ``saved_there`` and describes the portable folder this process saved into ``saved_here``."""
-    _other_python()
     saved_here, saved_there = tmp_path_factory.mktemp("saved_here"), tmp_path_factory.mktemp("saved_there")
     tokenizer.save_pretrained(saved_here)
     make_tokenizer_files_portable(saved_here)
-    report = json.loads(_run_other(str(saved_there), str(saved_here)))
+    report = json.loads(_run_other(other_python, str(saved_there), str(saved_here)))
     return {"version": report.pop("transformers"), "report": report, "saved_there": saved_there}
 
 
