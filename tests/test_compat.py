@@ -193,3 +193,13 @@ def test_feature_report_names_every_probe():
     report = dict(compat.feature_report())
     assert report["cache keyword (generate)"] in compat.CACHE_NAMES
     assert report["transformers"] == compat.TRANSFORMERS_VERSION
+
+
+def test_remote_code_folders_carry_compat(tmp_path):
+    """A checkpoint saved with remote code takes compat.py along for both the model and the processor side."""
+    from hybrid_vlm.remote_code import write_model_remote_code, write_processor_remote_code
+
+    (tmp_path / "config.json").write_text("{}")
+    assert "compat.py" in write_model_remote_code(tmp_path)
+    assert "compat.py" in write_processor_remote_code(tmp_path)
+    assert (tmp_path / "compat.py").read_text() == (PACKAGE / "compat.py").read_text()
