@@ -77,6 +77,7 @@ _FRAME_PARAM_NAMES: tuple[str, ...] = (
     "image_mean",
     "image_std",
     "do_convert_rgb",
+    "image_aspect_ratio",
 )
 _SAMPLING_PARAM_NAMES: tuple[str, ...] = (
     "do_sample_frames",
@@ -847,6 +848,7 @@ class HybridVLMVideoProcessor(_VideoProcessorBase):
         image_mean: float | Sequence[float] | None = None,
         image_std: float | Sequence[float] | None = None,
         do_convert_rgb: bool = True,
+        image_aspect_ratio: str | None = None,
         do_sample_frames: bool | None = None,
         sampling: str = "uniform",
         num_frames: int | None = 8,
@@ -879,6 +881,7 @@ class HybridVLMVideoProcessor(_VideoProcessorBase):
             "image_mean": image_mean,
             "image_std": image_std,
             "do_convert_rgb": do_convert_rgb,
+            "image_aspect_ratio": image_aspect_ratio,
         }
         self._frame_processor = self._make_frame_processor(frame_params)
         for name in _FRAME_PARAM_NAMES:  # the image processor's validated, normalised values
@@ -914,7 +917,12 @@ class HybridVLMVideoProcessor(_VideoProcessorBase):
     def from_image_processor(cls, image_processor: HybridVLMImageProcessor, **kwargs: Any) -> HybridVLMVideoProcessor:
         """A video processor whose frames get exactly the image processor's resize/normalisation (what the vision
         tower was trained on); ``kwargs`` set sampling parameters or override frame parameters."""
-        params = {name: copy.deepcopy(getattr(image_processor, name)) for name in _FRAME_PARAM_NAMES}
+        # image_aspect_ratio is newer than the other frame parameters: processors saved before it have none.
+        params = {
+            name: copy.deepcopy(getattr(image_processor, name) if name != "image_aspect_ratio"
+                                else getattr(image_processor, name, None))
+            for name in _FRAME_PARAM_NAMES
+        }
         params.update(kwargs)
         return cls(**params)
 

@@ -1,0 +1,182 @@
+"""Parity with LongLLaVA's own code: `hybrid-vlm convert --from longllava` on the reference checkpoint, then the
+converted folder's processor and chat template on each case's raw inputs, must give the reference's ids, pixels,
+logits and greedy tokens.
+
+The fixtures (a tiny random LongLLaVA checkpoint saved by the unmodified research code, and what that code produced
+for each case) live outside the repository, in `../shared/parity/longllava/` next to the checkout; their README says
+how every file was made. Without them these tests skip.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+import hybrid_vlm  # noqa: F401  (registers the Auto classes)
+from hybrid_vlm.convert import convert
+
+PARITY = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "longllava"
+CASES = sorted(p.name for p in (PARITY / "cases").iterdir() if (p / "case.json").is_file()) if PARITY.is_dir() else []
+IMAGE_TOKEN_INDEX = -200  # the reference's placeholder id, one per image or frame
+
+pytestmark = pytest.mark.skipif(
+    not (PARITY / "LongLLaVA-tiny" / "config.json").is_file(),
+    reason=f"LongLLaVA parity fixtures not found at {PARITY} (the shared/parity pack beside the checkout)",
+)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> Path:
+    """The reference checkpoint converted once; `mm_vision_tower` (a folder name relative to the pack) is made
+    absolute in a copy of its config, the weights are linked, not copied."""
+    root = tmp_path_factory.mktemp("longllava_parity")
+    source = root / "LongLLaVA-tiny"
+    source.mkdir()
+    for item in (PARITY / "LongLLaVA-tiny").iterdir():
+        if item.name == "model.safetensors":
+            (source / item.name).symlink_to(item)
+        elif item.name != "config.json":
+            shutil.copy(item, source / item.name)
+    config = json.loads((PARITY / "LongLLaVA-tiny" / "config.json").read_text())
+    config["mm_vision_tower"] = str(PARITY / config["mm_vision_tower"])
+    (source / "config.json").write_text(json.dumps(config))
+    convert(source, root / "converted", "longllava", progress=False)
+    return root / "converted"
+
+
+@pytest.fixture(scope="module")
+def loaded(converted):
+    model = AutoModelForImageTextToText.from_pretrained(converted).eval()
+    processor = AutoProcessor.from_pretrained(converted)
+    return model, processor
+
+
+def _case(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    folder = PARITY / "cases" / name
+    return json.loads((folder / "case.json").read_text()), load_file(str(folder / "reference.safetensors"))
+
+
+def _messages_and_media(case: dict, folder: Path) -> tuple[list[dict], list[Image.Image], list[list[Image.Image]]]:
+    """The case's chat messages with bare image/video blocks, and the PNGs they refer to (in order)."""
+    images, videos, messages = [], [], []
+    for message in case["messages"]:
+        content = []
+        for block in message["content"]:
+            if block["type"] == "image":
+                images.append(Image.open(folder / block["path"]).convert("RGB"))
+                content.append({"type": "image"})
+            elif block["type"] == "video":
+                videos.append([Image.open(folder / frame).convert("RGB") for frame in block["frames"]])
+                content.append({"type": "video"})
+            else:
+                content.append(dict(block))
+        messages.append({"role": message["role"], "content": content})
+    return messages, images, videos
+
+
+def _run_case(name: str, loaded) -> dict:
+    model, processor = loaded
+    case, reference = _case(name)
+    messages, images, videos = _messages_and_media(case, PARITY / "cases" / name)
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=prompt, images=images or None, videos=videos or None, return_tensors="pt")
+    return {"case": case, "reference": reference, "prompt": prompt, "inputs": inputs, "model": model,
+            "processor": processor}
+
+
+def _reference_view(ids: torch.Tensor, processor) -> list[int]:
+    """Our ids with every image/video placeholder as the reference's -200 (one per feature position)."""
+    placeholders = {processor.image_token_id, processor.video_token_id}
+    return [IMAGE_TOKEN_INDEX if int(i) in placeholders else int(i) for i in ids]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_prompt_and_ids_match_the_reference(name, loaded):
+    run = _run_case(name, loaded)
+    case, reference, processor = run["case"], run["reference"], run["processor"]
+    assert run["prompt"].count("<|startoftext|>") == case["reference_prompt"].count("<|startoftext|>")
+    ids = run["inputs"]["input_ids"][0]
+    assert _reference_view(ids, processor) == reference["expanded_input_ids"][0].tolist()
+    assert int(ids[0]) == processor.tokenizer.bos_token_id and int(ids[1]) != processor.tokenizer.bos_token_id
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_pixels_match_the_reference(name, loaded):
+    run = _run_case(name, loaded)
+    reference, inputs = run["reference"], run["inputs"]
+    if "pixel_values" not in reference:
+        assert "pixel_values" not in inputs and "pixel_values_videos" not in inputs
+        return
+    ours = inputs["pixel_values_videos"][0] if "pixel_values_videos" in inputs else inputs["pixel_values"]
+    assert ours.shape == reference["pixel_values"].shape
+    tolerance = run["case"]["tolerance"]["pixels_max_abs"]
+    assert float((ours - reference["pixel_values"]).abs().max()) <= tolerance
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_logits_and_greedy_tokens_match_the_reference(name, loaded):
+    run = _run_case(name, loaded)
+    case, reference, inputs, model = run["case"], run["reference"], run["inputs"], run["model"]
+    columns = case["reference_vocab_size"]
+    with torch.no_grad():
+        logits = model(**inputs).logits[0]
+    positions = reference["logit_positions"]
+    difference = float((logits[positions, :columns] - reference["logits"]).abs().max())
+    assert difference <= case["tolerance"]["logits_max_abs"], f"max |logit diff| {difference}"
+    new = reference["generated"].shape[1]
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+    assert out[0, inputs["input_ids"].shape[1]:].tolist() == reference["generated"][0].tolist()
+
+
+def test_non_square_images_are_padded_with_the_mean_colour(loaded):
+    """LongLLaVA's image_aspect_ratio='pad': a wide image is centred on a square of RGB (122, 116, 104) first."""
+    _, processor = loaded
+    assert processor.image_processor.image_aspect_ratio == "pad"
+    assert processor.video_processor.image_aspect_ratio == "pad"
+    wide = Image.new("RGB", (48, 24), (255, 0, 0))
+    pixels = processor.image_processor(wide, return_tensors="pt")["pixel_values"][0]
+    mean = torch.tensor(processor.image_processor.image_mean)[:, None]
+    std = torch.tensor(processor.image_processor.image_std)[:, None]
+    border = pixels[:, 0, :] * std + mean  # top row: padding
+    assert torch.allclose(border * 255, torch.tensor([122.0, 116.0, 104.0])[:, None], atol=0.51)
+    centre = pixels[:, 24, :] * std + mean
+    assert torch.allclose(centre * 255, torch.tensor([255.0, 0.0, 0.0])[:, None], atol=0.51)
+
+
+def test_a_templated_prompt_gets_one_bos(loaded):
+    """The template writes <|startoftext|>; the processor must not add the tokenizer's BOS in front of it, while a
+    prompt without it still gets one."""
+    _, processor = loaded
+    bos = processor.tokenizer.bos_token_id
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = processor(text=prompt)["input_ids"][0]
+    assert ids[0] == bos and ids[1] != bos
+    tokenized = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert list(tokenized["input_ids"][0]) == list(ids)
+    assert processor(text="Hi")["input_ids"][0][0] == bos
+    with pytest.raises(ValueError, match="second BOS"):
+        processor(text=[prompt, "Hi"], padding=True)
+
+
+def test_converted_tokenizer_files_keep_the_source_tokenization(converted):
+    """The converted folder tokenizes like the source's tokenizer.json (legacy SentencePiece: a `▁` opens every
+    segment after a special token); its config needs neither sentencepiece nor tokenizer.model to load."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    source = PreTrainedTokenizerFast(tokenizer_file=str(PARITY / "LongLLaVA-tiny" / "tokenizer.json"))
+    ours = AutoTokenizer.from_pretrained(converted)
+    for text in ("<|startoftext|><|User|>\nWhat is this?", "<|startoftext|> leading space", "a\n<|endoftext|>b"):
+        assert ours(text, add_special_tokens=False)["input_ids"] == source(text, add_special_tokens=False)["input_ids"]
+    after_special = ours.convert_ids_to_tokens(ours("<|startoftext|>What", add_special_tokens=False)["input_ids"])
+    assert after_special[0] == "<|startoftext|>" and after_special[1].startswith("\u2581")
+    config = json.loads((converted / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
