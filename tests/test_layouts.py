@@ -293,8 +293,9 @@ def test_chat_template_per_layout_multi_turn_with_images_and_videos(layout, clip
     expected = {
         "llava": "<|im_start|>user\n<image>What is this?<|im_end|>\n<|im_start|>assistant\nA red box.<|im_end|>\n"
         "<|im_start|>user\n<video><image>And these?<|im_end|>\n<|im_start|>assistant\nA clip and a box.<|im_end|>\n",
-        "longllava": "<|startoftext|><|User|>\n<image>What is this?\n<|startoftext|><|Assistant|>\nA red box."
-        "<|endoftext|><|startoftext|><|User|>\n<video><image>And these?\n<|startoftext|><|Assistant|>\n"
+        # LongLLaVA's chat code: a newline after each image, none after a video
+        "longllava": "<|startoftext|><|User|>\n<image>\nWhat is this?\n<|startoftext|><|Assistant|>\nA red box."
+        "<|endoftext|><|startoftext|><|User|>\n<video><image>\nAnd these?\n<|startoftext|><|Assistant|>\n"
         "A clip and a box.<|endoftext|>",
         "qwen2vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>What is this?"
         "<|im_end|>\n<|im_start|>assistant\nA red box.<|im_end|>\n<|im_start|>user\n<video><image>And these?"

@@ -934,4 +934,10 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         return self.preprocess(images, return_tensors=return_tensors, **overrides)
 
 
-__all__ = ["ASPECT_RATIO_MODES", "HybridVLMImageProcessor", "HybridVLMImageProcessorKwargs", "expand_to_square", "pad_color"]
+__all__ = [
+    "ASPECT_RATIO_MODES",
+    "HybridVLMImageProcessor",
+    "HybridVLMImageProcessorKwargs",
+    "expand_to_square",
+    "pad_color",
+]

@@ -60,11 +60,11 @@ from .token_counts import (
     VIDEO_LAYOUTS,
     TokenLayout,
     VisualTokenSpec,
+    all_layout_segments,
     canonical_layout,
     count_image_tokens,
     count_layout_tokens,
     count_video_tokens,
-    all_layout_segments,
     layout_pieces,
     video_runs,
 )
