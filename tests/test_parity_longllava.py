@@ -180,3 +180,87 @@ def test_converted_tokenizer_files_keep_the_source_tokenization(converted):
     assert after_special[0] == "<|startoftext|>" and after_special[1].startswith("\u2581")
     config = json.loads((converted / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+
+
+def _clip_processor():
+    """transformers' own CLIP image processor on the tower folder's settings (the reference's preprocessing after its
+    padding step); the PIL one on 5.x, which needs no torchvision."""
+    import transformers
+
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    return cls.from_pretrained(str(PARITY / "clip_tiny"))
+
+
+def _padded_square(image: Image.Image, fill) -> Image.Image:
+    """The image centred on a square of its longer side (offsets rounded down), the rest `fill`, in its own mode."""
+    width, height = image.size
+    side = max(width, height)
+    square = Image.new(image.mode, (side, side), fill)
+    square.paste(image, ((side - width) // 2, (side - height) // 2))
+    return square
+
+
+def _synthetic(width: int, height: int, mode: str = "RGB") -> Image.Image:
+    generator = torch.Generator().manual_seed(width * 1000 + height)
+    array = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8).numpy()
+    image = Image.fromarray(array)
+    return image.convert(mode) if mode != "RGB" else image
+
+
+def test_clip_stand_in_reproduces_the_reference_pixels():
+    """The stand-in used below (pad, then transformers' CLIP processor) gives the pack's pixels bit for bit."""
+    case, reference = _case("image")
+    image = Image.open(PARITY / "cases" / "image" / case["messages"][0]["content"][0]["path"]).convert("RGB")
+    pixels = _clip_processor()(images=_padded_square(image, (122, 116, 104)), return_tensors="pt")["pixel_values"]
+    assert float((pixels - reference["pixel_values"]).abs().max()) <= 1e-6
+
+
+@pytest.mark.parametrize("size,mode", [((64, 40), "RGB"), ((30, 90), "RGB"), ((97, 96), "RGB"), ((20, 20), "RGB"),
+                                       ((120, 48), "L"), ((33, 70), "RGBA")])
+def test_other_image_shapes_match_the_reference_preprocessing(size, mode, loaded):
+    """Non-square (both orientations, odd margins), small and large images, grayscale and RGBA: the reference pads in
+    the input's own mode with one number when it is not RGB (gray for L, transparent, then white, with alpha)."""
+    _, processor = loaded
+    image = _synthetic(*size, mode=mode)
+    fill = (122, 116, 104) if mode == "RGB" else 122
+    expected = _clip_processor()(images=_padded_square(image, fill), return_tensors="pt")["pixel_values"]
+    ours = processor.image_processor(image, return_tensors="pt")["pixel_values"]
+    assert ours.shape == expected.shape == (1, 3, 48, 48)
+    assert float((ours - expected).abs().max()) <= 1e-5
+
+
+def _reference_style_ids(prompt: str, per_image: int) -> list[int]:
+    """How the reference tokenizes a prompt: split at <image>, each chunk on its own without special tokens, one
+    -200 between chunks (then repeated once per image feature, as its forward expands it)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(PARITY / "LongLLaVA-tiny" / "tokenizer.json"))
+    ids: list[int] = []
+    for index, chunk in enumerate(prompt.split("<image>")):
+        if index:
+            ids += [IMAGE_TOKEN_INDEX] * per_image
+        ids += tokenizer(chunk, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+@pytest.mark.parametrize("frames", [1, 2, 5])
+def test_other_frame_counts_give_the_reference_video_prompt(frames, loaded):
+    """LongLLaVA's chat code joins `<img><image></img><t>` per frame, strips the characters '<', 't', '>' from the
+    right (eating the last '>' too) and adds `</vid>` and the question; a lone frame, with no `</img>` left, is
+    wrapped in `<img>...</img>` once more."""
+    _, processor = loaded
+    question = "What happens in the video?"
+    if frames == 1:
+        video = "<vid><img><img><image></img></img</vid>"
+    else:
+        video = "<vid>" + "<img><image></img><t>" * (frames - 1) + "<img><image></img</vid>"
+    reference_prompt = f"<|startoftext|><|User|>\n{video}{question}\n<|startoftext|><|Assistant|>\n"
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    clip = [_synthetic(40 + i, 64) for i in range(frames)]
+    inputs = processor(text=prompt, videos=[clip], return_tensors="pt")
+    assert _reference_view(inputs["input_ids"][0], processor) == _reference_style_ids(reference_prompt, 144)
+    assert inputs["pixel_values_videos"].shape == (1, frames, 3, 48, 48)
+    count = processor.num_video_tokens(frames, 48, 48)
+    text_only = len(processor.tokenizer(prompt.replace("<video>", ""), add_special_tokens=False)["input_ids"])
+    assert count == inputs["input_ids"].shape[1] - text_only

@@ -133,10 +133,34 @@ def _channel_stats(value: Any, name: str) -> list[float] | list[list[float]]:
     return values
 
 
-def pad_color(image_mean: Sequence[float]) -> tuple[int, ...]:
-    """The fill colour of ``image_aspect_ratio="pad"``: each mean truncated to the 0..255 scale, ``int(m * 255)``
-    (LLaVA's rule; CLIP's mean gives RGB (122, 116, 104))."""
-    return tuple(int(float(m) * 255) for m in image_mean)
+def pad_color(image_mean: Sequence[float], mode: str | None = "RGB") -> tuple[int, int, int]:
+    """The fill colour of ``image_aspect_ratio="pad"`` for an input of PIL ``mode`` (None: an array or tensor).
+
+    LLaVA's rule: each mean truncated to the 0..255 scale, ``int(m * 255)`` (CLIP's mean gives RGB (122, 116, 104)).
+    It fills in the input's own mode, before the conversion to RGB, with one number when the mode is not RGB: a
+    grayscale image gets the gray ``int(mean[0] * 255)``, and in a mode with alpha that number leaves the border
+    transparent, which the RGB conversion then composites on white.
+    """
+    gray = int(float(image_mean[0]) * 255)
+    if mode == "L":
+        return gray, gray, gray
+    if mode in _ALPHA_MODES:
+        return 255, 255, 255
+    r, g, b = (int(float(m) * 255) for m in image_mean)
+    return r, g, b
+
+
+def _source_mode(image: Any) -> str | None:
+    """The PIL mode an input arrives in (a file is opened lazily, header only); None for arrays and tensors."""
+    if isinstance(image, PIL.Image.Image):
+        return image.mode
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with PIL.Image.open(image) as opened:
+                return opened.mode
+        except OSError:
+            return None  # the loader reports unreadable files
+    return None
 
 
 def expand_to_square(image: np.ndarray, color: Sequence[int]) -> np.ndarray:
@@ -884,7 +908,7 @@ class HybridVLMImageProcessor(BaseImageProcessor):
             array, original_size = self._load(image, index, params["do_convert_rgb"], input_format)
             sizes.append(original_size)
             if params["image_aspect_ratio"] == "pad":
-                array = expand_to_square(array, pad_color(params["image_mean"]))
+                array = expand_to_square(array, pad_color(params["image_mean"], _source_mode(image)))
             layout = self._layout(*original_size, params) if params["anyres"] else None
             if layout is not None:
                 layouts.append(layout)
