@@ -218,12 +218,14 @@ def test_clip_stand_in_reproduces_the_reference_pixels():
 @pytest.mark.parametrize("size,mode", [((64, 40), "RGB"), ((30, 90), "RGB"), ((97, 96), "RGB"), ((20, 20), "RGB"),
                                        ((120, 48), "L"), ((33, 70), "RGBA")])
 def test_other_image_shapes_match_the_reference_preprocessing(size, mode, loaded):
-    """Non-square (both orientations, odd margins), small and large images, grayscale and RGBA: the reference pads in
-    the input's own mode with one number when it is not RGB (gray for L, transparent, then white, with alpha)."""
+    """Non-square (both orientations, odd margins), small and large images, grayscale and (opaque) RGBA: the
+    reference pads in the input's own mode, with one number when it is not RGB, and its transformers (4.44) then
+    converts to RGB by dropping the alpha band."""
     _, processor = loaded
     image = _synthetic(*size, mode=mode)
     fill = (122, 116, 104) if mode == "RGB" else 122
-    expected = _clip_processor()(images=_padded_square(image, fill), return_tensors="pt")["pixel_values"]
+    padded = _padded_square(image, fill).convert("RGB")
+    expected = _clip_processor()(images=padded, return_tensors="pt")["pixel_values"]
     ours = processor.image_processor(image, return_tensors="pt")["pixel_values"]
     assert ours.shape == expected.shape == (1, 3, 48, 48)
     assert float((ours - expected).abs().max()) <= 1e-5

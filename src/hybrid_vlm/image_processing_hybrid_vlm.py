@@ -137,15 +137,15 @@ def pad_color(image_mean: Sequence[float], mode: str | None = "RGB") -> tuple[in
     """The fill colour of ``image_aspect_ratio="pad"`` for an input of PIL ``mode`` (None: an array or tensor).
 
     LLaVA's rule: each mean truncated to the 0..255 scale, ``int(m * 255)`` (CLIP's mean gives RGB (122, 116, 104)).
-    It fills in the input's own mode, before the conversion to RGB, with one number when the mode is not RGB: a
-    grayscale image gets the gray ``int(mean[0] * 255)``, and in a mode with alpha that number leaves the border
-    transparent, which the RGB conversion then composites on white.
+    It fills in the input's own mode, before the conversion to RGB, and with one number ``int(mean[0] * 255)`` when
+    that mode is not RGB: a grayscale image (with or without alpha) gets that gray, an RGBA image red only (the
+    number fills the first band, and the conversion drops the border's zero alpha).
     """
-    gray = int(float(image_mean[0]) * 255)
-    if mode == "L":
-        return gray, gray, gray
-    if mode in _ALPHA_MODES:
-        return 255, 255, 255
+    first = int(float(image_mean[0]) * 255)
+    if mode in ("L", "LA", "La"):
+        return first, first, first
+    if mode in ("RGBA", "RGBa"):
+        return first, 0, 0
     r, g, b = (int(float(m) * 255) for m in image_mean)
     return r, g, b
 
