@@ -141,6 +141,9 @@ def test_non_square_images_are_padded_with_the_mean_colour(loaded):
     _, processor = loaded
     assert processor.image_processor.image_aspect_ratio == "pad"
     assert processor.video_processor.image_aspect_ratio == "pad"
+    # video files: one frame a second, at most 128 (LongLLaVA's chat code); frames given in memory are kept
+    video = processor.video_processor
+    assert (video.sampling, video.fps, video.max_frames) == ("fps", 1.0, 128)
     wide = Image.new("RGB", (48, 24), (255, 0, 0))
     pixels = processor.image_processor(wide, return_tensors="pt")["pixel_values"][0]
     mean = torch.tensor(processor.image_processor.image_mean)[:, None]

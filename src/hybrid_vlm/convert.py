@@ -398,6 +398,7 @@ class _Recipe:
     rules: list[Rule]
     tokenizer: Any = None
     image_processor: Any = None
+    video_sampling: dict[str, Any] = field(default_factory=dict)  # the video processor's sampling settings
     chat_template: str | None = None
     video_layout: str = "plain"
     image_layout: str | None = None  # None: the processor's default ("llava")
@@ -843,6 +844,9 @@ def _longllava_recipe(kind: str, folder: Path, reader: CheckpointReader, options
     if tokenizer is not None:
         recipe.tokenizer = tokenizer
         recipe.image_processor = _longllava_image_processor(raw, folder, vision, anyres, notes)
+        # LongLLaVA's chat code reads a video file at one frame a second, at most 128 frames (spread evenly over the
+        # video when it is longer); frames passed in memory are used as given.
+        recipe.video_sampling = {"sampling": "fps", "fps": 1.0, "max_frames": 128}
         recipe.chat_template = LONGLLAVA_CHAT_TEMPLATE
         if layout["anyres_merge"] == "flat":
             # LongLLaVA's own prompts: <img>...</img> around images, <vid>/<t> for videos, written as plain text;
@@ -1512,13 +1516,17 @@ def _write_processor(folder: Path, recipe: _Recipe, report: ConversionReport) ->
                             "HybridVLMProcessor.from_model_config and save it into the folder).")
         return
     from .processing_hybrid_vlm import HybridVLMProcessor
+    from .video_processing_hybrid_vlm import HybridVLMVideoProcessor
 
     layout = {"video_layout": recipe.video_layout, "layout_markers": recipe.layout_markers}
     if recipe.image_layout is not None:
         layout["image_layout"] = recipe.image_layout
+    video_processor = None
+    if recipe.video_sampling and recipe.image_processor is not None:
+        video_processor = HybridVLMVideoProcessor.from_image_processor(recipe.image_processor, **recipe.video_sampling)
     processor = HybridVLMProcessor.from_model_config(
-        recipe.config, recipe.tokenizer, image_processor=recipe.image_processor, chat_template=recipe.chat_template,
-        **layout,
+        recipe.config, recipe.tokenizer, image_processor=recipe.image_processor, video_processor=video_processor,
+        chat_template=recipe.chat_template, **layout,
     )
     processor.save_pretrained(str(folder))
 
