@@ -590,6 +590,28 @@ def test_longllava_maps_losslessly(tmp_path):
     assert generation["eos_token_id"] == processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
 
 
+@pytest.mark.parametrize("aspect,expected", [("pad", "pad"), (None, "pad"), ("square", None)])
+def test_longllava_image_aspect_ratio_selects_padding(tmp_path, aspect, expected):
+    """LongLLaVA pads images to a square unless its config says otherwise (its process_images defaults to "pad");
+    the setting is saved with the image and video processors."""
+    raw_extra = {"mm_vision_tower": "x/clip", "mm_patch_merge_type": "flat", "resamplePooling": "2d"}
+    if aspect is not None:
+        raw_extra["image_aspect_ratio"] = aspect
+    _longllava_folder(tmp_path / "src", vision=LONGLLAVA_VISION, raw_extra=raw_extra)
+    convert(tmp_path / "src", tmp_path / "dst", "longllava", **quiet())
+    processor = AutoProcessor.from_pretrained(tmp_path / "dst")
+    assert processor.image_processor.image_aspect_ratio == expected
+    assert processor.video_processor.image_aspect_ratio == expected
+    assert json.loads((tmp_path / "dst" / "preprocessor_config.json").read_text())["image_aspect_ratio"] == expected
+    wide = Image.fromarray(np.full((30, 60, 3), 200, dtype=np.uint8))
+    corner = processor.image_processor(wide, return_tensors="pt")["pixel_values"][0, :, 0, 0]
+    mean = torch.tensor(processor.image_processor.image_mean)
+    std = torch.tensor(processor.image_processor.image_std)
+    padded = bool(torch.allclose((corner * std + mean) * 255, torch.tensor([122.0, 116.0, 104.0]), atol=0.51))
+    assert padded == (expected == "pad")
+    assert (processor.image_layout, processor.video_layout) == ("longllava", "longllava-chat")
+
+
 def test_longllava_anyres_newline_layout_generates(tmp_path):
     """spatial_unpad + anyres: image_newline is carried over, pinpoints (a string in LLaVA configs) are parsed, the
     vision config comes from the tower folder named in the config, and the converted model generates."""

@@ -269,3 +269,40 @@ def test_other_frame_counts_give_the_reference_video_prompt(frames, loaded):
     count = processor.num_video_tokens(frames, 48, 48)
     text_only = len(processor.tokenizer(prompt.replace("<video>", ""), add_special_tokens=False)["input_ids"])
     assert count == inputs["input_ids"].shape[1] - text_only
+
+
+def test_a_llama_tokenizer_keeps_its_legacy_flag_through_a_save(tmp_path):
+    """The class-level trap itself: a LlamaTokenizer with legacy=True, saved and made portable, reloads with the same
+    ids (transformers 5.x drops `legacy` on save, and the non-legacy rebuild loses the `▁` after special tokens); a
+    folder that tokenizes differently from its tokenizer is refused with the prompt that differs."""
+    from transformers import AutoTokenizer
+
+    from hybrid_vlm.tokenization_utils import make_tokenizer_files_portable, verify_same_ids
+
+    # add_prefix_space=None: 4.57 would otherwise rebuild from tokenizer.model, which needs sentencepiece
+    tokenizer = AutoTokenizer.from_pretrained(PARITY / "LongLLaVA-tiny", add_prefix_space=None)
+    assert tokenizer.legacy is True
+    tokenizer.save_pretrained(tmp_path / "saved")
+    make_tokenizer_files_portable(tmp_path / "saved", tokenizer=tokenizer)
+    config = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())
+    assert config["legacy"] is True
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "saved")
+    text = "<|startoftext|><|User|>\nWhat is it?\n<|startoftext|><|Assistant|>\n"
+    assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+
+    config["legacy"] = False  # what 5.x's own save leaves behind, in effect
+    (tmp_path / "saved" / "tokenizer_config.json").write_text(json.dumps(config))
+    changed = AutoTokenizer.from_pretrained(tmp_path / "saved")
+    if changed(text)["input_ids"] != tokenizer(text)["input_ids"]:  # a line whose Llama class rebuilds (5.x)
+        with pytest.raises(ValueError, match="tokenizes"):
+            verify_same_ids(tokenizer, tmp_path / "saved")
+    with pytest.raises(ValueError, match="tokenizes"):
+        verify_same_ids(tokenizer, converted_tiny_tokenizer(tmp_path))
+
+
+def converted_tiny_tokenizer(tmp_path: Path) -> Path:
+    """A folder holding a different tokenizer (the package's tiny one)."""
+    from hybrid_vlm.tokenization_utils import load_tiny_tokenizer
+
+    load_tiny_tokenizer().save_pretrained(tmp_path / "other")
+    return tmp_path / "other"

@@ -878,7 +878,7 @@ def _longllava_image_processor(raw: Mapping[str, Any], folder: Path, vision: Map
     if anyres:
         pinpoints = raw.get("image_grid_pinpoints")
         overrides["image_grid_pinpoints"] = ast.literal_eval(pinpoints) if isinstance(pinpoints, str) else pinpoints
-    elif raw.get("image_aspect_ratio") == "pad":
+    elif raw.get("image_aspect_ratio", "pad") == "pad":  # absent: the reference's `process_images` pads too
         overrides["image_aspect_ratio"] = "pad"
         notes.append("image_aspect_ratio='pad': images are padded to a centred square with the mean colour before "
                      "resizing, as LongLLaVA's expand2square does.")
