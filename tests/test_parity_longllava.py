@@ -306,3 +306,29 @@ def converted_tiny_tokenizer(tmp_path: Path) -> Path:
 
     load_tiny_tokenizer().save_pretrained(tmp_path / "other")
     return tmp_path / "other"
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_chat_template_with_media_paths_tokenizes_to_the_reference(name, loaded):
+    """The one-call route (apply_chat_template(tokenize=True)) with the media in the blocks as file paths, a video as
+    the list of its frame files: the same ids and pixels as the reference."""
+    model, processor = loaded
+    case, reference = _case(name)
+    folder = PARITY / "cases" / name
+    messages = []
+    for message in case["messages"]:
+        content = []
+        for block in message["content"]:
+            if block["type"] == "image":
+                content.append({"type": "image", "path": str(folder / block["path"])})
+            elif block["type"] == "video":
+                content.append({"type": "video", "video": [str(folder / frame) for frame in block["frames"]]})
+            else:
+                content.append(block)
+        messages.append({"role": message["role"], "content": content})
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
+    assert _reference_view(inputs["input_ids"][0], processor) == reference["expanded_input_ids"][0].tolist()
+    if "pixel_values" in reference:
+        ours = inputs["pixel_values_videos"][0] if "pixel_values_videos" in inputs else inputs["pixel_values"]
+        assert float((ours - reference["pixel_values"]).abs().max()) <= case["tolerance"]["pixels_max_abs"]

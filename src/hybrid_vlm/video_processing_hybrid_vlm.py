@@ -711,14 +711,22 @@ def _reader_class(backend: str) -> type:
 # ---------------------------------------------------------------------------------------------------- inputs
 
 
+# Files that hold one still picture: in a list, such paths are the frames of one video (transformers' convention for
+# chat blocks {"type": "video", "video": [frame paths]}); any other path is a video file.
+_STILL_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+
+
 def _is_frame(item: Any) -> bool:
     if isinstance(item, PIL.Image.Image):
         return True
+    if isinstance(item, (str, os.PathLike)):
+        return os.path.splitext(os.fspath(item))[1].lower() in _STILL_IMAGE_SUFFIXES
     return isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim in (2, 3)
 
 
 def is_video(item: Any) -> bool:
-    """One video: a path, bytes, a file-like object, a 4-D array/tensor, or a non-empty list of frames."""
+    """One video: a path, bytes, a file-like object, a 4-D array/tensor, or a non-empty list of frames (PIL images,
+    (H, W, C) arrays, or paths of still-image files such as PNG or JPEG)."""
     if isinstance(item, (str, os.PathLike, bytes, bytearray)) or hasattr(item, "read"):
         return True
     if isinstance(item, (np.ndarray, torch.Tensor)):
@@ -744,8 +752,8 @@ def make_video_list(videos: Any) -> list[Any]:
         what = f"videos[{bad}] (a {type(videos[bad]).__name__})"
     raise TypeError(
         f"{_NAME}: cannot read {what} as a video. A video is a file path, bytes, a file-like object, a (T, H, W, C) "
-        "or (T, C, H, W) array/tensor, or a list of frames (PIL images or (H, W, C) arrays); pass one video or a "
-        "list of them."
+        "or (T, C, H, W) array/tensor, or a list of frames (PIL images, (H, W, C) arrays or image file paths); pass "
+        "one video or a list of them."
     )
 
 
