@@ -15,8 +15,9 @@ there) and each `<video>` placeholder becomes the frames' tokens.
 Layouts (`image_layout`, `video_layout`, saved with the processor; docs/layouts.md): `"llava"` (plain runs of
 placeholder tokens; `"plain"` is the video layout's older name), `"longllava"` (`<img>...</img>`, AnyRes as the global
 view then tile rows separated by `\n`; videos `<vid>`, `<img>...</img>` per frame separated by `<t>`, `</vid>`) and
-`"qwen2vl"` (`<|vision_start|>...<|vision_end|>`). `token_counts.layout_pieces` says what each expansion is made of;
-every visual feature is one placeholder token (`image_token_id` / `video_token_id`), which the model fills in order;
+`"qwen2vl"` (`<|vision_start|>...<|vision_end|>`), plus the video-only `"longllava-chat"` (LongLLaVA's chat code's
+video prompt byte for byte, for converted checkpoints). `token_counts.layout_pieces` says what each expansion is made
+of; every visual feature is one placeholder token (`image_token_id` / `video_token_id`), which the model fills in order;
 the markers are ordinary tokens to it. `layout_markers="special"` wants every marker to be one token of the tokenizer
 (new models); `"text"` lets the tokenizer split them, as LongLLaVA's reference code did (converted checkpoints): the
 cost of every marker segment is then measured with the tokenizer, so counts with markers stay exact.
@@ -617,7 +618,9 @@ class HybridVLMProcessor(ProcessorMixin):
             images: one image, a flat list of images (taken in placeholder order across the batch), or one list of
                 images per text sample. PIL images, arrays, tensors or local paths.
             text: a prompt or a list of prompts, with one `<image>` where each image goes and one `<video>` where each
-                video goes.
+                video goes. Prompts that already start with the tokenizer's BOS token (a rendered chat template) are
+                tokenized without the tokenizer's special tokens, so they get no second BOS (unless
+                `add_special_tokens=` is given).
             videos: one video, a flat list of videos (in placeholder order across the batch), or one list of videos
                 per text sample. A video is a file path, bytes, a file-like object, a (T, H, W, C)/(T, C, H, W)
                 array or tensor, or a list of frames. Decoding and sampling options (`num_frames`, `fps`,
