@@ -843,7 +843,7 @@ def _longllava_recipe(kind: str, folder: Path, reader: CheckpointReader, options
     recipe = _Recipe(config, rules, notes=notes, description="LongLLaVA (llava_jamba, FreedomIntelligence/LongLLaVA)")
     if tokenizer is not None:
         recipe.tokenizer = tokenizer
-        recipe.image_processor = _longllava_image_processor(raw, folder, vision, anyres, notes)
+        recipe.image_processor = _longllava_image_processor(raw, vision, anyres, notes)
         # LongLLaVA's chat code reads a video file at one frame a second, at most 128 frames (spread evenly over the
         # video when it is longer); frames passed in memory are used as given.
         recipe.video_sampling = {"sampling": "fps", "fps": 1.0, "max_frames": 128}
@@ -868,8 +868,8 @@ def _longllava_recipe(kind: str, folder: Path, reader: CheckpointReader, options
     return recipe
 
 
-def _longllava_image_processor(raw: Mapping[str, Any], folder: Path, vision: Mapping[str, Any], anyres: bool,
-                               notes: list[str]) -> Any:
+def _longllava_image_processor(raw: Mapping[str, Any], vision: Mapping[str, Any], anyres: bool, notes: list[str]
+                               ) -> Any:
     """The tower's own preprocessing (its folder's preprocessor_config.json, as the reference loads it; else the
     encoder's standard one), with LongLLaVA's `image_aspect_ratio`: "pad" pads to a square with the mean colour."""
     from .image_processing_hybrid_vlm import HybridVLMImageProcessor
