@@ -777,8 +777,10 @@ def _longllava_recipe(kind: str, folder: Path, reader: CheckpointReader, options
     if raw.get("mm_use_im_start_end"):
         raise NotImplementedError("mm_use_im_start_end=True (LLaVA's <im_start>/<im_end> tokens) is not supported.")
     projector = raw.get("mm_projector_type", "linear")
-    if projector != "mlp2x_gelu":
-        raise NotImplementedError(f"projector {projector!r} is not supported; HybridVLM has 'mlp2x_gelu'.")
+    if projector not in ("mlp2x_gelu", "mlp3x_gelu"):
+        raise NotImplementedError(
+            f"projector {projector!r} is not supported; HybridVLM has LLaVA's 'mlp2x_gelu' and 'mlp3x_gelu'."
+        )
     if not raw.get("mamba_inner_layernorms", True):
         raise NotImplementedError(
             "mamba_inner_layernorms=False: transformers' Jamba always normalises dt/B/C, so such a checkpoint "
@@ -835,6 +837,9 @@ def _longllava_recipe(kind: str, folder: Path, reader: CheckpointReader, options
         video_token_id=video_id,
         vision_pooled_grid=pooled_grid,
         tie_word_embeddings=tie,
+        # LLaVA's mlp3x_gelu: vision -> LM width, then LM -> LM twice (the intermediate width is the LM's)
+        projector_type=projector,
+        projector_intermediate_size=text.hidden_size if projector == "mlp3x_gelu" else None,
         **layout,
     )
     rules = _longllava_rules(config.text_config, extra_rows)
@@ -925,6 +930,8 @@ def _longllava_rules(text_config: Any, extra_rows: int) -> list[Rule]:
                     r"model.multi_modal_projector.linear_1.\1"),
         Rule.rename("projector mm_projector.2 -> linear_2", r"^model\.mm_projector\.2\.(weight|bias)$",
                     r"model.multi_modal_projector.linear_2.\1"),
+        Rule.rename("projector mm_projector.4 -> linear_3 (mlp3x_gelu)", r"^model\.mm_projector\.4\.(weight|bias)$",
+                    r"model.multi_modal_projector.linear_3.\1"),
         Rule.rename("AnyRes image newline", r"^model\.image_newline$", "model.image_newline"),
         Rule.rename("embeddings", r"^model\.embed_tokens\.weight$", "model.language_model.embed_tokens.weight", pad),
         Rule.rename("final norm", r"^model\.final_layernorm\.weight$", "model.language_model.final_layernorm.weight"),
