@@ -500,7 +500,7 @@ def _longllava_source_name(name: str, config) -> str:
         return "model.vision_tower.vision_tower.vision_model." + name.removeprefix("model.vision_tower.")
     if name.startswith("model.multi_modal_projector."):
         return name.replace("multi_modal_projector.linear_1", "mm_projector.0").replace(
-            "multi_modal_projector.linear_2", "mm_projector.2")
+            "multi_modal_projector.linear_2", "mm_projector.2").replace("multi_modal_projector.linear_3", "mm_projector.4")
     if name in ("lm_head.weight", "model.image_newline"):
         return name
     rest = name.removeprefix("model.language_model.")
@@ -516,7 +516,7 @@ def _longllava_source_name(name: str, config) -> str:
 
 
 def _longllava_folder(folder: Path, *, vision: dict, raw_extra: dict, newline: bool = False,
-                      tokenizer: bool = True) -> tuple[dict, dict, int]:
+                      tokenizer: bool = True, target_extra: dict | None = None) -> tuple[dict, dict, int]:
     """A LongLLaVA checkpoint folder: llava_jamba config.json, safetensors with its names, its tokenizer."""
     folder.mkdir()
     tok = _jamba_tokenizer()
@@ -536,6 +536,7 @@ def _longllava_folder(folder: Path, *, vision: dict, raw_extra: dict, newline: b
     target = HybridVLMConfig(
         vision_config=vision, text_config={"model_type": "jamba", **LONGLLAVA_JAMBA, "vocab_size": vocab},
         image_newline=newline, anyres_unpad=newline, anyres_merge="spatial" if newline else "flat",
+        **(target_extra or {}),
     )
     shapes = _hybrid_names(target)
     expected = {_longllava_source_name(name, target): name for name in shapes}
@@ -588,6 +589,45 @@ def test_longllava_maps_losslessly(tmp_path):
     generation = json.loads((tmp_path / "dst" / "generation_config.json").read_text())
     assert set(generation["suppress_tokens"]) == {model.config.image_token_id, model.config.video_token_id}
     assert generation["eos_token_id"] == processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+
+@pytest.mark.parametrize("aspect,expected", [("pad", "pad"), (None, "pad"), ("square", None)])
+def test_longllava_image_aspect_ratio_selects_padding(tmp_path, aspect, expected):
+    """LongLLaVA pads images to a square unless its config says otherwise (its process_images defaults to "pad");
+    the setting is saved with the image and video processors."""
+    raw_extra = {"mm_vision_tower": "x/clip", "mm_patch_merge_type": "flat", "resamplePooling": "2d"}
+    if aspect is not None:
+        raw_extra["image_aspect_ratio"] = aspect
+    _longllava_folder(tmp_path / "src", vision=LONGLLAVA_VISION, raw_extra=raw_extra)
+    convert(tmp_path / "src", tmp_path / "dst", "longllava", **quiet())
+    processor = AutoProcessor.from_pretrained(tmp_path / "dst")
+    assert processor.image_processor.image_aspect_ratio == expected
+    assert processor.video_processor.image_aspect_ratio == expected
+    assert json.loads((tmp_path / "dst" / "preprocessor_config.json").read_text())["image_aspect_ratio"] == expected
+    wide = Image.fromarray(np.full((30, 60, 3), 200, dtype=np.uint8))
+    corner = processor.image_processor(wide, return_tensors="pt")["pixel_values"][0, :, 0, 0]
+    mean = torch.tensor(processor.image_processor.image_mean)
+    std = torch.tensor(processor.image_processor.image_std)
+    padded = bool(torch.allclose((corner * std + mean) * 255, torch.tensor([122.0, 116.0, 104.0]), atol=0.51))
+    assert padded == (expected == "pad")
+    assert (processor.image_layout, processor.video_layout) == ("longllava", "longllava-chat")
+
+
+def test_longllava_mlp3x_projector(tmp_path):
+    """LLaVA's mlp3x_gelu (mm_projector.0/.2/.4: vision -> LM, LM -> LM, LM -> LM) maps onto the 3-layer projector."""
+    raw_extra = {"mm_vision_tower": "x/clip", "mm_patch_merge_type": "flat", "mm_projector_type": "mlp3x_gelu"}
+    hidden = LONGLLAVA_JAMBA["hidden_size"]
+    target_extra = {"projector_type": "mlp3x_gelu", "projector_intermediate_size": hidden}
+    state, expected, _ = _longllava_folder(tmp_path / "src", vision=LONGLLAVA_VISION, raw_extra=raw_extra,
+                                           target_extra=target_extra)
+    assert "model.mm_projector.4.weight" in expected
+    report = convert(tmp_path / "src", tmp_path / "dst", "longllava", **quiet())
+    assert report.mapped["model.mm_projector.4.weight"] == "model.multi_modal_projector.linear_3.weight"
+    converted = _read_converted(tmp_path / "dst")
+    assert torch.equal(converted["model.multi_modal_projector.linear_3.weight"], state["model.mm_projector.4.weight"])
+    model = _load_converted(tmp_path / "dst")
+    assert model.config.projector_type == "mlp3x_gelu"
+    assert model.model.multi_modal_projector.linear_1.weight.shape == (hidden, LONGLLAVA_VISION["hidden_size"])
 
 
 def test_longllava_anyres_newline_layout_generates(tmp_path):

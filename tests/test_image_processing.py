@@ -412,3 +412,28 @@ def test_bad_parameters_raise_clear_errors():
         processor(PIL.Image.new("L", (4, 4)), do_convert_rgb=False)
     with pytest.raises(ValueError, match="different sizes"):
         processor([_random_image(10, 20), _random_image(20, 10)], do_center_crop=False)
+
+
+def test_pad_to_square_mode():
+    """image_aspect_ratio="pad" (LLaVA's expand2square): centred on a square of the mean colour int(m * 255), before
+    resizing; kept through save/load; sizes without pixels agree; refused where it cannot apply."""
+    processor = HybridVLMImageProcessor(size={"shortest_edge": 16}, crop_size=16, image_aspect_ratio="pad")
+    wide = PIL.Image.fromarray(np.full((8, 16, 3), 250, dtype=np.uint8))
+    pixels = processor(wide, return_tensors="np")["pixel_values"][0]
+    mean, std = np.asarray(processor.image_mean)[:, None], np.asarray(processor.image_std)[:, None]
+    rows = np.rint((pixels[:, :, 8] * std + mean) * 255).T  # one column, top to bottom, on the 0..255 scale
+    assert (rows[:4] == [122, 116, 104]).all() and (rows[4:12] == 250).all() and (rows[12:] == [122, 116, 104]).all()
+    cropped = HybridVLMImageProcessor(size={"shortest_edge": 16}, crop_size=16)(wide, return_tensors="np")
+    assert not np.allclose(cropped["pixel_values"], pixels)  # the default still crops the sides away
+    tall = HybridVLMImageProcessor(size={"shortest_edge": 16}, do_center_crop=False, image_aspect_ratio="pad")
+    assert tall.output_image_size(30, 10) == (16, 16)
+    assert tall(PIL.Image.new("RGB", (10, 30)), return_tensors="np")["pixel_values"].shape == (1, 3, 16, 16)
+    loaded = HybridVLMImageProcessor.from_dict(json.loads(processor.to_json_string()))
+    assert loaded.image_aspect_ratio == "pad"
+    assert np.array_equal(loaded(wide, return_tensors="np")["pixel_values"], pixels[None])
+    with pytest.raises(ValueError, match="unknown image_aspect_ratio"):
+        HybridVLMImageProcessor(image_aspect_ratio="square")
+    with pytest.raises(ValueError, match="single-resolution"):
+        HybridVLMImageProcessor(image_aspect_ratio="pad", max_tiles=4)
+    with pytest.raises(ValueError, match="one image_mean"):
+        HybridVLMImageProcessor(image_aspect_ratio="pad", image_mean=[[0.5] * 3, [0.4] * 3], image_std=[[0.5] * 3] * 2)

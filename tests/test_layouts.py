@@ -272,6 +272,31 @@ def test_plain_text_markers_for_converted_checkpoints(tmp_path, clip):
     assert len(ids) == processor.num_video_tokens(kept, TILE, TILE) <= 70 < processor.num_video_tokens(kept + 1, TILE, TILE)
 
 
+def test_longllava_chat_video_layout_writes_the_reference_prompt(tmp_path):
+    """'longllava-chat' is LongLLaVA's chat code byte for byte: the last frame closes with '</img' (its
+    rstrip('<t>') eats the '>'), one frame is wrapped twice; counts with markers follow what is written."""
+    assert layout_pieces("longllava-chat", "video", [4, 4]) == ["<vid><img>", 4, "</img><t><img>", 4, "</img</vid>"]
+    assert layout_pieces("longllava-chat", "video", [4]) == ["<vid><img><img>", 4, "</img></img</vid>"]
+    assert layout_pieces("longllava-chat", "image", [4]) == layout_pieces("longllava", "image", [4])
+    tokenizer = plain_text_marker_tokenizer(tmp_path)
+    _, processor = build("longllava", tokenizer, markers="text", max_tiles=None)
+    processor = HybridVLMProcessor.from_model_config(
+        hybrid_vlm.preset_config("llava-tiny", text_config={"vocab_size": len(tokenizer)}, **LONGLLAVA_MODEL),
+        tokenizer, image_processor=processor.image_processor, image_layout="longllava", video_layout="longllava-chat",
+        layout_markers="text",
+    )
+    for count, expected in ((1, "<vid><img><img><video>x16</img></img</vid>"),
+                            (3, "<vid><img><video>x16</img><t><img><video>x16</img><t><img><video>x16</img</vid>")):
+        out = processor(text="<video>Q", videos=[frames(count)], return_text_replacement_offsets=True)
+        assert compress(out["text_replacement_offsets"][0][0]["replacement"]) == expected
+        ids = tokenizer(expected.replace("<video>x16", "<video>" * 16) + "Q", add_special_tokens=False)["input_ids"]
+        assert list(out["input_ids"][0]) == ids
+        assert processor.num_video_tokens(count, TILE, TILE) == len(ids) - len(tokenizer("Q")["input_ids"])
+    with pytest.raises(ValueError, match="layout_markers='text'"):
+        HybridVLMProcessor.from_model_config(hybrid_vlm.preset_config("llava-tiny"), load_tiny_tokenizer(),
+                                             video_layout="longllava-chat")
+
+
 # ----------------------------------------------------------------------------------------------- chat templates
 
 
@@ -293,8 +318,9 @@ def test_chat_template_per_layout_multi_turn_with_images_and_videos(layout, clip
     expected = {
         "llava": "<|im_start|>user\n<image>What is this?<|im_end|>\n<|im_start|>assistant\nA red box.<|im_end|>\n"
         "<|im_start|>user\n<video><image>And these?<|im_end|>\n<|im_start|>assistant\nA clip and a box.<|im_end|>\n",
-        "longllava": "<|startoftext|><|User|>\n<image>What is this?\n<|startoftext|><|Assistant|>\nA red box."
-        "<|endoftext|><|startoftext|><|User|>\n<video><image>And these?\n<|startoftext|><|Assistant|>\n"
+        # LongLLaVA's chat code: a newline after each image, none after a video
+        "longllava": "<|startoftext|><|User|>\n<image>\nWhat is this?\n<|startoftext|><|Assistant|>\nA red box."
+        "<|endoftext|><|startoftext|><|User|>\n<video><image>\nAnd these?\n<|startoftext|><|Assistant|>\n"
         "A clip and a box.<|endoftext|>",
         "qwen2vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>What is this?"
         "<|im_end|>\n<|im_start|>assistant\nA red box.<|im_end|>\n<|im_start|>user\n<video><image>And these?"

@@ -468,3 +468,25 @@ def _main(save_directory: str, load_directory: str) -> None:
 
 if __name__ == "__main__":
     _main(*sys.argv[1:])
+
+
+def test_a_prompt_that_starts_with_bos_gets_no_second_one():
+    """A tokenizer that adds BOS (Jamba's, Llama's) and a template that writes it: the processor leaves it at one,
+    as apply_chat_template(tokenize=True) does; prompts without it still get it; an explicit choice wins."""
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer = load_tiny_tokenizer()
+    bos = tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|startoftext|> $A", special_tokens=[("<|startoftext|>", bos)]
+    )
+    assert tokenizer("hi")["input_ids"][0] == bos
+    processor = HybridVLMProcessor.from_model_config(tiny_config(tokenizer), tokenizer)
+    templated = "<|startoftext|>user: <image>hi"
+    ids = processor(text=templated, images=[make_image(28, 28)])["input_ids"][0]
+    assert ids[0] == bos and ids[1] != bos
+    assert processor(text="user: hi")["input_ids"][0][:1] == [bos]
+    assert processor(text="<|startoftext|>hi", add_special_tokens=True)["input_ids"][0][:2] == [bos, bos]
+    assert processor(text=["<|startoftext|>a", "<|startoftext|>b"], padding=True)["input_ids"][0].count(bos) == 1
+    with pytest.raises(ValueError, match="second BOS"):
+        processor(text=["<|startoftext|>a", "b"], padding=True)

@@ -550,3 +550,21 @@ def test_invalid_settings_are_explained():
 
 if __name__ == "__main__":  # pragma: no cover - handy for poking at a file by hand
     print(json.dumps(HybridVLMVideoProcessor()(sys.argv[1], num_frames=8)["video_metadata"], indent=2))
+
+
+def test_a_list_of_image_files_is_one_video(tmp_path):
+    """Frame files in a list are one video's frames (transformers' chat blocks pass videos so); video files in a list
+    are videos."""
+    from hybrid_vlm.video_processing_hybrid_vlm import is_video, make_video_list
+
+    paths = []
+    for index in range(3):
+        path = tmp_path / f"frame_{index}.png"
+        PIL.Image.fromarray(np.full((20, 30, 3), 40 * index, np.uint8)).save(path)
+        paths.append(str(path))
+    assert is_video(paths) and make_video_list(paths) == [paths]
+    assert make_video_list(["a.mp4", "b.mkv"]) == ["a.mp4", "b.mkv"]
+    processor = HybridVLMVideoProcessor(size={"height": 28, "width": 28}, do_center_crop=False)
+    from_files = processor([paths], return_tensors="np")["pixel_values_videos"]
+    from_images = processor([[PIL.Image.open(p) for p in paths]], return_tensors="np")["pixel_values_videos"]
+    assert from_files.shape == (1, 3, 3, 28, 28) and np.array_equal(from_files, from_images)

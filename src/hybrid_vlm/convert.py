@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 from .compat import revert_weight_conversion
 from .configuration_hybrid_vlm import VISION_MODEL_TYPES, HybridVLMConfig
 from .ssm import SSM_FP32_PARAMETERS
-from .tokenization_utils import render_content_macro
+from .tokenization_utils import LONGLLAVA_CHAT_TEMPLATE
 
 __all__ = [
     "KINDS",
@@ -66,40 +66,6 @@ KINDS = ("llava", "llava-next", "llava-onevision", "longllava", "vamba", "cobra"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-
-# LongLLaVA's chat format (its `conv_jambaLabel`): every turn opens with <|startoftext|> and a role tag; the assistant
-# turn ends with <|endoftext|>. Images are wrapped in plain-text <img>...</img> markers as its chat script does; the
-# assistant part sits inside {% generation %} for TRL's assistant-only loss.
-_LONGLLAVA_TURNS = r"""{%- for message in messages -%}
-    {%- if message['role'] == 'user' -%}
-        {{- '<|startoftext|><|User|>\n' + render_content(message['content']) + '\n' -}}
-    {%- elif message['role'] == 'assistant' -%}
-        {{- '<|startoftext|><|Assistant|>\n' -}}
-        {%- generation -%}
-            {{- render_content(message['content']) + '<|endoftext|>' -}}
-        {%- endgeneration -%}
-    {%- elif message['role'] == 'system' -%}
-        {{- render_content(message['content']) + '\n' -}}
-    {%- else -%}
-        {{- raise_exception('Unsupported role: ' ~ message['role']) -}}
-    {%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{- '<|startoftext|><|Assistant|>\n' -}}
-{%- endif -%}
-"""
-LONGLLAVA_CHAT_TEMPLATE = (
-    "{#- LongLLaVA (Jamba) chat format; <img>/</img> are plain text as in the original. -#}\n"
-    + render_content_macro(image=r"<img><image></img>\n", video=r"<vid><video></vid>\n")
-    + _LONGLLAVA_TURNS
-)
-# The same chat format for processors that write the markers themselves (the 'longllava' layout with text markers).
-LONGLLAVA_CHAT_TEMPLATE_BARE = (
-    "{#- LongLLaVA (Jamba) chat format; the processor writes the <img>/<vid> markers. -#}\n"
-    + render_content_macro(image=r"<image>\n", video=r"<video>\n")
-    + _LONGLLAVA_TURNS
-)
-
 
 class ConversionError(ValueError):
     """The source cannot be converted as asked. Raised before anything is written to the destination."""
@@ -432,6 +398,7 @@ class _Recipe:
     rules: list[Rule]
     tokenizer: Any = None
     image_processor: Any = None
+    video_sampling: dict[str, Any] = field(default_factory=dict)  # the video processor's sampling settings
     chat_template: str | None = None
     video_layout: str = "plain"
     image_layout: str | None = None  # None: the processor's default ("llava")
@@ -461,13 +428,18 @@ def _has_tokenizer(folder: Path) -> bool:
     return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
 
 
-def _load_tokenizer(folder: Path) -> Any:
-    from transformers import AutoTokenizer
+def _load_tokenizer(folder: Path, exact: bool = False) -> Any:
+    """The source's tokenizer. `exact=True` loads `tokenizer.json` as it is, in the generic fast class: a model class
+    such as 5.x's LlamaTokenizer rebuilds normalizer and pre-tokenizer from its config flags (and 4.57's from
+    `tokenizer.model`, which needs sentencepiece), which can tokenize differently from the file the reference used."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # AutoTokenizer reads config.json too and warns about unknown model types
     try:
+        if exact and (folder / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast.from_pretrained(str(folder))
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as err:  # noqa: BLE001 - any loader failure gets the same advice
         raise ConversionError(
@@ -805,8 +777,10 @@ def _longllava_recipe(kind: str, folder: Path, reader: CheckpointReader, options
     if raw.get("mm_use_im_start_end"):
         raise NotImplementedError("mm_use_im_start_end=True (LLaVA's <im_start>/<im_end> tokens) is not supported.")
     projector = raw.get("mm_projector_type", "linear")
-    if projector != "mlp2x_gelu":
-        raise NotImplementedError(f"projector {projector!r} is not supported; HybridVLM has 'mlp2x_gelu'.")
+    if projector not in ("mlp2x_gelu", "mlp3x_gelu"):
+        raise NotImplementedError(
+            f"projector {projector!r} is not supported; HybridVLM has LLaVA's 'mlp2x_gelu' and 'mlp3x_gelu'."
+        )
     if not raw.get("mamba_inner_layernorms", True):
         raise NotImplementedError(
             "mamba_inner_layernorms=False: transformers' Jamba always normalises dt/B/C, so such a checkpoint "
@@ -841,7 +815,7 @@ def _longllava_recipe(kind: str, folder: Path, reader: CheckpointReader, options
     layout = {"anyres_merge": "spatial" if merge.startswith("spatial") else "flat", "image_newline": newline,
               "anyres_unpad": newline}
 
-    tokenizer = _load_tokenizer(folder) if _has_tokenizer(folder) else None
+    tokenizer = _load_tokenizer(folder, exact=True) if _has_tokenizer(folder) else None
     vocab_size = text.vocab_size
     image_id = video_id = None
     if tokenizer is not None:
@@ -863,6 +837,9 @@ def _longllava_recipe(kind: str, folder: Path, reader: CheckpointReader, options
         video_token_id=video_id,
         vision_pooled_grid=pooled_grid,
         tie_word_embeddings=tie,
+        # LLaVA's mlp3x_gelu: vision -> LM width, then LM -> LM twice (the intermediate width is the LM's)
+        projector_type=projector,
+        projector_intermediate_size=text.hidden_size if projector == "mlp3x_gelu" else None,
         **layout,
     )
     rules = _longllava_rules(config.text_config, extra_rows)
@@ -870,33 +847,51 @@ def _longllava_recipe(kind: str, folder: Path, reader: CheckpointReader, options
         notes.append(f"added {extra_rows} zero row(s) to the embeddings and LM head for the new placeholder tokens.")
     recipe = _Recipe(config, rules, notes=notes, description="LongLLaVA (llava_jamba, FreedomIntelligence/LongLLaVA)")
     if tokenizer is not None:
-        from .image_processing_hybrid_vlm import HybridVLMImageProcessor
-
         recipe.tokenizer = tokenizer
-        if anyres:
-            pinpoints = raw.get("image_grid_pinpoints")
-            pinpoints = ast.literal_eval(pinpoints) if isinstance(pinpoints, str) else pinpoints
-            recipe.image_processor = HybridVLMImageProcessor.from_vision_config(vision, image_grid_pinpoints=pinpoints)
-        else:
-            recipe.image_processor = HybridVLMImageProcessor.from_vision_config(vision)
-            notes.append("LongLLaVA pads images to a square with the mean colour ('pad'); HybridVLM's image "
-                         "processor resizes and center-crops instead, so borders of non-square images differ.")
+        recipe.image_processor = _longllava_image_processor(raw, vision, anyres, notes)
+        # LongLLaVA's chat code reads a video file at one frame a second, at most 128 frames (spread evenly over the
+        # video when it is longer); frames passed in memory are used as given.
+        recipe.video_sampling = {"sampling": "fps", "fps": 1.0, "max_frames": 128}
         recipe.chat_template = LONGLLAVA_CHAT_TEMPLATE
         if layout["anyres_merge"] == "flat":
-            # LongLLaVA's own prompts: <img>...</img> around images, <vid>/<t> for videos, written as plain text.
-            recipe.image_layout = recipe.video_layout = "longllava"
+            # LongLLaVA's own prompts: <img>...</img> around images, <vid>/<t> for videos, written as plain text;
+            # videos exactly as its chat code writes them (the 'longllava-chat' layout, docs/converting.md).
+            recipe.image_layout = "longllava"
+            recipe.video_layout = "longllava-chat"
             recipe.layout_markers = "text"
-            recipe.chat_template = LONGLLAVA_CHAT_TEMPLATE_BARE
-            notes.append("prompts use the 'longllava' layout with plain-text markers, as LongLLaVA's reference code "
-                         "wrote them (<img>, </img>, <vid>, <t>, </vid> are ordinary text there).")
+            notes.append("prompts use the 'longllava' image layout and the 'longllava-chat' video layout with "
+                         "plain-text markers, as LongLLaVA's chat code writes them (<img>, </img>, <vid>, <t>, </vid> "
+                         "are ordinary text there; its video prompt ends in '<img><image></img</vid>').")
         else:
             recipe.video_layout = "plain"
             notes.append(f"mm_patch_merge_type={merge!r} stitches tiles spatially, which the 'longllava' layout "
-                         "(global view + whole tiles per row) cannot describe: images and videos use the llava layout.")
+                         "(global view + whole tiles per row) cannot describe: images and videos use the llava layout, "
+                         "without <img>/<vid> markers.")
         eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         eos = eos if isinstance(eos, int) and eos != tokenizer.unk_token_id else None
         recipe.generation_config = _generation_config(folder, config.text_config, [image_id, video_id], eos)
     return recipe
+
+
+def _longllava_image_processor(raw: Mapping[str, Any], vision: Mapping[str, Any], anyres: bool, notes: list[str]
+                               ) -> Any:
+    """The tower's own preprocessing (its folder's preprocessor_config.json, as the reference loads it; else the
+    encoder's standard one), with LongLLaVA's `image_aspect_ratio`: "pad" pads to a square with the mean colour."""
+    from .image_processing_hybrid_vlm import HybridVLMImageProcessor
+
+    overrides: dict[str, Any] = {}
+    if anyres:
+        pinpoints = raw.get("image_grid_pinpoints")
+        overrides["image_grid_pinpoints"] = ast.literal_eval(pinpoints) if isinstance(pinpoints, str) else pinpoints
+    elif raw.get("image_aspect_ratio", "pad") == "pad":  # absent: the reference's `process_images` pads too
+        overrides["image_aspect_ratio"] = "pad"
+        notes.append("image_aspect_ratio='pad': images are padded to a centred square with the mean colour before "
+                     "resizing, as LongLLaVA's expand2square does.")
+    tower = Path(str(raw.get("mm_vision_tower") or raw.get("vision_tower") or ""))
+    if tower.parts and _source_image_processor_dict(tower) is not None:
+        notes.append(f"image preprocessing read from the tower folder {tower}.")
+        return _image_processor_from_source(tower, vision, notes, **overrides)
+    return HybridVLMImageProcessor.from_vision_config(vision, **overrides)
 
 
 def _add_placeholder_tokens(tokenizer: Any, notes: list[str]) -> tuple[int, int]:
@@ -935,6 +930,8 @@ def _longllava_rules(text_config: Any, extra_rows: int) -> list[Rule]:
                     r"model.multi_modal_projector.linear_1.\1"),
         Rule.rename("projector mm_projector.2 -> linear_2", r"^model\.mm_projector\.2\.(weight|bias)$",
                     r"model.multi_modal_projector.linear_2.\1"),
+        Rule.rename("projector mm_projector.4 -> linear_3 (mlp3x_gelu)", r"^model\.mm_projector\.4\.(weight|bias)$",
+                    r"model.multi_modal_projector.linear_3.\1"),
         Rule.rename("AnyRes image newline", r"^model\.image_newline$", "model.image_newline"),
         Rule.rename("embeddings", r"^model\.embed_tokens\.weight$", "model.language_model.embed_tokens.weight", pad),
         Rule.rename("final norm", r"^model\.final_layernorm\.weight$", "model.language_model.final_layernorm.weight"),
@@ -1526,13 +1523,17 @@ def _write_processor(folder: Path, recipe: _Recipe, report: ConversionReport) ->
                             "HybridVLMProcessor.from_model_config and save it into the folder).")
         return
     from .processing_hybrid_vlm import HybridVLMProcessor
+    from .video_processing_hybrid_vlm import HybridVLMVideoProcessor
 
     layout = {"video_layout": recipe.video_layout, "layout_markers": recipe.layout_markers}
     if recipe.image_layout is not None:
         layout["image_layout"] = recipe.image_layout
+    video_processor = None
+    if recipe.video_sampling and recipe.image_processor is not None:
+        video_processor = HybridVLMVideoProcessor.from_image_processor(recipe.image_processor, **recipe.video_sampling)
     processor = HybridVLMProcessor.from_model_config(
-        recipe.config, recipe.tokenizer, image_processor=recipe.image_processor, chat_template=recipe.chat_template,
-        **layout,
+        recipe.config, recipe.tokenizer, image_processor=recipe.image_processor, video_processor=video_processor,
+        chat_template=recipe.chat_template, **layout,
     )
     processor.save_pretrained(str(folder))
 

@@ -48,6 +48,9 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
 # Standard ImagesKwargs that a ProcessorMixin may forward but that mean nothing for a fixed-size output.
 _IGNORED_CALL_KWARGS = {"do_pad", "pad_size", "default_to_square", "device", "disable_grouping", "image_seq_length"}
+# `image_aspect_ratio` values: None keeps the aspect ratio to the resize/crop steps; "pad" first pads the image to a
+# centred square with the mean colour (LLaVA's `expand2square`, LongLLaVA's `image_aspect_ratio="pad"`).
+ASPECT_RATIO_MODES: tuple[str | None, ...] = (None, "pad")
 # Keys transformers itself puts into saved image processor configs (its base __init__ handles the last three).
 _SERVICE_INIT_KWARGS = {"image_processor_type", "auto_map", "processor_class", "feature_extractor_type"}
 
@@ -60,6 +63,7 @@ class HybridVLMImageProcessorKwargs(ImagesKwargs, total=False):
     """
 
     do_convert_rgb: bool | None
+    image_aspect_ratio: str | None
     anyres: bool | None
     max_tiles: int | None
     image_grid_pinpoints: list[list[int]] | None
@@ -127,6 +131,50 @@ def _channel_stats(value: Any, name: str) -> list[float] | list[list[float]]:
     if name == "image_std" and any(v == 0 for v in values):
         raise ValueError(f"{_NAME}: image_std must not contain zeros, got {values}.")
     return values
+
+
+def pad_color(image_mean: Sequence[float], mode: str | None = "RGB") -> tuple[int, int, int]:
+    """The fill colour of ``image_aspect_ratio="pad"`` for an input of PIL ``mode`` (None: an array or tensor).
+
+    LLaVA's rule: each mean truncated to the 0..255 scale, ``int(m * 255)`` (CLIP's mean gives RGB (122, 116, 104)).
+    It fills in the input's own mode, before the conversion to RGB, and with one number ``int(mean[0] * 255)`` when
+    that mode is not RGB: a grayscale image (with or without alpha) gets that gray, an RGBA image red only (the
+    number fills the first band, and the conversion drops the border's zero alpha).
+    """
+    first = int(float(image_mean[0]) * 255)
+    if mode in ("L", "LA", "La"):
+        return first, first, first
+    if mode in ("RGBA", "RGBa"):
+        return first, 0, 0
+    r, g, b = (int(float(m) * 255) for m in image_mean)
+    return r, g, b
+
+
+def _source_mode(image: Any) -> str | None:
+    """The PIL mode an input arrives in (a file is opened lazily, header only); None for arrays and tensors."""
+    if isinstance(image, PIL.Image.Image):
+        return image.mode
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with PIL.Image.open(image) as opened:
+                return opened.mode
+        except OSError:
+            return None  # the loader reports unreadable files
+    return None
+
+
+def expand_to_square(image: np.ndarray, color: Sequence[int]) -> np.ndarray:
+    """Pad an (H, W, C) image to a square of its longer side, the image centred (offset rounded down), the border in
+    ``color``; a square image is returned as it is."""
+    height, width = image.shape[:2]
+    if height == width:
+        return image
+    side = max(height, width)
+    out = np.empty((side, side, image.shape[2]), dtype=image.dtype)
+    out[...] = np.asarray(color, dtype=image.dtype)
+    top, left = (side - height) // 2, (side - width) // 2
+    out[top : top + height, left : left + width] = image
+    return out
 
 
 def _resize_target(height: int, width: int, size: dict[str, int]) -> tuple[int, int]:
@@ -311,6 +359,9 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         image_mean: per-channel mean (CLIP's by default).
         image_std: per-channel std (CLIP's by default).
         do_convert_rgb: convert every input to 3-channel RGB; with ``False`` inputs must already be RGB.
+        image_aspect_ratio: ``None`` (default): the image goes to resize/crop as it is. ``"pad"``: it is first padded
+            to a centred square with the colour ``int(m * 255)`` of each ``image_mean`` entry, so nothing is cropped
+            away (LLaVA's and LongLLaVA's ``image_aspect_ratio="pad"``). Single-resolution mode only.
         anyres: AnyRes tiling on or off. ``None`` (default) turns it on exactly when a grid policy is given.
         max_tiles: MMJamba's policy: every grid with 1..max_tiles tiles, the closest aspect ratio wins.
         image_grid_pinpoints: LLaVA-NeXT's policy: allowed [height, width] resolutions, multiples of the view size.
@@ -336,6 +387,7 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         "anyres",
         "max_tiles",
         "image_grid_pinpoints",
+        "image_aspect_ratio",
     )
 
     def __init__(
@@ -354,6 +406,7 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         anyres: bool | None = None,
         max_tiles: int | None = None,
         image_grid_pinpoints: list[list[int]] | None = None,
+        image_aspect_ratio: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("image_processor_type", None)  # to_dict writes the class name itself
@@ -377,6 +430,7 @@ class HybridVLMImageProcessor(BaseImageProcessor):
                 "anyres": anyres,
                 "max_tiles": max_tiles,
                 "image_grid_pinpoints": image_grid_pinpoints,
+                "image_aspect_ratio": image_aspect_ratio,
             },
             base=None,
         )
@@ -508,6 +562,7 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         out["image_mean"] = _channel_stats(params["image_mean"], "image_mean")
         out["image_std"] = _channel_stats(params["image_std"], "image_std")
         out.update(self._resolve_anyres(params, given, stored=base))
+        out["image_aspect_ratio"] = self._resolve_aspect_ratio(params.get("image_aspect_ratio"), out)
         if out["anyres"]:
             view_size = self._view_size(out)
             if out["image_grid_pinpoints"] is not None:
@@ -517,6 +572,29 @@ class HybridVLMImageProcessor(BaseImageProcessor):
             if name not in out:
                 out[name] = params.get(name)
         return out
+
+    @staticmethod
+    def _resolve_aspect_ratio(value: Any, params: dict[str, Any]) -> str | None:
+        """Validate ``image_aspect_ratio``; "pad" needs one mean colour and no AnyRes tiling."""
+        if value in ("", "none", "None"):
+            value = None
+        if value not in ASPECT_RATIO_MODES:
+            raise ValueError(
+                f"{_NAME}: unknown image_aspect_ratio {value!r}; use None (resize/crop as is) or 'pad' (pad to a "
+                "square with the mean colour first)."
+            )
+        if value == "pad":
+            if params["anyres"]:
+                raise ValueError(
+                    f"{_NAME}: image_aspect_ratio='pad' is for single-resolution images; AnyRes tiles an image by "
+                    "its own aspect ratio. Use one of the two (anyres=False, or image_aspect_ratio=None)."
+                )
+            if isinstance(params["image_mean"][0], list):
+                raise ValueError(
+                    f"{_NAME}: image_aspect_ratio='pad' needs one image_mean to take the padding colour from; this "
+                    "processor has one per vision encoder."
+                )
+        return value
 
     @staticmethod
     def _resolve_anyres(params: dict[str, Any], given: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
@@ -609,6 +687,8 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         params = self._call_params(overrides)
         if params["anyres"]:
             return self._view_size(params)
+        if params["image_aspect_ratio"] == "pad":
+            height = width = max(height, width)
         if params["do_resize"]:
             height, width = _resize_target(height, width, params["size"])
         if params["do_center_crop"]:
@@ -827,6 +907,8 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         for index, image in enumerate(flat):
             array, original_size = self._load(image, index, params["do_convert_rgb"], input_format)
             sizes.append(original_size)
+            if params["image_aspect_ratio"] == "pad":
+                array = expand_to_square(array, pad_color(params["image_mean"], _source_mode(image)))
             layout = self._layout(*original_size, params) if params["anyres"] else None
             if layout is not None:
                 layouts.append(layout)
@@ -876,4 +958,10 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         return self.preprocess(images, return_tensors=return_tensors, **overrides)
 
 
-__all__ = ["HybridVLMImageProcessor", "HybridVLMImageProcessorKwargs"]
+__all__ = [
+    "ASPECT_RATIO_MODES",
+    "HybridVLMImageProcessor",
+    "HybridVLMImageProcessorKwargs",
+    "expand_to_square",
+    "pad_color",
+]

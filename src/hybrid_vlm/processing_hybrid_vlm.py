@@ -15,8 +15,9 @@ there) and each `<video>` placeholder becomes the frames' tokens.
 Layouts (`image_layout`, `video_layout`, saved with the processor; docs/layouts.md): `"llava"` (plain runs of
 placeholder tokens; `"plain"` is the video layout's older name), `"longllava"` (`<img>...</img>`, AnyRes as the global
 view then tile rows separated by `\n`; videos `<vid>`, `<img>...</img>` per frame separated by `<t>`, `</vid>`) and
-`"qwen2vl"` (`<|vision_start|>...<|vision_end|>`). `token_counts.layout_pieces` says what each expansion is made of;
-every visual feature is one placeholder token (`image_token_id` / `video_token_id`), which the model fills in order;
+`"qwen2vl"` (`<|vision_start|>...<|vision_end|>`), plus the video-only `"longllava-chat"` (LongLLaVA's chat code's
+video prompt byte for byte, for converted checkpoints). `token_counts.layout_pieces` says what each expansion is made
+of; every visual feature is one placeholder token (`image_token_id` / `video_token_id`), which the model fills in order;
 the markers are ordinary tokens to it. `layout_markers="special"` wants every marker to be one token of the tokenizer
 (new models); `"text"` lets the tokenizer split them, as LongLLaVA's reference code did (converted checkpoints): the
 cost of every marker segment is then measured with the tokenizer, so counts with markers stay exact.
@@ -60,18 +61,19 @@ from .token_counts import (
     VIDEO_LAYOUTS,
     TokenLayout,
     VisualTokenSpec,
+    all_layout_segments,
     canonical_layout,
     count_image_tokens,
     count_layout_tokens,
     count_video_tokens,
     layout_pieces,
-    layout_segments,
     video_runs,
 )
 from .tokenization_utils import (
     CHAT_TEMPLATE,
     CHATML_TURNS,
     IMAGE_TOKEN,
+    LONGLLAVA_CHAT_TEMPLATE,
     RENDER_CONTENT_MACRO,
     VIDEO_TOKEN,
     make_tokenizer_files_portable,
@@ -126,27 +128,7 @@ _ANYRES_MERGES = ("spatial", "flat")  # HybridVLMConfig.anyres_merge
 
 # Chat templates per layout: each family's turn format. Image/video blocks become one `<image>` / `<video>` each (the
 # processor lays them out); the assistant's words and end-of-turn token sit in {% generation %} for assistant-only loss.
-# LongLLaVA: <|startoftext|><|User|>\n{question}\n<|startoftext|><|Assistant|>\n{answer}<|endoftext|>
-LONGLLAVA_CHAT_TEMPLATE = (
-    "{#- LongLLaVA turns with image/video content blocks; {% generation %} marks what the assistant says. -#}\n"
-    + RENDER_CONTENT_MACRO
-    + r"""{%- for message in messages -%}
-    {%- if message['role'] == 'assistant' -%}
-        {{- '<|startoftext|><|Assistant|>\n' -}}
-        {%- generation -%}
-            {{- render_content(message['content']) + '<|endoftext|>' -}}
-        {%- endgeneration -%}
-    {%- elif message['role'] in ['system', 'user'] -%}
-        {{- '<|startoftext|><|' + message['role'] | capitalize + '|>\n' + render_content(message['content']) + '\n' -}}
-    {%- else -%}
-        {{- raise_exception('Unsupported role: ' ~ message['role'] ~ ' (use system, user or assistant).') -}}
-    {%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{- '<|startoftext|><|Assistant|>\n' -}}
-{%- endif -%}
-"""
-)
+# LongLLaVA: tokenization_utils.LONGLLAVA_CHAT_TEMPLATE (one template for converted and new checkpoints).
 # Qwen2-VL / Vamba: ChatML with Qwen's default system prompt.
 QWEN2VL_CHAT_TEMPLATE = (
     "{#- Qwen ChatML with image/video content blocks; {% generation %} marks what the assistant says. -#}\n"
@@ -161,6 +143,7 @@ QWEN2VL_CHAT_TEMPLATE = (
 CHAT_TEMPLATES: dict[str, str] = {
     "llava": CHAT_TEMPLATE,
     "longllava": LONGLLAVA_CHAT_TEMPLATE,
+    "longllava-chat": LONGLLAVA_CHAT_TEMPLATE,
     "qwen2vl": QWEN2VL_CHAT_TEMPLATE,
 }
 
@@ -635,7 +618,9 @@ class HybridVLMProcessor(ProcessorMixin):
             images: one image, a flat list of images (taken in placeholder order across the batch), or one list of
                 images per text sample. PIL images, arrays, tensors or local paths.
             text: a prompt or a list of prompts, with one `<image>` where each image goes and one `<video>` where each
-                video goes.
+                video goes. Prompts that already start with the tokenizer's BOS token (a rendered chat template) are
+                tokenized without the tokenizer's special tokens, so they get no second BOS (unless
+                `add_special_tokens=` is given).
             videos: one video, a flat list of videos (in placeholder order across the batch), or one list of videos
                 per text sample. A video is a file path, bytes, a file-like object, a (T, H, W, C)/(T, C, H, W)
                 array or tensor, or a list of frames. Decoding and sampling options (`num_frames`, `fps`,
@@ -684,6 +669,7 @@ class HybridVLMProcessor(ProcessorMixin):
         expanded, replacement_offsets = self._expand_placeholders(texts, replacements, video_replacements)
 
         want_offsets = bool(text_kwargs.get("return_offsets_mapping"))
+        text_kwargs = self._no_second_bos(texts, text_kwargs)
         encoding = self.tokenizer(expanded, **text_kwargs)
         input_ids = [list(row) for row in encoding["input_ids"]]
         self._check_visual_tokens(input_ids, expanded, texts, text_kwargs)
@@ -791,6 +777,24 @@ class HybridVLMProcessor(ProcessorMixin):
         if str(image_kwargs.get("data_format") or "channels_first") not in ("channels_first", "ChannelDimension.FIRST"):
             raise ValueError(f"{_NAME}: the model takes channels-first pixel_values; drop data_format.")
         return text_kwargs, image_kwargs, options
+
+    def _no_second_bos(self, texts: list[str], text_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Prompts that already start with the BOS token (a rendered chat template writes it) are tokenized without
+        the tokenizer's special tokens, so they get no second BOS; the rule transformers' `apply_chat_template` uses.
+        An explicit `add_special_tokens` always wins."""
+        bos = getattr(self.tokenizer, "bos_token", None)
+        if "add_special_tokens" in text_kwargs or not bos:
+            return text_kwargs
+        starts = [sample.startswith(str(bos)) for sample in texts]
+        if not any(starts):
+            return text_kwargs
+        if not all(starts):
+            raise ValueError(
+                f"{_NAME}: some prompts of this batch start with the BOS token {str(bos)!r} and some do not, so the "
+                "tokenizer would add a second BOS to some of them. Render every prompt the same way (e.g. all with "
+                "apply_chat_template), or pass add_special_tokens=True/False to decide for the whole batch."
+            )
+        return {**text_kwargs, "add_special_tokens": False}
 
     def _text_batch(self, text: Any) -> list[str]:
         if isinstance(text, str):
@@ -1008,7 +1012,7 @@ class HybridVLMProcessor(ProcessorMixin):
         hub_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in ("repo_id", "commit_message", "token", "private")}
         files = super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
         directory = Path(save_directory)
-        make_tokenizer_files_portable(directory)
+        make_tokenizer_files_portable(directory, tokenizer=self.tokenizer)
         # Always rewritten (never left over from an earlier save): 4.x loads the image processor from this file.
         record_processor_class(self.image_processor, self.__class__.__name__)
         write_text_atomic(directory / _IMAGE_PROCESSOR_FILE, self.image_processor.to_json_string())
@@ -1146,6 +1150,12 @@ def _measure_layout(tokenizer: Any, layout: str, kind: str, markers: str, placeh
     one token of the tokenizer.
     """
     name = canonical_layout(layout)
+    if name == "longllava-chat" and markers != "text":
+        raise ValueError(
+            f"{_NAME}: the 'longllava-chat' video layout reproduces LongLLaVA's chat prompt, whose markers are plain "
+            "text (and one of them, '</img', is cut short); use it with layout_markers='text', or use the "
+            "'longllava' layout for special-token markers."
+        )
     if markers == "special" or name == "qwen2vl":
         for marker in LAYOUT_MARKERS[name]:
             try:
@@ -1157,15 +1167,13 @@ def _measure_layout(tokenizer: Any, layout: str, kind: str, markers: str, placeh
                 raise ValueError(f"{error}{hint}") from None
     if placeholder is None:  # no placeholder token to measure against: videos are refused later anyway
         return TokenLayout(name, markers)
-    costs = []
-    for segment, text in zip(
-        layout_segments(name, kind),
-        ("{s}{p}", "{p}{s}{p}", "{p}{s}"),
-    ):
-        if segment:
-            probe = text.format(s=segment, p=placeholder)
-            costs.append((segment, len(tokenizer.encode(probe, add_special_tokens=False)) - probe.count(placeholder)))
-    return TokenLayout(name, markers, tuple(costs))
+    costs: dict[str, int] = {}
+    for segments in all_layout_segments(name, kind):
+        for segment, text in zip(segments, ("{s}{p}", "{p}{s}{p}", "{p}{s}")):
+            if segment and segment not in costs:
+                probe = text.format(s=segment, p=placeholder)
+                costs[segment] = len(tokenizer.encode(probe, add_special_tokens=False)) - probe.count(placeholder)
+    return TokenLayout(name, markers, tuple(costs.items()))
 
 
 def _token_id_or_none(tokenizer: Any, token: str) -> int | None:

@@ -193,9 +193,16 @@ def count_image_tokens(spec: VisualTokenSpec, height: int, width: int) -> int:
 #            <img> [global view] \n [tile row 1] \n ... \n [tile row R] </img>   (AnyRes, seed 001 section 3.2)
 #            <vid> <img>[frame 1]</img> <t> <img>[frame 2]</img> ... <img>[frame F]</img> </vid>
 # qwen2vl:   <|vision_start|> <image> x n <|vision_end|>, and the same around a video's frames (Vamba, Qwen2-VL)
+# longllava-chat (videos only): the video prompt LongLLaVA's chat code writes, byte for byte. It joins
+#            `<img><image></img><t>` per frame and strips the characters '<', 't', '>' from the right (a
+#            `str.rstrip('<t>')`), which also eats the last `</img>`'s `>`:
+#            <vid> <img>[frame 1]</img> <t> ... <img>[frame F]</img </vid>
+#            and then wraps a lone `<image>` again when no `</img>` is left, so a one-frame video is
+#            <vid><img> <img>[frame]</img> </img</vid>
 LAYOUTS: tuple[str, ...] = ("llava", "longllava", "qwen2vl")
+VIDEO_ONLY_LAYOUTS: tuple[str, ...] = ("longllava-chat",)
 # "plain" is the first name of the llava video layout; saved processors still use it.
-VIDEO_LAYOUTS: tuple[str, ...] = ("plain", *LAYOUTS)
+VIDEO_LAYOUTS: tuple[str, ...] = ("plain", *LAYOUTS, *VIDEO_ONLY_LAYOUTS)
 IMAGE_LAYOUTS: tuple[str, ...] = LAYOUTS
 # "special": every marker is one token of the tokenizer (new models). "text": markers are plain text that the tokenizer
 # splits into several tokens, as in LongLLaVA's reference code (converted checkpoints); their costs are measured.
@@ -213,21 +220,28 @@ _VIDEO_SEGMENTS: dict[str, tuple[str, str, str]] = {
     "llava": ("", "", ""),
     "longllava": ("<vid><img>", "</img><t><img>", "</img></vid>"),
     "qwen2vl": ("<|vision_start|>", "", "<|vision_end|>"),
+    "longllava-chat": ("<vid><img>", "</img><t><img>", "</img</vid>"),
+}
+# Layouts whose one-run (one-frame) video differs from the general rule: (start, end) for that case.
+_SINGLE_RUN_VIDEO_SEGMENTS: dict[str, tuple[str, str]] = {
+    "longllava-chat": ("<vid><img><img>", "</img></img</vid>"),
 }
 # Every marker a layout writes; "\n" is ordinary text (one token in the tokenizers these models use).
 LAYOUT_MARKERS: dict[str, tuple[str, ...]] = {
     "llava": (),
     "longllava": ("<img>", "</img>", "<vid>", "</vid>", "<t>"),
     "qwen2vl": ("<|vision_start|>", "<|vision_end|>"),
+    "longllava-chat": ("<img>", "</img>", "<vid>", "</vid>", "<t>"),
 }
 _ALL_MARKERS = tuple(dict.fromkeys(m for markers in LAYOUT_MARKERS.values() for m in markers)) + ("\n",)
 
 
 def canonical_layout(name: Any, what: str = "layout") -> str:
-    """A layout name as one of `LAYOUTS` ("plain" -> "llava"), or a ValueError listing the choices."""
+    """A layout name as one of `LAYOUTS` or `VIDEO_ONLY_LAYOUTS` ("plain" -> "llava"), or a ValueError listing the
+    choices."""
     if name == "plain":
         return "llava"
-    if name not in LAYOUTS:
+    if name not in LAYOUTS and name not in VIDEO_ONLY_LAYOUTS:
         choices = list(VIDEO_LAYOUTS) if what == "video_layout" else list(LAYOUTS)
         raise ValueError(f"Unknown {what} {name!r}; use one of {choices}.")
     return name
@@ -274,14 +288,29 @@ def as_token_layout(layout: str | TokenLayout) -> TokenLayout:
     return layout if isinstance(layout, TokenLayout) else TokenLayout(canonical_layout(layout))
 
 
-def layout_segments(layout: str | TokenLayout, kind: str) -> tuple[str, str, str]:
-    """(start, between, end) text segments of one image (``kind="image"``) or video (``"video"``) in ``layout``."""
+def layout_segments(layout: str | TokenLayout, kind: str, num_runs: int | None = None) -> tuple[str, str, str]:
+    """(start, between, end) text segments of one image (``kind="image"``) or video (``"video"``) in ``layout``.
+
+    ``num_runs`` (the frames of a video) picks a layout's own segments for a one-frame video where it has them
+    (``longllava-chat``); a video-only layout's images are laid out like its family's (``longllava``).
+    """
     name = as_token_layout(layout).name
     if kind == "image":
-        return _IMAGE_SEGMENTS[name]
+        return _IMAGE_SEGMENTS["longllava" if name == "longllava-chat" else name]
     if kind == "video":
-        return _VIDEO_SEGMENTS[name]
+        start, between, end = _VIDEO_SEGMENTS[name]
+        if num_runs == 1 and name in _SINGLE_RUN_VIDEO_SEGMENTS:
+            start, end = _SINGLE_RUN_VIDEO_SEGMENTS[name]
+        return start, between, end
     raise ValueError(f"kind must be 'image' or 'video', got {kind!r}.")
+
+
+def all_layout_segments(layout: str | TokenLayout, kind: str) -> list[tuple[str, str, str]]:
+    """Every (start, between, end) triple ``layout`` can write for ``kind``: the general one, then any one-run
+    variant (the processor measures the token cost of each)."""
+    triples = [layout_segments(layout, kind)]
+    single = layout_segments(layout, kind, num_runs=1)
+    return triples + ([single] if single != triples[0] else [])
 
 
 def _check_runs(runs: Any) -> list[int]:
@@ -299,7 +328,7 @@ def layout_pieces(layout: str | TokenLayout, kind: str, runs: Any) -> list[str |
     image, whose runs are the global view and then each tile row (the model's ``anyres_merge="flat"`` packing).
     """
     runs = _check_runs(runs)
-    start, between, end = layout_segments(layout, kind)
+    start, between, end = layout_segments(layout, kind, len(runs))
     pieces: list[str | int] = [start] if start else []
     for index, run in enumerate(runs):
         if index and between:
@@ -326,7 +355,7 @@ def count_layout_tokens(
 
 def _marker_tokens(layout: TokenLayout, kind: str, num_runs: int) -> int:
     """Tokens of the text segments around and between `num_runs` runs of one image or video."""
-    start, between, end = layout_segments(layout, kind)
+    start, between, end = layout_segments(layout, kind, num_runs)
     return sum(times * layout.cost(segment) for segment, times in ((start, 1), (between, num_runs - 1), (end, 1))
                if segment and times)
 

@@ -27,6 +27,7 @@ __all__ = [
     "IMAGE_TOKEN",
     "IM_END_TOKEN",
     "IM_START_TOKEN",
+    "LONGLLAVA_CHAT_TEMPLATE",
     "NAMED_SPECIAL_TOKENS",
     "PAD_TOKEN",
     "SPECIAL_TOKENS",
@@ -38,6 +39,7 @@ __all__ = [
     "make_tokenizer_files_portable",
     "render_content_macro",
     "tiny_tokenizer_path",
+    "verify_same_ids",
 ]
 
 PAD_TOKEN = "<|pad|>"
@@ -131,6 +133,35 @@ CHAT_TEMPLATE = (
     "{#- ChatML with image/video content blocks; {% generation %} marks what the assistant says. -#}\n"
     + RENDER_CONTENT_MACRO
     + CHATML_TURNS
+)
+
+# LongLLaVA's chat format, the one template for every LongLLaVA processor (converted checkpoints and
+# `chat_template="longllava"`): each turn opens with <|startoftext|> and a role tag, the assistant's turn ends with
+# <|endoftext|> (inside {% generation %} for TRL's assistant-only loss). As in LongLLaVA's chat code an image block is
+# followed by a newline and a video block is not (its question follows `</vid>` directly); the processor's layout
+# writes the <img>/<vid> markers around each placeholder. The reference has no system role: a system message is
+# written as a plain preamble line.
+LONGLLAVA_CHAT_TEMPLATE = (
+    "{#- LongLLaVA (Jamba) chat format; the processor writes the <img>/<vid> markers. -#}\n"
+    + render_content_macro(image=r"<image>\n", video=r"<video>")
+    + r"""{%- for message in messages -%}
+    {%- if message['role'] == 'user' -%}
+        {{- '<|startoftext|><|User|>\n' + render_content(message['content']) + '\n' -}}
+    {%- elif message['role'] == 'assistant' -%}
+        {{- '<|startoftext|><|Assistant|>\n' -}}
+        {%- generation -%}
+            {{- render_content(message['content']) + '<|endoftext|>' -}}
+        {%- endgeneration -%}
+    {%- elif message['role'] == 'system' -%}
+        {{- render_content(message['content']) + '\n' -}}
+    {%- else -%}
+        {{- raise_exception('Unsupported role: ' ~ message['role'] ~ ' (use system, user or assistant).') -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- '<|startoftext|><|Assistant|>\n' -}}
+{%- endif -%}
+"""
 )
 
 TINY_MODEL_MAX_LENGTH = 32768
@@ -255,13 +286,87 @@ def _rewrite_json(path: Path, transform: Callable[[dict[str, Any]], dict[str, An
         write_text_atomic(path, json.dumps(new, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def make_tokenizer_files_portable(save_directory: str | os.PathLike[str]) -> None:
+# Tokenizer classes whose 4.57 fast class rebuilds itself from `tokenizer.model` (SentencePiece) whenever the config
+# names `add_prefix_space`; 5.x's class defaults that flag to True, so a True there can go when no `tokenizer.model`
+# is shipped (4.57 then reads tokenizer.json, as 5.x's rebuild does).
+_PREFIX_SPACE_REBUILDS = frozenset({"LlamaTokenizer", "LlamaTokenizerFast"})
+
+
+def _portable_prefix_space(config: dict[str, Any], directory: Path) -> dict[str, Any]:
+    if (
+        config.get("tokenizer_class") in _PREFIX_SPACE_REBUILDS
+        and config.get("add_prefix_space") is True
+        and not (directory / "tokenizer.model").is_file()
+    ):
+        config = {k: v for k, v in config.items() if k != "add_prefix_space"}
+    return config
+
+
+def _with_legacy(config: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """transformers 5.x keeps `legacy` on a LlamaTokenizer but does not save it; without it the reloaded tokenizer
+    rebuilds its pre-tokenizer the non-legacy way (no `▁` after special tokens). Write it back."""
+    legacy = getattr(tokenizer, "legacy", None)
+    if isinstance(legacy, bool) and "legacy" not in config:
+        config = {**config, "legacy": legacy}
+    return config
+
+
+def _probe_texts(tokenizer: Any) -> list[str]:
+    """Prompts that expose the usual round-trip losses: text right after special tokens (with and without a leading
+    space or newline), runs of spaces, newlines, digits, non-ASCII text and every special/added token in context."""
+    specials = [str(t) for t in getattr(tokenizer, "all_special_tokens", [])]
+    added = [str(t) for t in getattr(tokenizer, "get_added_vocab", dict)()]
+    tokens = list(dict.fromkeys(specials + added))[:64]
+    base = ["Hello world", " leading space", "two  spaces and\nnew lines\n\n", "Numbers 12345, punctuation!?",
+            "Ünïcödé — 文字 ✓", "<img>text markers</img><t>"]
+    texts = list(base)
+    for index, token in enumerate(tokens):
+        texts.append(f"{token}{base[index % len(base)]}")
+        texts.append(f"{base[(index + 1) % len(base)]}{token} after\n{token}\nline")
+    if tokens:
+        texts.append("".join(tokens) + " end")
+    return texts
+
+
+def verify_same_ids(reference: Any, save_directory: str | os.PathLike[str], texts: list[str] | None = None) -> None:
+    """Load the tokenizer saved in ``save_directory`` and check it gives ``reference``'s ids on probe prompts (with
+    and without special tokens); a ValueError names the first prompt that differs.
+
+    A folder can load fine and still tokenize differently (transformers 5.x dropping `legacy` is one such loss), so
+    every save that claims "same ids" checks it.
+    """
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        reloaded = AutoTokenizer.from_pretrained(str(save_directory))
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    for text in texts if texts is not None else _probe_texts(reference):
+        for special in (False, True):
+            want = reference(text, add_special_tokens=special)["input_ids"]
+            got = reloaded(text, add_special_tokens=special)["input_ids"]
+            if list(want) != list(got):
+                raise ValueError(
+                    f"the tokenizer saved in {save_directory} tokenizes {text!r} (add_special_tokens={special}) as "
+                    f"{list(got)}, the tokenizer it was saved from as {list(want)}. The saved files lose part of "
+                    "its configuration; fix tokenizer_config.json (e.g. its `legacy` or `add_prefix_space` entries) "
+                    "or save a tokenizer whose behaviour tokenizer.json fully describes (PreTrainedTokenizerFast)."
+                )
+
+
+def make_tokenizer_files_portable(save_directory: str | os.PathLike[str], tokenizer: Any = None) -> None:
     """Rewrite, in place, a folder written by ``tokenizer.save_pretrained`` on transformers 4.x or 5.x.
 
     Afterwards ``AutoTokenizer.from_pretrained(save_directory)`` works on both lines and gives the same ids, special
     tokens and chat template. ``tokenizer.json`` and ``chat_template.jinja`` are already read alike by both and are
-    left untouched; only ``tokenizer_config.json`` (and a ``special_tokens_map.json`` 4.x wrote) change.
-    Idempotent: running it twice changes nothing the second time.
+    left untouched; only ``tokenizer_config.json`` (and a ``special_tokens_map.json`` 4.x wrote) change: extra
+    special tokens spelled the way both lines read them, `legacy` written back where 5.x dropped it, and a Llama
+    `add_prefix_space: true` dropped where 4.57 would need the absent `tokenizer.model` to honour it.
+    With ``tokenizer`` (the one that was saved), the rewritten folder is reloaded and must give its ids on probe
+    prompts (:func:`verify_same_ids`), else a ValueError. Idempotent: running it twice changes nothing the second time.
     """
     if not isinstance(save_directory, (str, os.PathLike)):
         raise TypeError(f"save_directory must be a path, got {type(save_directory).__name__}")
@@ -275,7 +380,12 @@ def make_tokenizer_files_portable(save_directory: str | os.PathLike[str]) -> Non
         raise ValueError(
             f"{directory} has no tokenizer.json: only fast (tokenizers-backed) tokenizers can be made portable"
         )
-    _rewrite_json(config_file, _portable_tokenizer_config)
+    _rewrite_json(
+        config_file,
+        lambda config: _portable_prefix_space(_with_legacy(_portable_tokenizer_config(config), tokenizer), directory),
+    )
     tokens_map_file = directory / "special_tokens_map.json"
     if tokens_map_file.is_file():
         _rewrite_json(tokens_map_file, _portable_special_tokens_map)
+    if tokenizer is not None:
+        verify_same_ids(tokenizer, directory)

@@ -77,6 +77,7 @@ _FRAME_PARAM_NAMES: tuple[str, ...] = (
     "image_mean",
     "image_std",
     "do_convert_rgb",
+    "image_aspect_ratio",
 )
 _SAMPLING_PARAM_NAMES: tuple[str, ...] = (
     "do_sample_frames",
@@ -710,14 +711,22 @@ def _reader_class(backend: str) -> type:
 # ---------------------------------------------------------------------------------------------------- inputs
 
 
+# Files that hold one still picture: in a list, such paths are the frames of one video (transformers' convention for
+# chat blocks {"type": "video", "video": [frame paths]}); any other path is a video file.
+_STILL_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+
+
 def _is_frame(item: Any) -> bool:
     if isinstance(item, PIL.Image.Image):
         return True
+    if isinstance(item, (str, os.PathLike)):
+        return os.path.splitext(os.fspath(item))[1].lower() in _STILL_IMAGE_SUFFIXES
     return isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim in (2, 3)
 
 
 def is_video(item: Any) -> bool:
-    """One video: a path, bytes, a file-like object, a 4-D array/tensor, or a non-empty list of frames."""
+    """One video: a path, bytes, a file-like object, a 4-D array/tensor, or a non-empty list of frames (PIL images,
+    (H, W, C) arrays, or paths of still-image files such as PNG or JPEG)."""
     if isinstance(item, (str, os.PathLike, bytes, bytearray)) or hasattr(item, "read"):
         return True
     if isinstance(item, (np.ndarray, torch.Tensor)):
@@ -743,8 +752,8 @@ def make_video_list(videos: Any) -> list[Any]:
         what = f"videos[{bad}] (a {type(videos[bad]).__name__})"
     raise TypeError(
         f"{_NAME}: cannot read {what} as a video. A video is a file path, bytes, a file-like object, a (T, H, W, C) "
-        "or (T, C, H, W) array/tensor, or a list of frames (PIL images or (H, W, C) arrays); pass one video or a "
-        "list of them."
+        "or (T, C, H, W) array/tensor, or a list of frames (PIL images, (H, W, C) arrays or image file paths); pass "
+        "one video or a list of them."
     )
 
 
@@ -847,6 +856,7 @@ class HybridVLMVideoProcessor(_VideoProcessorBase):
         image_mean: float | Sequence[float] | None = None,
         image_std: float | Sequence[float] | None = None,
         do_convert_rgb: bool = True,
+        image_aspect_ratio: str | None = None,
         do_sample_frames: bool | None = None,
         sampling: str = "uniform",
         num_frames: int | None = 8,
@@ -879,6 +889,7 @@ class HybridVLMVideoProcessor(_VideoProcessorBase):
             "image_mean": image_mean,
             "image_std": image_std,
             "do_convert_rgb": do_convert_rgb,
+            "image_aspect_ratio": image_aspect_ratio,
         }
         self._frame_processor = self._make_frame_processor(frame_params)
         for name in _FRAME_PARAM_NAMES:  # the image processor's validated, normalised values
@@ -914,7 +925,12 @@ class HybridVLMVideoProcessor(_VideoProcessorBase):
     def from_image_processor(cls, image_processor: HybridVLMImageProcessor, **kwargs: Any) -> HybridVLMVideoProcessor:
         """A video processor whose frames get exactly the image processor's resize/normalisation (what the vision
         tower was trained on); ``kwargs`` set sampling parameters or override frame parameters."""
-        params = {name: copy.deepcopy(getattr(image_processor, name)) for name in _FRAME_PARAM_NAMES}
+        # image_aspect_ratio is newer than the other frame parameters: processors saved before it have none.
+        params = {
+            name: copy.deepcopy(getattr(image_processor, name) if name != "image_aspect_ratio"
+                                else getattr(image_processor, name, None))
+            for name in _FRAME_PARAM_NAMES
+        }
         params.update(kwargs)
         return cls(**params)
 
