@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 from .compat import revert_weight_conversion
 from .configuration_hybrid_vlm import VISION_MODEL_TYPES, HybridVLMConfig
 from .ssm import SSM_FP32_PARAMETERS
-from .tokenization_utils import render_content_macro
+from .tokenization_utils import CHATML_TURNS, render_content_macro
 
 __all__ = [
     "KINDS",
@@ -93,6 +93,22 @@ LONGLLAVA_CHAT_TEMPLATE = (
     + render_content_macro(image=r"<img><image></img>\n", video=r"<vid><video></vid>\n")
     + _LONGLLAVA_TURNS
 )
+# Vamba (Qwen2-VL ChatML with Qwen's default system prompt): an image block becomes one <|image_pad|>, a video block
+# one <|video_pad|>; the processor's 'qwen2vl' layout expands each into <|vision_start|>, one pad per visual token,
+# <|vision_end|>. Without the pads this is the reference's prompt exactly (its visual tokens are not in the text).
+VAMBA_IMAGE_TOKEN = "<|image_pad|>"
+VAMBA_VIDEO_TOKEN = "<|video_pad|>"
+VAMBA_CHAT_TEMPLATE = (
+    "{#- Qwen2-VL ChatML (Vamba); the processor writes <|vision_start|>, the pads and <|vision_end|>. -#}\n"
+    + render_content_macro(image=VAMBA_IMAGE_TOKEN, video=VAMBA_VIDEO_TOKEN)
+    + r"""{%- if messages and messages[0]['role'] != 'system' -%}
+    {{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' -}}
+{%- endif -%}
+"""
+    + CHATML_TURNS
+)
+# Frames Vamba's chat script samples from a video file (its `get_frame_indices(sample="middle")`).
+VAMBA_NUM_FRAMES = 128
 # The same chat format for processors that write the markers themselves (the 'longllava' layout with text markers).
 LONGLLAVA_CHAT_TEMPLATE_BARE = (
     "{#- LongLLaVA (Jamba) chat format; the processor writes the <img>/<vid> markers. -#}\n"
@@ -436,6 +452,7 @@ class _Recipe:
     video_layout: str = "plain"
     image_layout: str | None = None  # None: the processor's default ("llava")
     layout_markers: str = "special"
+    processor_kwargs: dict[str, Any] = field(default_factory=dict)  # image_token, video_token, video_processor ...
     generation_config: Any = None
     notes: list[str] = field(default_factory=list)
     description: str = ""
@@ -1100,9 +1117,17 @@ def _vamba_options(raw: Mapping[str, Any], entries: Mapping[str, SourceTensor], 
     `vision_mamba_mixer_config` gives what shapes cannot: the group count and the chunk size)."""
     mixer = raw.get("vision_mamba_mixer_config") or {}
     layer = r"^model\.(?:language_model\.)?layers\.\d+\."
+    layer_norm = bool(raw.get("cross_attn_use_layer_norm", False))
     options: dict[str, Any] = {
         "mix": "alpha" if _has_name(entries, layer + r"alpha$") else "sum",
-        "cross_attention_kv_norm": bool(raw.get("cross_attn_use_layer_norm", False)),
+        # The reference replaces the visual stream by its input-normed states when this flag is set.
+        "cross_attention_kv_norm": layer_norm,
+        "visual_stream_norm": layer_norm,
+        # Every text token sees all visual tokens of its sample; text positions count text tokens only; the visual
+        # pre-norm is mamba-ssm's RMSNorm with its default eps.
+        "cross_attention_visibility": "all",
+        "text_positions": "text",
+        "ssm_norm_eps": 1e-5,
     }
     a_log = _first(entries, layer + r"vision_mixer\.mixer\.A_log$")
     if a_log is None:
@@ -1164,8 +1189,14 @@ def _vamba_recipe(kind: str, folder: Path, reader: CheckpointReader, options: _O
         vision.hidden_size = merger.shape[0]
     text = qwen2_text_config(raw)
     vamba_options = _vamba_options(raw, entries, text["hidden_size"], notes)
-    # The reference leaves cross-attention queries/keys unrotated unless this flag is set.
-    vamba_options["cross_attention_rope"] = bool(raw.get("cross_attn_use_position_embeddings", False))
+    if raw.get("cross_attn_use_position_embeddings", False):
+        raise NotImplementedError(
+            f"{folder}/config.json sets cross_attn_use_position_embeddings=true: the reference then rotates the "
+            "cross-attention keys with M-RoPE at each visual token's (t, h, w) grid position, which HybridVLM's Vamba "
+            "decoder does not reproduce (its released checkpoints and training scripts leave the flag false)."
+        )
+    # The reference leaves cross-attention queries/keys unrotated unless that flag is set.
+    vamba_options["cross_attention_rope"] = False
     tie = "lm_head.weight" not in entries
     if tie and not raw.get("tie_word_embeddings", False):
         raise ConversionError("the source has no lm_head.weight and its config does not tie it to the embeddings.")
@@ -1174,19 +1205,82 @@ def _vamba_recipe(kind: str, folder: Path, reader: CheckpointReader, options: _O
         vamba_options,
         image_token_id=raw.get("image_token_id", 151655), video_token_id=raw.get("video_token_id", 151656),
     )
-    notes.append("images are resized to a fixed square (448 px by default) instead of Qwen2-VL's dynamic "
-                 "resolution; visual tokens get 1-D positions (Vamba: M-RoPE's 3-D ids).")
     recipe = _Recipe(config, _vamba_rules(), notes=notes, description="Vamba (TIGER-AI-Lab/Vamba, qwen2_vl)")
     if _has_tokenizer(folder):
-        from .image_processing_hybrid_vlm import HybridVLMImageProcessor
-
-        recipe.tokenizer = _load_tokenizer(folder)
-        recipe.image_processor = HybridVLMImageProcessor.from_vision_config(vision)
-        recipe.chat_template = _source_chat_template(folder, recipe.tokenizer)
-        recipe.generation_config = _generation_config(
-            folder, config.text_config, [config.image_token_id, config.video_token_id]
-        )
+        _vamba_processor_parts(folder, recipe, vision)
     return recipe
+
+
+def _vamba_processor_parts(folder: Path, recipe: _Recipe, vision: Any) -> None:
+    """Tokenizer, processors, chat template and generation config that reproduce the reference's chat code.
+
+    Prompt: Qwen2-VL ChatML with the default system prompt; each image/video becomes ``<|vision_start|>``, one
+    ``<|image_pad|>``/``<|video_pad|>`` per visual token, ``<|vision_end|>`` (the reference has no pads: its visual
+    tokens are not in the text; the model splits them out, so the text stream is the reference's). Pixels: Qwen2-VL's
+    `smart_resize` with the source's min/max pixels, bicubic, its mean/std. Frames of a video file: Vamba's chat
+    sampling (`vamba_middle`), an even count (two frames per temporal patch).
+    """
+    from .image_processing_hybrid_vlm import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, HybridVLMImageProcessor
+    from .video_processing_hybrid_vlm import HybridVLMVideoProcessor
+
+    config = recipe.config
+    tokenizer = _load_tokenizer(folder)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (VAMBA_IMAGE_TOKEN, VAMBA_VIDEO_TOKEN)}
+    for token, token_id in ids.items():
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            raise ConversionError(
+                f"the tokenizer in {folder} has no {token!r} token; Vamba's prompts need Qwen2-VL's special tokens "
+                "(<|vision_start|>, <|vision_end|>, <|image_pad|>, <|video_pad|>)."
+            )
+    if config.image_token_id != ids[VAMBA_IMAGE_TOKEN] or config.video_token_id != ids[VAMBA_VIDEO_TOKEN]:
+        recipe.notes.append(
+            f"image/video token ids set to the tokenizer's {VAMBA_IMAGE_TOKEN} / {VAMBA_VIDEO_TOKEN} ids "
+            f"{ids[VAMBA_IMAGE_TOKEN]} / {ids[VAMBA_VIDEO_TOKEN]} (config.json said {config.image_token_id} / "
+            f"{config.video_token_id})."
+        )
+        config.image_token_id, config.video_token_id = ids[VAMBA_IMAGE_TOKEN], ids[VAMBA_VIDEO_TOKEN]
+    saved = _source_image_processor_dict(folder) or {}
+    patch = int(saved.get("patch_size", getattr(vision, "patch_size", 14)))
+    merge = int(saved.get("merge_size", getattr(vision, "spatial_merge_size", 2)))
+    if patch * merge != int(vision.patch_size) * int(vision.spatial_merge_size):
+        raise ConversionError(
+            f"preprocessor_config.json says patch {patch} x merge {merge}, but the vision tower has patch "
+            f"{vision.patch_size} x merge {vision.spatial_merge_size}."
+        )
+    size = saved.get("size") if isinstance(saved.get("size"), dict) else {}
+    min_pixels = saved.get("min_pixels", size.get("min_pixels", size.get("shortest_edge", 56 * 56)))
+    max_pixels = saved.get("max_pixels", size.get("max_pixels", size.get("longest_edge", 28 * 28 * 1280)))
+    if "min_pixels" not in saved:
+        recipe.notes.append(f"the source saved no min/max pixels; using {min_pixels} / {max_pixels}.")
+    frame_params: dict[str, Any] = dict(
+        do_resize=True,
+        size={"min_pixels": int(min_pixels), "max_pixels": int(max_pixels), "factor": patch * merge},
+        resample=saved.get("resample", 3),  # bicubic
+        do_center_crop=False,
+        do_rescale=saved.get("do_rescale", True),
+        rescale_factor=saved.get("rescale_factor", 1 / 255),
+        do_normalize=saved.get("do_normalize", True),
+        image_mean=saved.get("image_mean", OPENAI_CLIP_MEAN),
+        image_std=saved.get("image_std", OPENAI_CLIP_STD),
+        do_convert_rgb=saved.get("do_convert_rgb", True),
+    )
+    recipe.tokenizer = tokenizer
+    recipe.image_processor = HybridVLMImageProcessor(**frame_params, anyres=False)
+    recipe.processor_kwargs = {
+        "image_token": VAMBA_IMAGE_TOKEN,
+        "video_token": VAMBA_VIDEO_TOKEN,
+        "video_processor": HybridVLMVideoProcessor(
+            **frame_params,
+            sampling="vamba_middle",
+            num_frames=VAMBA_NUM_FRAMES,
+            temporal_patch_size=int(saved.get("temporal_patch_size", vision.temporal_patch_size)),
+        ),
+    }
+    recipe.image_layout = recipe.video_layout = "qwen2vl"
+    recipe.layout_markers = "special"
+    recipe.chat_template = VAMBA_CHAT_TEMPLATE
+    # The reference generates with nothing suppressed (a generated pad is an ordinary token to it and to us).
+    recipe.generation_config = _generation_config(folder, config.text_config, [])
 
 
 _RECIPES: dict[str, Callable[[str, Path, CheckpointReader, _Options], _Recipe]] = {
@@ -1530,6 +1624,7 @@ def _write_processor(folder: Path, recipe: _Recipe, report: ConversionReport) ->
     layout = {"video_layout": recipe.video_layout, "layout_markers": recipe.layout_markers}
     if recipe.image_layout is not None:
         layout["image_layout"] = recipe.image_layout
+    layout.update(recipe.processor_kwargs)
     processor = HybridVLMProcessor.from_model_config(
         recipe.config, recipe.tokenizer, image_processor=recipe.image_processor, chat_template=recipe.chat_template,
         **layout,

@@ -10,6 +10,7 @@ the module the model's feature packing and the token count also come from.
 """
 
 import copy
+import math
 import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -81,8 +82,56 @@ def _resample_from_any(value: Any) -> PILImageResampling:
         ) from None
 
 
+# Qwen2-VL's dynamic resolution: ``size={"min_pixels": a, "max_pixels": b}`` (and the side multiple ``factor``).
+_SMART_KEYS = frozenset({"min_pixels", "max_pixels"})
+SMART_RESIZE_FACTOR = 28  # Qwen2-VL's patch 14 x merge 2
+
+
+def is_smart_size(size: Any) -> bool:
+    """True for the ``{"min_pixels", "max_pixels"[, "factor"]}`` size form (Qwen2-VL's dynamic resolution)."""
+    return isinstance(size, dict) and _SMART_KEYS <= set(size) <= _SMART_KEYS | {"factor"}
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen2-VL's `smart_resize`: sides rounded to multiples of ``factor`` (Python's round, half to even), then scaled
+    so the area lies in ``[min_pixels, max_pixels]``, keeping the aspect ratio as closely as possible.
+
+    Images with a side under ``factor`` or an aspect ratio over 200 are refused, as Qwen2-VL refuses them.
+    """
+    if height < factor or width < factor:
+        raise ValueError(
+            f"{_NAME}: a {height}x{width} image is smaller than {factor} px on a side, which Qwen2-VL's dynamic "
+            f"resolution cannot take; upscale it to at least {factor}x{factor} first."
+        )
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"{_NAME}: a {height}x{width} image has an aspect ratio over 200; crop or pad it first.")
+    new_height, new_width = round(height / factor) * factor, round(width / factor) * factor
+    if new_height * new_width > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        new_height = math.floor(height / beta / factor) * factor
+        new_width = math.floor(width / beta / factor) * factor
+    elif new_height * new_width < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        new_height = math.ceil(height * beta / factor) * factor
+        new_width = math.ceil(width * beta / factor) * factor
+    return new_height, new_width
+
+
+def _smart_size_dict(size: dict[str, Any]) -> dict[str, int]:
+    out = {"factor": SMART_RESIZE_FACTOR, **size}
+    for key, value in out.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"{_NAME}: size[{key!r}] must be a positive int, got {value!r}.")
+    out = {key: int(value) for key, value in out.items()}
+    if out["min_pixels"] > out["max_pixels"]:
+        raise ValueError(f"{_NAME}: size['min_pixels'] ({out['min_pixels']}) exceeds size['max_pixels'].")
+    return out
+
+
 def _size_dict(size: Any, param_name: str) -> dict[str, int]:
-    """Normalise ``size``/``crop_size`` to one of the two supported dict forms, with a clear error otherwise."""
+    """Normalise ``size``/``crop_size`` to one of the supported dict forms, with a clear error otherwise."""
+    if param_name == "size" and is_smart_size(size):
+        return _smart_size_dict(size)
     if param_name == "size":
         # An int means "shortest edge" (CLIP convention); a (height, width) pair means an exact size.
         size = get_size_dict(size, default_to_square=False, param_name=param_name)
@@ -105,6 +154,8 @@ def _derived_crop_size(size: dict[str, int]) -> dict[str, int]:
     """Crop that keeps a ``size`` result intact: a square of the shortest edge, or the exact size itself."""
     if "shortest_edge" in size:
         return {"height": size["shortest_edge"], "width": size["shortest_edge"]}
+    if "min_pixels" in size:  # no crop goes with a dynamic resolution; a placeholder of one token's size
+        return {"height": size["factor"], "width": size["factor"]}
     return {"height": size["height"], "width": size["width"]}
 
 
@@ -131,6 +182,8 @@ def _channel_stats(value: Any, name: str) -> list[float] | list[list[float]]:
 
 def _resize_target(height: int, width: int, size: dict[str, int]) -> tuple[int, int]:
     """Output (height, width) of the resize step; the one copy of this arithmetic (CLIP's truncation rule)."""
+    if "min_pixels" in size:
+        return smart_resize(height, width, size["factor"], size["min_pixels"], size["max_pixels"])
     if "shortest_edge" in size:
         short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = size["shortest_edge"], int(size["shortest_edge"] * long / short)
@@ -299,8 +352,10 @@ class HybridVLMImageProcessor(BaseImageProcessor):
 
     Args:
         do_resize: resize before cropping.
-        size: ``{"shortest_edge": N}`` (aspect-preserving, CLIP/DINOv2) or ``{"height": H, "width": W}`` (exact,
-            SigLIP). An int means shortest edge, a (height, width) pair an exact size.
+        size: ``{"shortest_edge": N}`` (aspect-preserving, CLIP/DINOv2), ``{"height": H, "width": W}`` (exact,
+            SigLIP) or ``{"min_pixels": a, "max_pixels": b}`` (Qwen2-VL's dynamic resolution, `smart_resize`; sides
+            become multiples of ``factor``, 28 unless given, and images of different sizes cannot share one call).
+            An int means shortest edge, a (height, width) pair an exact size.
         resample: PIL filter, as an enum, its int value or its name.
         do_center_crop: center crop after resizing.
         crop_size: ``{"height": H, "width": W}``; ``None`` derives it from ``size`` (the square of the shortest edge,
@@ -507,6 +562,11 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         out["rescale_factor"] = float(factor)
         out["image_mean"] = _channel_stats(params["image_mean"], "image_mean")
         out["image_std"] = _channel_stats(params["image_std"], "image_std")
+        if "min_pixels" in out["size"] and out["do_center_crop"]:
+            raise ValueError(
+                f"{_NAME}: size={out['size']} (dynamic resolution) gives images of varying size, which a center crop "
+                "would undo; set do_center_crop=False."
+            )
         out.update(self._resolve_anyres(params, given, stored=base))
         if out["anyres"]:
             view_size = self._view_size(out)
@@ -876,4 +936,4 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         return self.preprocess(images, return_tensors=return_tensors, **overrides)
 
 
-__all__ = ["HybridVLMImageProcessor", "HybridVLMImageProcessorKwargs"]
+__all__ = ["SMART_RESIZE_FACTOR", "HybridVLMImageProcessor", "HybridVLMImageProcessorKwargs", "is_smart_size", "smart_resize"]

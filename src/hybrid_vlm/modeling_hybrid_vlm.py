@@ -766,6 +766,28 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         **kwargs: Any,
     ) -> dict[str, Any]:
         past_key_values = take_cache(kwargs, past_key_values=past_key_values, cache=cache)
+        if self.config.decoder_type == "vamba":
+            model_inputs = self._prepare_generation_inputs(
+                input_ids, past_key_values, inputs_embeds, pixel_values, attention_mask, pixel_values_videos, **kwargs
+            )
+            # generate() counts every token of the interleaved sequence; Vamba's decoder counts its own positions
+            # (text tokens only, with text_positions="text"), padding-safe, from its cache.
+            model_inputs.pop("position_ids", None)
+            return model_inputs
+        return self._prepare_generation_inputs(
+            input_ids, past_key_values, inputs_embeds, pixel_values, attention_mask, pixel_values_videos, **kwargs
+        )
+
+    def _prepare_generation_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: Any,
+        inputs_embeds: torch.FloatTensor | None,
+        pixel_values: torch.FloatTensor | None,
+        attention_mask: torch.Tensor | None,
+        pixel_values_videos: Any,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         if GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL:
             # generate() forwards pixel_values & co. only with the prefill by itself (known multimodal inputs).
             if inputs_embeds is None:

@@ -64,6 +64,12 @@ __all__ = [
 MIX_MODES = ("alpha", "sum")
 VISUAL_MIXERS = ("mamba2", "mamba1", "none")
 CROSS_ATTENTION_INITS = ("self_attention", "random")
+# Which visual tokens a text token cross-attends to: "all" of its sample (the Vamba reference), or "causal" (only
+# those before it in the interleaved sequence).
+CROSS_ATTENTION_VISIBILITIES = ("all", "causal")
+# What default position ids count: "text" (text tokens only; the visual tokens are not in the reference's text
+# sequence) or "sequence" (every token of the interleaved sequence).
+TEXT_POSITIONS = ("text", "sequence")
 
 # Language models checked on transformers 4.57 and 5.x (tests/test_vamba.py re-checks those the installed line has):
 # without visual tokens the Vamba build reproduces the LM bit for bit, and the cross-attention equals the LM's own
@@ -120,11 +126,23 @@ class VambaOptions:
     cross_attention_init: ``"self_attention"`` (copy each layer's q/k/v/o, Table 2's key finding) or ``"random"``.
     cross_attention_kv_norm: apply the layer's input norm to the visual states before the K/V projections, so a
         cross-attention copied from self-attention sees inputs scaled as self-attention saw them in the source LM.
+    visual_stream_norm: with ``cross_attention_kv_norm``, the normed visual states also *replace* the visual stream
+        (they feed the K/V projections, the SSM block and the next layer). The Vamba reference does this when its
+        ``cross_attn_use_layer_norm`` is set; ``False`` norms only the K/V input.
+    cross_attention_visibility: ``"all"`` (default, the reference): every text token, the system prompt included,
+        cross-attends to every visual token of its sample and gets the ``a`` mix. ``"causal"``: a text token sees only
+        the visual tokens before it in the interleaved sequence, and text with none before it skips the mix (the
+        stricter reading, for streaming or multi-turn chats that add images later on a cache).
+    text_positions: ``"text"`` (default, the reference): default position ids count text tokens only, so a text
+        token's position does not depend on how many visual tokens there are (training too); visual tokens count
+        among themselves. ``"sequence"``: every token of the interleaved sequence counts.
     cross_attention_rope: rotate cross-attention queries and keys with RoPE at their sequence positions (our
         default: a copy of self-attention expects rotated inputs). The released Vamba checkpoints were trained without
         (`cross_attn_use_position_embeddings=False`); their converter turns this off.
     ssm_*: the SSM block's settings; ``ssm_d_state=None`` means 128 for Mamba-2 and 16 for Mamba-1 (mamba-ssm's
         defaults). ``ssm_head_dim``/``ssm_n_groups`` are Mamba-2 only, ``ssm_dt_rank`` Mamba-1 only.
+        ``ssm_norm_eps`` is the eps of the block's pre-norm (1e-5, mamba-ssm's RMSNorm default, as in the
+        reference); ``None`` takes the LM's ``rms_norm_eps``.
     """
 
     alpha_init: float = 0.5
@@ -132,7 +150,10 @@ class VambaOptions:
     visual_mixer: str = "mamba2"
     cross_attention_init: str = "self_attention"
     cross_attention_kv_norm: bool = True
+    visual_stream_norm: bool = False
     cross_attention_rope: bool = True
+    cross_attention_visibility: str = "all"
+    text_positions: str = "text"
     ssm_d_state: int | None = None
     ssm_d_conv: int = 4
     ssm_expand: int = 2
@@ -140,6 +161,7 @@ class VambaOptions:
     ssm_n_groups: int = 1
     ssm_chunk_size: int = 256
     ssm_dt_rank: int | str = "auto"
+    ssm_norm_eps: float | None = 1e-5
 
     def __post_init__(self) -> None:
         self.validate()
@@ -154,10 +176,12 @@ class VambaOptions:
             ("mix", MIX_MODES),
             ("visual_mixer", VISUAL_MIXERS),
             ("cross_attention_init", CROSS_ATTENTION_INITS),
+            ("cross_attention_visibility", CROSS_ATTENTION_VISIBILITIES),
+            ("text_positions", TEXT_POSITIONS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
-        for name in ("cross_attention_kv_norm", "cross_attention_rope"):
+        for name in ("cross_attention_kv_norm", "visual_stream_norm", "cross_attention_rope"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         for name in ("ssm_d_conv", "ssm_expand", "ssm_head_dim", "ssm_n_groups", "ssm_chunk_size"):
@@ -172,6 +196,14 @@ class VambaOptions:
             isinstance(self.ssm_dt_rank, bool) or not isinstance(self.ssm_dt_rank, int) or self.ssm_dt_rank < 1
         ):
             raise ValueError(f"ssm_dt_rank must be 'auto' or a positive integer, got {self.ssm_dt_rank!r}.")
+        if self.visual_stream_norm and not self.cross_attention_kv_norm:
+            raise ValueError(
+                "visual_stream_norm=True replaces the visual stream by the K/V norm's output; it needs "
+                "cross_attention_kv_norm=True as well."
+            )
+        eps = self.ssm_norm_eps
+        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1):
+            raise ValueError(f"ssm_norm_eps must be a small positive number (e.g. 1e-5) or None, got {eps!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -680,7 +712,9 @@ class VambaLanguageModel(nn.Module):
         alpha = torch.tensor(float(self.options.alpha_init), dtype=reference.dtype, device=reference.device)
         layer.register_parameter("alpha", nn.Parameter(alpha))
         if self.options.visual_mixer != "none":
-            eps = getattr(self.config, "rms_norm_eps", None) or getattr(self.config, "layer_norm_eps", None) or 1e-6
+            eps = self.options.ssm_norm_eps
+            if eps is None:
+                eps = getattr(self.config, "rms_norm_eps", None) or getattr(self.config, "layer_norm_eps", None) or 1e-6
             block = SSMBlock(
                 self.config.hidden_size,
                 mixer=self.options.visual_mixer,
@@ -759,12 +793,12 @@ class VambaLanguageModel(nn.Module):
         past_length = cache.seen_tokens if cache is not None else 0
 
         new_valid = self._new_token_mask(attention_mask, batch, seq_len, past_length, device)
-        position_ids = self._position_ids(position_ids, new_valid, cache, batch, seq_len)
+        is_visual = visual_mask & new_valid
+        position_ids = self._position_ids(position_ids, new_valid, is_visual, cache, batch, seq_len)
         order = (torch.arange(seq_len, device=device) + past_length).expand(batch, seq_len)
 
         # Split the interleaved sequence into a text stream (right-aligned, so decode tokens append in one column)
         # and a visual stream (left-aligned, so the SSM sees each row's tokens contiguously from the first slot).
-        is_visual = visual_mask & new_valid
         text_index, text_filled = _pack(~is_visual, right_align=True)
         text_valid = text_filled & new_valid.gather(1, text_index)
         text = _take(inputs_embeds, text_index)
@@ -782,11 +816,14 @@ class VambaLanguageModel(nn.Module):
         text_rope = self.rotary_emb(text, _take(position_ids, text_index))
         visual_rope = self.rotary_emb(visual, _take(position_ids, visual_index)) if new_visual else None
 
-        # Which visual slots (cached first, then new) each text token may read: real ones before it in the sequence.
+        # Which visual slots (cached first, then new) each text token may read: every real one of its row ("all"),
+        # or the real ones before it in the sequence ("causal").
         all_visual_valid, all_visual_order = self._visual_slots(cache, visual_filled, visual_order, new_visual)
         cross_mask = has_visual = None
         if all_visual_valid is not None and all_visual_valid.shape[1]:
-            visible = all_visual_valid[:, None, :] & (all_visual_order[:, None, :] < text_order[:, :, None])
+            visible = all_visual_valid[:, None, :].expand(-1, text_order.shape[1], -1).clone()
+            if self.options.cross_attention_visibility == "causal":
+                visible &= all_visual_order[:, None, :] < text_order[:, :, None]
             has_visual = visible.any(-1)
             visible[..., 0] |= ~has_visual  # rows that see nothing read one key, then get no cross-attention at all
             cross_mask = _additive_mask(visible, text.dtype)
@@ -860,6 +897,8 @@ class VambaLanguageModel(nn.Module):
         keys = values = None
         if visual is not None:
             source = layer.input_layernorm(visual) if self.options.cross_attention_kv_norm else visual
+            if self.options.visual_stream_norm:
+                visual = source  # the normed states are the visual stream from here on (SSM block, next layer)
             keys, values = layer.cross_attn.project_visual(source, state.visual_rope)
         if cache is not None and index in cache.visual_keys:
             if keys is not None:
@@ -939,17 +978,35 @@ class VambaLanguageModel(nn.Module):
         self,
         position_ids: torch.Tensor | None,
         new_valid: torch.Tensor,
+        is_visual: torch.Tensor,
         cache: VambaCache | None,
         batch: int,
         seq_len: int,
     ) -> torch.Tensor:
-        """Given ids (2-D, or 3-D for M-RoPE), else counted over real tokens, as generate() does (padding-safe)."""
+        """Given ids (2-D, or 3-D for M-RoPE), else counted over real tokens (padding-safe): with
+        ``text_positions="text"`` text tokens count text tokens only and visual tokens count visual tokens only,
+        with ``"sequence"`` every real token counts."""
         if position_ids is None:
-            start = cache.valid_tokens if cache is not None and cache.valid_tokens is not None else None
-            position_ids = new_valid.long().cumsum(-1) - 1
-            if start is not None:
-                position_ids = position_ids + start[:, None].to(position_ids.device)
-            position_ids = position_ids.clamp(min=0)
+            if self.options.text_positions == "text":
+                is_text = new_valid & ~is_visual
+                text_start = visual_start = None
+                if cache is not None and cache.text_valid is not None:
+                    text_start = cache.text_valid.sum(-1)
+                if cache is not None and cache.visual_valid is not None:
+                    visual_start = cache.visual_valid.sum(-1)
+                text_ids = is_text.long().cumsum(-1) - 1
+                visual_ids = is_visual.long().cumsum(-1) - 1
+                if text_start is not None:
+                    text_ids = text_ids + text_start[:, None].to(text_ids.device)
+                if visual_start is not None:
+                    visual_ids = visual_ids + visual_start[:, None].to(visual_ids.device)
+                position_ids = torch.where(is_visual, visual_ids, text_ids).clamp(min=0)
+            else:
+                start = cache.valid_tokens if cache is not None and cache.valid_tokens is not None else None
+                position_ids = new_valid.long().cumsum(-1) - 1
+                if start is not None:
+                    position_ids = position_ids + start[:, None].to(position_ids.device)
+                position_ids = position_ids.clamp(min=0)
         position_ids = position_ids.to(new_valid.device)
         if position_ids.shape[-1] != seq_len:
             raise ValueError(f"position_ids cover {position_ids.shape[-1]} tokens but the input has {seq_len}.")
