@@ -936,4 +936,10 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         return self.preprocess(images, return_tensors=return_tensors, **overrides)
 
 
-__all__ = ["SMART_RESIZE_FACTOR", "HybridVLMImageProcessor", "HybridVLMImageProcessorKwargs", "is_smart_size", "smart_resize"]
+__all__ = [
+    "SMART_RESIZE_FACTOR",
+    "HybridVLMImageProcessor",
+    "HybridVLMImageProcessorKwargs",
+    "is_smart_size",
+    "smart_resize",
+]

@@ -9,8 +9,9 @@ frames. Here:
   keyframes. It then seeks to the keyframe before each wanted frame and decodes forward only to it, so sampling 16
   frames from an hour costs about 16 GOPs, not an hour. Corrupt packets are skipped and counted; every loop is bounded
   by a wall-clock deadline and an iteration cap, so no file can hang the caller.
-* Sampling: ``uniform`` (MMJamba, LongLLaVA), ``middle``, Vamba's ``vamba_middle`` / ``vamba_uniform``, ``fps`` with a ``max_frames`` cap (LongLLaVA: 1 fps,
-  at most 128), any count per call (MMJamba's AnyFrame), a frame budget from a token budget (``max_visual_tokens``),
+* Sampling: ``uniform`` (MMJamba, LongLLaVA), ``middle``, Vamba's own ``vamba_middle`` / ``vamba_uniform``, ``fps``
+  with a ``max_frames`` cap (LongLLaVA: 1 fps, at most 128), any count per call (MMJamba's AnyFrame), a frame
+  budget from a token budget (``max_visual_tokens``),
   and Vamba's temporal-patch rule (``temporal_patch_size=2``: an odd count loses its last frame). The exact
   semantics are in ``docs/video.md`` and in the functions below.
 * Frames go through the image processor's own per-frame pipeline (a ``HybridVLMImageProcessor`` built from the same
