@@ -128,3 +128,75 @@ def test_plain_qwen2vl_is_not_converted_as_vamba(tmp_path):
     source.save_pretrained(tmp_path / "qwen2vl")
     with pytest.raises(ConversionError, match="plain Qwen2-VL"):
         convert(tmp_path / "qwen2vl", tmp_path / "out", "vamba", **quiet())
+
+
+QWEN2VL_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def write_qwen2vl_style_tokenizer(folder: Path) -> dict[str, int]:
+    """A word-level tokenizer with Qwen2-VL's special tokens, the pads at the config's ids (image 120, video 121)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["[UNK]", "system", "user", "assistant", "You", "are", "a", "helpful", ".", "Describe", "this", "image"]
+    vocab = {word: i for i, word in enumerate(words)}
+    ids = dict(zip(QWEN2VL_SPECIALS, [113, 114, 115, 122, 123, 119, 120, 121]))
+    vocab.update(ids)
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN2VL_SPECIALS[1:]})
+    tokenizer.save_pretrained(str(folder))
+    return ids
+
+
+def test_a_folder_with_its_tokenizer_converts_to_the_references_prompt_and_preprocessing(tmp_path):
+    """Every released checkpoint has its Qwen2-VL tokenizer: the converted processor writes the reference's ChatML
+    (Qwen's default system prompt) with `<|vision_start|>`, one `<|image_pad|>` per visual token, `<|vision_end|>`,
+    and resizes with Qwen2-VL's smart_resize (min/max pixels from the source), not to a fixed square."""
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    write_vamba_checkpoint(tmp_path / "vamba")
+    ids = write_qwen2vl_style_tokenizer(tmp_path / "vamba")
+    (tmp_path / "vamba" / "preprocessor_config.json").write_text(json.dumps({
+        "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "image_processor_type": "Qwen2VLImageProcessor"}))
+    convert(tmp_path / "vamba", tmp_path / "out", "vamba", **quiet())
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
+    assert (model.config.image_token_id, model.config.video_token_id) == (120, 121)
+    image = Image.new("RGB", (100, 70), (200, 30, 60))  # smart_resize: 70x100 -> 56x112 (2x4 merged tokens)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+    inputs = processor(text=text, images=[image], return_tensors="pt")
+    assert tuple(inputs["pixel_values"].shape) == (1, 3, 56, 112)
+    row = inputs["input_ids"][0].tolist()
+    start = row.index(ids["<|vision_start|>"])
+    assert row[start : start + 10] == [ids["<|vision_start|>"], *[120] * 8, ids["<|vision_end|>"]]
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).logits).all()
+    frames = [Image.new("RGB", (112, 84), (10 * i, 0, 0)) for i in range(5)]  # an odd count loses its last frame
+    video = processor(text="<|video_pad|>", videos=[frames], return_tensors="pt")
+    assert tuple(video["pixel_values_videos"].shape) == (1, 4, 3, 84, 112)
+    assert video["input_ids"][0].tolist().count(121) == 2 * 12  # two temporal patches of 3x4 merged tokens
+    options = json.loads((tmp_path / "out" / "config.json").read_text())["vamba_options"]
+    assert (options["cross_attention_visibility"], options["text_positions"], options["ssm_norm_eps"]) == (
+        "all", "text", 1e-5)
+    assert model.generation_config.suppress_tokens is None  # the reference suppresses nothing
+
+
+def test_the_references_layer_norm_flag_norms_the_visual_stream_and_position_embeddings_are_refused(tmp_path):
+    config = vamba_config()
+    write_vamba_checkpoint(tmp_path / "vamba")
+    (tmp_path / "vamba" / "config.json").write_text(json.dumps({**config, "cross_attn_use_layer_norm": True}))
+    convert(tmp_path / "vamba", tmp_path / "out", "vamba", **quiet())
+    options = json.loads((tmp_path / "out" / "config.json").read_text())["vamba_options"]
+    assert options["cross_attention_kv_norm"] is True and options["visual_stream_norm"] is True
+    (tmp_path / "vamba" / "config.json").write_text(json.dumps({**config, "cross_attn_use_position_embeddings": True}))
+    with pytest.raises(NotImplementedError, match="cross_attn_use_position_embeddings"):
+        convert(tmp_path / "vamba", tmp_path / "out2", "vamba", **quiet())
