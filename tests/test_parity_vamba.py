@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,25 +59,32 @@ def _case(name: str) -> tuple[dict, dict[str, torch.Tensor], list[dict]]:
     return meta, load_file(str(folder / "reference.safetensors")), messages
 
 
+def _run_case(model, processor, name: str) -> dict:
+    """The processor's output for a case's messages, which positions are visual placeholders, the model's logits."""
+    meta, reference, messages = _case(name)
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    inputs = {k: v for k, v in inputs.items() if k != "video_metadata"}
+    ids = inputs["input_ids"][0]
+    placeholders = (ids == model.config.image_token_id) | (ids == model.config.video_token_id)
+    with torch.no_grad():
+        logits = model(**inputs).logits[0]
+    return dict(meta=meta, reference=reference, inputs=inputs, ids=ids, placeholders=placeholders, logits=logits)
+
+
+def _logit_difference(run: dict) -> float:
+    """Max |ours - reference| over the reference's stored text positions and vocabulary columns."""
+    meta, reference = run["meta"], run["reference"]
+    text_positions = torch.nonzero(~run["placeholders"]).flatten()
+    ours = run["logits"][text_positions[reference["logit_positions"]], : meta["reference_vocab_size"]]
+    return (ours - reference["logits"]).abs().max().item()
+
+
 @pytest.fixture(scope="module")
 def runs(converted):
-    """Per case: the processor's output for the case's messages, its text positions and the model's logits."""
     model, processor = converted
-    results = {}
-    for name in CASES:
-        meta, reference, messages = _case(name)
-        inputs = processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-        )
-        inputs = {k: v for k, v in inputs.items() if k != "video_metadata"}
-        ids = inputs["input_ids"][0]
-        placeholders = (ids == model.config.image_token_id) | (ids == model.config.video_token_id)
-        with torch.no_grad():
-            logits = model(**inputs).logits[0]
-        results[name] = dict(
-            meta=meta, reference=reference, inputs=inputs, ids=ids, placeholders=placeholders, logits=logits
-        )
-    return results
+    return {name: _run_case(model, processor, name) for name in CASES}
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -102,10 +111,8 @@ def test_logits_at_the_stored_text_positions_match_the_references(runs, name):
     run = runs[name]
     meta, reference = run["meta"], run["reference"]
     text_positions = torch.nonzero(~run["placeholders"]).flatten()
-    ours = run["logits"][text_positions[reference["logit_positions"]], : meta["reference_vocab_size"]]
     assert run["ids"][text_positions[reference["logit_positions"]]].tolist() == meta["logit_position_token_ids"]
-    tolerance = meta["tolerance"]["logits_max_abs"]
-    assert (ours - reference["logits"]).abs().max().item() <= tolerance
+    assert _logit_difference(run) <= meta["tolerance"]["logits_max_abs"]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -130,3 +137,33 @@ def test_the_converted_processor_samples_and_pads_frames_as_vambas_chat_script(c
     assert out["video_metadata"][0]["frame_indices"] == meta["sampled_frame_indices"]
     padded = processor.video_processor(decoded[:3], do_sample_frames=True, num_frames=6)
     assert padded["video_metadata"][0]["frame_indices"] == [0, 1, 2, 2, 2, 2]
+
+
+def test_a_folder_converted_here_matches_the_reference_on_the_other_transformers_line(converted, other_python):
+    """The converted folder (saved by this line) loaded by the other line: same ids, same logits."""
+    model, _ = converted
+    folder = Path(model.config._name_or_path)
+    result = subprocess.run([other_python, __file__, "check", str(folder)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.split("MAXDIFF")[-1].split()[0]) <= 1e-3
+
+
+def _check(folder: str) -> None:
+    """Run by the other transformers line: every case through the folder; ids must match, print the logit gap."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import hybrid_vlm  # noqa: F401
+
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    worst = 0.0
+    for name in CASES:
+        run = _run_case(model, processor, name)
+        assert run["ids"][~run["placeholders"]].tolist() == run["meta"]["input_ids"], f"{name}: ids differ"
+        worst = max(worst, _logit_difference(run))
+    print(f"MAXDIFF {worst}")
+
+
+if __name__ == "__main__":
+    _check(sys.argv[2])
