@@ -200,3 +200,18 @@ def test_the_references_layer_norm_flag_norms_the_visual_stream_and_position_emb
     (tmp_path / "vamba" / "config.json").write_text(json.dumps({**config, "cross_attn_use_position_embeddings": True}))
     with pytest.raises(NotImplementedError, match="cross_attn_use_position_embeddings"):
         convert(tmp_path / "vamba", tmp_path / "out2", "vamba", **quiet())
+
+
+def test_a_qwen2vl_style_prompt_that_wraps_its_pad_gets_the_markers_once(tmp_path):
+    """Prompts written by Qwen2-VL's own template (`<|vision_start|><|image_pad|><|vision_end|>`) give the same ids as
+    the converted folder's template, which writes the bare pad."""
+    from transformers import AutoProcessor
+
+    write_vamba_checkpoint(tmp_path / "vamba")
+    write_qwen2vl_style_tokenizer(tmp_path / "vamba")
+    convert(tmp_path / "vamba", tmp_path / "out", "vamba", **quiet())
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    image = torch.zeros(3, 56, 56)
+    bare = processor(text="Describe <|image_pad|> this", images=[image])["input_ids"]
+    wrapped = processor(text="Describe <|vision_start|><|image_pad|><|vision_end|> this", images=[image])["input_ids"]
+    assert bare == wrapped and bare[0].count(122) == bare[0].count(123) == 1 and bare[0].count(120) == 4

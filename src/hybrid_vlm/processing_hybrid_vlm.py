@@ -855,7 +855,7 @@ class HybridVLMProcessor(ProcessorMixin):
                 start, which = min((at, k) for k, at in enumerate(next_at) if at != -1)
                 token, kind, pending = kinds[which]
                 end = start + len(token)
-                replacement = next(pending)
+                replacement = self._unwrapped(next(pending), sample, start, end, kind)
                 pieces.append(sample[last:start])
                 new_start = new_length + (start - last)
                 offsets.append(
@@ -875,6 +875,20 @@ class HybridVLMProcessor(ProcessorMixin):
             expanded.append("".join(pieces))
             all_offsets.append(offsets)
         return expanded, all_offsets
+
+    def _unwrapped(self, replacement: str, sample: str, start: int, end: int, kind: str) -> str:
+        """In the qwen2vl layout, a placeholder the prompt already wraps in `<|vision_start|>`/`<|vision_end|>`
+        (Qwen2-VL's own templates write `<|vision_start|><|image_pad|><|vision_end|>`) gets the expansion without those
+        markers, not twice."""
+        layout = self._image_token_layout if kind == "image" else self._video_token_layout
+        if layout.name != "qwen2vl":
+            return replacement
+        first, _, last = layout_segments(layout, kind)
+        if not (replacement.startswith(first) and replacement.endswith(last)):
+            return replacement
+        if sample.endswith(first, 0, start) and sample.startswith(last, end):
+            return replacement[len(first) : len(replacement) - len(last)]
+        return replacement
 
     def _check_visual_tokens(
         self,
