@@ -150,7 +150,8 @@ def test_a_folder_converted_here_matches_the_reference_on_the_other_transformers
 
 
 def _check(folder: str) -> None:
-    """Run by the other transformers line: every case through the folder; ids must match, print the logit gap."""
+    """Every case through a converted folder: print ids/pixels/logits/continuation against the reference, then the
+    largest logit gap (`python tests/test_parity_vamba.py check FOLDER`; the other-line test runs this)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import hybrid_vlm  # noqa: F401
@@ -160,8 +161,18 @@ def _check(folder: str) -> None:
     worst = 0.0
     for name in CASES:
         run = _run_case(model, processor, name)
-        assert run["ids"][~run["placeholders"]].tolist() == run["meta"]["input_ids"], f"{name}: ids differ"
-        worst = max(worst, _logit_difference(run))
+        ids_equal = run["ids"][~run["placeholders"]].tolist() == run["meta"]["input_ids"]
+        assert ids_equal, f"{name}: ids differ"
+        inputs = run["inputs"]
+        pixels = inputs["pixel_values"] if "pixel_values" in inputs else inputs["pixel_values_videos"][0]
+        pixel_gap = (pixels - run["reference"]["pixel_frames"]).abs().max().item()
+        wanted = run["meta"]["greedy_continuation"]
+        with torch.no_grad():
+            generated = model.generate(**inputs, max_new_tokens=len(wanted), do_sample=False)
+        same = generated[0, run["ids"].shape[0] :].tolist() == wanted
+        gap = _logit_difference(run)
+        worst = max(worst, gap)
+        print(f"{name}: ids equal {ids_equal}, pixels {pixel_gap:.3g}, logits {gap:.3g}, continuation equal {same}")
     print(f"MAXDIFF {worst}")
 
 

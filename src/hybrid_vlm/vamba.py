@@ -5,12 +5,14 @@ Per decoder layer (``a`` a learnable scalar kept in [0, 1] by clamping)::
 
     h      = input_layernorm(text)
     SA     = self_attn(h)                                   # over text tokens only, normal KV cache
-    CA     = cross_attn(q=h, kv=input_layernorm(visual))    # only visual tokens that come before the text token
-    text   = text + a * SA + (1 - a) * CA                   # `mix="sum"`: text + SA + CA
+    CA     = cross_attn(q=h, kv=input_layernorm(visual))    # every visual token of the sample (options: causal)
+    text   = text + a * SA + (1 - a) * CA                   # every text token; `mix="sum"`: text + SA + CA
     visual = visual + SSM(RMSNorm(visual))                  # `vision_mixer`; no MLP on the visual stream
     text   = text + mlp(post_attention_layernorm(text))
 
-and a final norm on the text stream only. Self-attention is quadratic in the (few) text tokens, cross-attention
+and a final norm on the text stream only. Default position ids count text tokens only. These defaults are the Vamba
+reference's semantics ("Vamba: Understanding Hour-Long Videos with Hybrid Mamba-Transformers", arXiv:2503.11579),
+which has no visual tokens in its text sequence; here they are placeholders in the sequence, split out per layer. Self-attention is quadratic in the (few) text tokens, cross-attention
 linear in the (many) visual tokens, the SSM linear too: prefill is O(d N^2 + d M N + d^2 M) instead of
 O(d (M + N)^2) for M visual and N text tokens (Vamba paper, section 3).
 
@@ -356,8 +358,9 @@ class VambaCrossAttention(nn.Module):
     self-attention, so it can start as a copy of it (and so Vamba checkpoints load). Qwen3-style per-head
     ``q_norm``/``k_norm`` are mirrored too.
 
-    The mask a text token uses ("only visual tokens before me") is arbitrary per row, which flash-attention cannot
-    express, so under a flash implementation this module runs sdpa (self-attention still runs flash).
+    The mask (padding; with causal visibility "only visual tokens before me") is arbitrary per row, which
+    flash-attention cannot express, so under a flash implementation this module runs sdpa (self-attention still runs
+    flash).
     """
 
     def __init__(
