@@ -164,9 +164,10 @@ def middle_indices(total_frames: int, num_frames: int) -> list[int]:
 
 
 def vamba_middle_indices(total_frames: int, num_frames: int) -> list[int]:
-    """Vamba's chat sampling ("middle"), exactly: the video is cut at ``int(k * total / count)`` for
-    ``k = 0 .. count`` (float64 arithmetic, truncated), and each segment ``[a, b)`` gives frame ``(a + b - 1) // 2``.
-    With fewer frames than asked, every frame once and then the last frame repeated up to ``num_frames``.
+    """Vamba's chat sampling ("middle"), exactly: the video is cut at ``np.linspace(0, total, count + 1)`` truncated
+    to integers (float64 linspace, so a cut can land one below the exact ``k * total / count``, as in the reference),
+    and each segment ``[a, b)`` gives frame ``(a + b - 1) // 2``. With fewer frames than asked, every frame once and
+    then the last frame repeated up to ``num_frames``.
 
     E.g. 40 frames, 4 asked: ``[4, 14, 24, 34]``; 3 frames, 5 asked: ``[0, 1, 2, 2, 2]``.
     """
