@@ -12,9 +12,10 @@ Per decoder layer (``a`` a learnable scalar kept in [0, 1] by clamping)::
 
 and a final norm on the text stream only. Default position ids count text tokens only. These defaults are the Vamba
 reference's semantics ("Vamba: Understanding Hour-Long Videos with Hybrid Mamba-Transformers", arXiv:2503.11579),
-which has no visual tokens in its text sequence; here they are placeholders in the sequence, split out per layer. Self-attention is quadratic in the (few) text tokens, cross-attention
-linear in the (many) visual tokens, the SSM linear too: prefill is O(d N^2 + d M N + d^2 M) instead of
-O(d (M + N)^2) for M visual and N text tokens (Vamba paper, section 3).
+which has no visual tokens in its text sequence; here they are placeholders in the sequence, split out per layer.
+Self-attention is quadratic in the (few) text tokens, cross-attention linear in the (many) visual tokens, the SSM
+linear too: prefill is O(d N^2 + d M N + d^2 M) instead of O(d (M + N)^2) for M visual and N text tokens (Vamba
+paper, section 3).
 
 The model is built from any transformer LM transformers ships with the usual decoder-layer layout
 (``input_layernorm``, ``self_attn.{q,k,v,o}_proj``, ``post_attention_layernorm``, ``mlp``); its own modules do the
