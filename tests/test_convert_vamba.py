@@ -215,3 +215,26 @@ def test_a_qwen2vl_style_prompt_that_wraps_its_pad_gets_the_markers_once(tmp_pat
     bare = processor(text="Describe <|image_pad|> this", images=[image])["input_ids"]
     wrapped = processor(text="Describe <|vision_start|><|image_pad|><|vision_end|> this", images=[image])["input_ids"]
     assert bare == wrapped and bare[0].count(122) == bare[0].count(123) == 1 and bare[0].count(120) == 4
+
+
+def test_mixer_biases_follow_the_weights_and_unsupported_mixer_settings_are_refused(tmp_path):
+    """mamba-ssm's `bias` / `conv_bias` show in the weights (in_proj.bias, conv1d.bias): the converted block has them
+    too. A LayerNorm pre-norm or a dt limit, which the visual block does not compute, is refused with the reason."""
+    model = hybrid_vlm.build_vamba(tiny_qwen2vl(), vamba_options={**TINY_SSM, "ssm_bias": True, "ssm_conv_bias": False})
+    state = {vamba_name(n): (t.reshape(1) if n.endswith(".alpha") else t) for n, t in model.state_dict().items()}
+    assert "visual.blocks.0.attn.qkv.weight" in state and "model.layers.0.vision_mixer.mixer.in_proj.bias" in state
+    (tmp_path / "vamba").mkdir()
+    save_file(state, str(tmp_path / "vamba" / "model.safetensors"), metadata={"format": "pt"})
+    config = vamba_config()
+    (tmp_path / "vamba" / "config.json").write_text(json.dumps(config))
+    convert(tmp_path / "vamba", tmp_path / "out", "vamba", **quiet())
+    options = json.loads((tmp_path / "out" / "config.json").read_text())["vamba_options"]
+    assert options["ssm_bias"] is True and options["ssm_conv_bias"] is False
+    written = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert torch.equal(written["model.language_model.layers.1.vision_mixer.mixer.out_proj.bias"],
+                       state["model.layers.1.vision_mixer.mixer.out_proj.bias"])
+    for field, value in (("norm_type", "layernorm"), ("dt_limit", [0.0, 0.1])):
+        mixer = {**config["vision_mamba_mixer_config"], field: value}
+        (tmp_path / "vamba" / "config.json").write_text(json.dumps({**config, "vision_mamba_mixer_config": mixer}))
+        with pytest.raises(NotImplementedError, match=field):
+            convert(tmp_path / "vamba", tmp_path / f"out_{field}", "vamba", **quiet())

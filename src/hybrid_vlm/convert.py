@@ -39,7 +39,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .compat import revert_weight_conversion
+from .compat import decode_special_floats, revert_weight_conversion
 from .configuration_hybrid_vlm import VISION_MODEL_TYPES, HybridVLMConfig
 from .ssm import SSM_FP32_PARAMETERS
 from .tokenization_utils import CHATML_TURNS, render_content_macro
@@ -1142,6 +1142,18 @@ def _vamba_options(raw: Mapping[str, Any], entries: Mapping[str, SourceTensor], 
             "this Vamba checkpoint's Mamba-2 uses d_ssm / D_has_hdim / norm_before_gate / no gated norm; HybridVLM's "
             "Mamba-2 is mamba-ssm's default block (Vamba's released setting)."
         )
+    unsupported = {
+        "norm_type": (mixer.get("norm_type", "rmsnorm"), "rmsnorm"),
+        "dt_limit": (list(decode_special_floats(mixer.get("dt_limit", [0.0, math.inf]))), [0.0, math.inf]),
+    }
+    for name, (value, supported) in unsupported.items():
+        if value != supported:
+            raise NotImplementedError(
+                f"this Vamba checkpoint's vision_mamba_mixer_config has {name}={value!r}; HybridVLM's visual Mamba-2 "
+                f"block computes {name}={supported!r} only (Vamba's released setting)."
+            )
+    options["ssm_bias"] = _has_name(entries, layer + r"vision_mixer\.mixer\.in_proj\.bias$")
+    options["ssm_conv_bias"] = _has_name(entries, layer + r"vision_mixer\.mixer\.conv1d\.bias$")
     norm = _first(entries, layer + r"vision_mixer\.mixer\.norm\.weight$")
     conv = _first(entries, layer + r"vision_mixer\.mixer\.conv1d\.weight$")
     if norm is None or conv is None:

@@ -145,7 +145,8 @@ class VambaOptions:
     ssm_*: the SSM block's settings; ``ssm_d_state=None`` means 128 for Mamba-2 and 16 for Mamba-1 (mamba-ssm's
         defaults). ``ssm_head_dim``/``ssm_n_groups`` are Mamba-2 only, ``ssm_dt_rank`` Mamba-1 only.
         ``ssm_norm_eps`` is the eps of the block's pre-norm (1e-5, mamba-ssm's RMSNorm default, as in the
-        reference); ``None`` takes the LM's ``rms_norm_eps``.
+        reference); ``None`` takes the LM's ``rms_norm_eps``. ``ssm_bias`` / ``ssm_conv_bias``: biases of the
+        mixer's in/out projections and of its conv (mamba-ssm's defaults: none, and a conv bias).
     """
 
     alpha_init: float = 0.5
@@ -165,6 +166,8 @@ class VambaOptions:
     ssm_chunk_size: int = 256
     ssm_dt_rank: int | str = "auto"
     ssm_norm_eps: float | None = 1e-5
+    ssm_bias: bool = False
+    ssm_conv_bias: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -184,7 +187,8 @@ class VambaOptions:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
-        for name in ("cross_attention_kv_norm", "visual_stream_norm", "cross_attention_rope"):
+        for name in ("cross_attention_kv_norm", "visual_stream_norm", "cross_attention_rope", "ssm_bias",
+                     "ssm_conv_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         for name in ("ssm_d_conv", "ssm_expand", "ssm_head_dim", "ssm_n_groups", "ssm_chunk_size"):
@@ -233,6 +237,10 @@ class VambaOptions:
     def mixer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `SSMBlock`'s mixer."""
         kwargs: dict[str, Any] = dict(d_conv=self.ssm_d_conv, expand=self.ssm_expand, chunk_size=self.ssm_chunk_size)
+        if self.ssm_bias:
+            kwargs["bias"] = True
+        if not self.ssm_conv_bias:
+            kwargs["conv_bias"] = False
         if self.ssm_d_state is not None:
             kwargs["d_state"] = self.ssm_d_state
         if self.visual_mixer == "mamba2":
