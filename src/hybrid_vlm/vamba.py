@@ -139,8 +139,8 @@ class VambaOptions:
     text_positions: ``"text"`` (default, the reference): default position ids count text tokens only, so a text
         token's position does not depend on how many visual tokens there are (training too); visual tokens count
         among themselves. ``"sequence"``: every token of the interleaved sequence counts.
-    cross_attention_rope: rotate cross-attention queries and keys with RoPE at their sequence positions (our
-        default: a copy of self-attention expects rotated inputs). The released Vamba checkpoints were trained without
+    cross_attention_rope: rotate cross-attention queries and keys with RoPE at their position ids (see
+        ``text_positions``; our default: a copy of self-attention expects rotated inputs). The released Vamba checkpoints were trained without
         (`cross_attn_use_position_embeddings=False`); their converter turns this off.
     ssm_*: the SSM block's settings; ``ssm_d_state=None`` means 128 for Mamba-2 and 16 for Mamba-1 (mamba-ssm's
         defaults). ``ssm_head_dim``/``ssm_n_groups`` are Mamba-2 only, ``ssm_dt_rank`` Mamba-1 only.
@@ -837,8 +837,9 @@ class VambaLanguageModel(nn.Module):
             if self.options.cross_attention_visibility == "causal":
                 visible &= all_visual_order[:, None, :] < text_order[:, :, None]
             has_visual = visible.any(-1)
-            visible[..., 0] |= ~has_visual  # rows that see nothing read one key, then get no cross-attention at all
-            cross_mask = _additive_mask(visible, text.dtype)
+            if not bool(visible.all()):  # every text slot sees every visual slot (one unpadded sample): no mask
+                visible[..., 0] |= ~has_visual  # rows that see nothing read one key, then get no cross-attention
+                cross_mask = _additive_mask(visible, text.dtype)
         self_masks = _SelfAttentionMasks(self.config, cache, text_valid, text.dtype)
 
         state = _LayerInputs(
@@ -921,7 +922,7 @@ class VambaLanguageModel(nn.Module):
         if cache is not None and visual is not None:
             cache.visual_keys[index], cache.visual_values[index] = keys, values
 
-        if state.cross_mask is not None and text.shape[1]:
+        if state.has_visual is not None and text.shape[1]:
             crossed = layer.cross_attn(normed, keys, values, state.cross_mask, state.text_rope)
             if self.options.mix == "alpha":
                 alpha = layer.alpha.clamp(0.0, 1.0).to(attended.dtype)
@@ -1072,8 +1073,8 @@ class _LayerInputs:
     text_rope: tuple[torch.Tensor, torch.Tensor]
     visual_rope: tuple[torch.Tensor, torch.Tensor] | None
     visual_filled: torch.Tensor
-    cross_mask: torch.Tensor | None
-    has_visual: torch.Tensor | None
+    cross_mask: torch.Tensor | None  # None with has_visual set: every text slot reads every visual slot
+    has_visual: torch.Tensor | None  # (B, T) text slots that cross-attend; None: no visual token at all
     vamba_cache: VambaCache | None
 
 
