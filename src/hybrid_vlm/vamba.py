@@ -140,8 +140,8 @@ class VambaOptions:
         token's position does not depend on how many visual tokens there are (training too); visual tokens count
         among themselves. ``"sequence"``: every token of the interleaved sequence counts.
     cross_attention_rope: rotate cross-attention queries and keys with RoPE at their position ids (see
-        ``text_positions``; our default: a copy of self-attention expects rotated inputs). The released Vamba checkpoints were trained without
-        (`cross_attn_use_position_embeddings=False`); their converter turns this off.
+        ``text_positions``; our default: a copy of self-attention expects rotated inputs). The released Vamba
+        checkpoints were trained without (`cross_attn_use_position_embeddings=False`); their converter turns it off.
     ssm_*: the SSM block's settings; ``ssm_d_state=None`` means 128 for Mamba-2 and 16 for Mamba-1 (mamba-ssm's
         defaults). ``ssm_head_dim``/``ssm_n_groups`` are Mamba-2 only, ``ssm_dt_rank`` Mamba-1 only.
         ``ssm_norm_eps`` is the eps of the block's pre-norm (1e-5, mamba-ssm's RMSNorm default, as in the
