@@ -126,15 +126,22 @@ def test_greedy_continuation_is_the_references(converted, runs, name):
 
 
 def test_the_converted_processor_samples_and_pads_frames_as_vambas_chat_script(converted):
-    """Vamba's chat sampling from a decoded video: the reference took frames [0, 2, 4, 6] of the video case's 8."""
-    _, processor = converted
-    meta = json.loads((PACK / "cases" / "video" / "case.json").read_text(encoding="utf-8"))
+    """Vamba's chat sampling from the decoded video: the reference took frames [0, 2, 4, 6] of the video case's 8
+    (and resized them 90x120 -> 84x112 with PIL's bicubic, which is what smart_resize does here): same pixels."""
+    model, processor = converted
+    meta, reference, _ = _case("video")
     frames = [str(PACK / "cases" / "video" / f) for f in meta["decoded_video"]["frames"]]
+    content = [{"type": "video", "frames": frames}, {"type": "text", "text": "Describe what happens in this video."}]
+    out = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                        tokenize=True, return_dict=True, return_tensors="pt", num_frames=4)
+    assert (out["pixel_values_videos"][0] - reference["pixel_frames"]).abs().max().item() <= 1e-5
+    ids = out["input_ids"][0]
+    assert ids[ids != model.config.video_token_id].tolist() == meta["input_ids"]
     from PIL import Image
 
     decoded = [Image.open(f).convert("RGB") for f in frames]
-    out = processor.video_processor(decoded, do_sample_frames=True, num_frames=4)
-    assert out["video_metadata"][0]["frame_indices"] == meta["sampled_frame_indices"]
+    sampled = processor.video_processor(decoded, do_sample_frames=True, num_frames=4)
+    assert sampled["video_metadata"][0]["frame_indices"] == meta["sampled_frame_indices"]
     padded = processor.video_processor(decoded[:3], do_sample_frames=True, num_frames=6)
     assert padded["video_metadata"][0]["frame_indices"] == [0, 1, 2, 2, 2, 2]
 
