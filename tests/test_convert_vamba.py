@@ -190,15 +190,44 @@ def test_a_folder_with_its_tokenizer_converts_to_the_references_prompt_and_prepr
     assert model.generation_config.suppress_tokens is None  # the reference suppresses nothing
 
 
-def test_the_references_layer_norm_flag_norms_the_visual_stream_and_position_embeddings_are_refused(tmp_path):
+def test_the_references_layer_norm_flag_norms_the_visual_stream(tmp_path):
     config = vamba_config()
     write_vamba_checkpoint(tmp_path / "vamba")
     (tmp_path / "vamba" / "config.json").write_text(json.dumps({**config, "cross_attn_use_layer_norm": True}))
     convert(tmp_path / "vamba", tmp_path / "out", "vamba", **quiet())
     options = json.loads((tmp_path / "out" / "config.json").read_text())["vamba_options"]
     assert options["cross_attention_kv_norm"] is True and options["visual_stream_norm"] is True
-    (tmp_path / "vamba" / "config.json").write_text(json.dumps({**config, "cross_attn_use_position_embeddings": True}))
-    with pytest.raises(NotImplementedError, match="cross_attn_use_position_embeddings"):
+
+
+def test_position_embeddings_flag_rotates_keys_at_their_grid_places(tmp_path):
+    """cross_attn_use_position_embeddings=True: queries at text positions, keys by M-RoPE at (t, h, w) of their
+    token grid (from 0 per image/video), with the source's mrope_section."""
+    from transformers import AutoModelForImageTextToText
+
+    write_vamba_checkpoint(tmp_path / "vamba")
+    config = {**vamba_config(), "cross_attn_use_position_embeddings": True}
+    (tmp_path / "vamba" / "config.json").write_text(json.dumps(config))
+    convert(tmp_path / "vamba", tmp_path / "out", "vamba", **quiet())
+    options = json.loads((tmp_path / "out" / "config.json").read_text())["vamba_options"]
+    assert options["cross_attention_rope"] is True and options["cross_attention_key_positions"] == "grid"
+    assert options["mrope_section"] == [2, 2, 2]
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
+    ids = torch.tensor([[1, 5, 122, *[120] * 8, 123, 7, 122, *[121] * 8, 123, 9]])
+    pixels, video = torch.randn(1, 3, 56, 112), torch.randn(1, 4, 3, 56, 56)
+    embeds = model.get_input_embeddings()(ids)
+    positions = model.model._visual_grid_positions(ids, embeds, {"image": pixels, "video": video})
+    image, clip = positions[:, 0, 3:11], positions[:, 0, 14:22]
+    assert image.tolist() == [[0] * 8, [0, 0, 0, 0, 1, 1, 1, 1], [0, 1, 2, 3, 0, 1, 2, 3]]
+    assert clip.tolist() == [[0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0, 1, 1], [0, 1, 0, 1, 0, 1, 0, 1]]
+    with torch.no_grad():
+        logits = model(input_ids=ids, pixel_values=pixels, pixel_values_videos=video).logits
+    assert torch.isfinite(logits).all()
+    out = model.generate(input_ids=ids, pixel_values=pixels, pixel_values_videos=video, max_new_tokens=2,
+                         do_sample=False)
+    assert out.shape == (1, ids.shape[1] + 2)
+    del config["rope_scaling"]
+    (tmp_path / "vamba" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConversionError, match="mrope_section"):
         convert(tmp_path / "vamba", tmp_path / "out2", "vamba", **quiet())
 
 

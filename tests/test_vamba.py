@@ -707,3 +707,41 @@ def test_input_errors_are_clear():
         lm(inputs_embeds=embeds, attention_mask=torch.ones(1, 1, 4, 4))
     with pytest.raises(ValueError, match="attention_mask has 3 columns"):
         lm(inputs_embeds=embeds, attention_mask=torch.ones(1, 3))
+
+
+def test_grid_key_positions_rotate_keys_by_qwen2vl_mrope_and_cache_them_unrotated():
+    """`cross_attention_key_positions="grid"` (the reference's cross_attn_use_position_embeddings): keys rotated by
+    Qwen2-VL's multimodal RoPE at their (t, h, w), in the forward that brings them; the cache keeps them unrotated."""
+    from hybrid_vlm.vamba import _generic_rope
+
+    lm = tiny_lm(cross_attention_key_positions="grid", mrope_section=[2, 3, 3])
+    mask = layout("t", 4, "t")
+    embeds = embeds_for(mask)
+    grid = torch.tensor([[0, 1, 2, 3], [0, 0, 1, 1], [0, 1, 0, 1]])  # t, h, w of the four visual tokens
+    positions = torch.zeros(3, 1, 6, dtype=torch.long)
+    positions[:, 0, 1:5] = grid
+    visual = embeds[:, 1:5]
+    # M-RoPE by definition: frequency pair j turns by (t, h or w, by its section) * inv_freq[j], then rotate-half.
+    inv_freq = lm.rotary_emb.inv_freq.float()
+    source = torch.tensor([0] * 2 + [1] * 3 + [2] * 3)
+    angles = grid[source].T.float() * inv_freq  # (4 tokens, 8 pairs)
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    keys = torch.randn(1, 1, 4, 16)
+    first, second = keys[..., :8], keys[..., 8:]
+    expected = keys * cos + torch.cat([-second, first], -1) * sin
+    ours_cos, ours_sin = lm._grid_rope(visual, grid[:, None])
+    torch.testing.assert_close(_generic_rope(keys, ours_cos, ours_sin), expected, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        out = lm(inputs_embeds=embeds, visual_mask=mask, visual_positions=positions, use_cache=True)
+        layer = lm.layers[0]
+        raw = layer.cross_attn.k_proj(layer.input_layernorm(visual)).view(1, 4, -1, 16).transpose(1, 2)
+    torch.testing.assert_close(out.past_key_values.visual_keys[0], raw)
+    moved = positions.clone()
+    moved[0, 0, 1:5] = torch.tensor([3, 2, 1, 0])
+    here, there = run(lm, embeds, mask, visual_positions=positions), run(lm, embeds, mask, visual_positions=moved)
+    assert (here[~mask] - there[~mask]).abs().max() > 1e-5  # the text reads the keys at their grid places
+    assert torch.equal(here[mask], there[mask])  # the visual stream has no positions
+    with pytest.raises(ValueError, match="needs visual_positions"):
+        run(lm, embeds, mask)
+    with pytest.raises(ValueError, match="mrope_section"):
+        VambaOptions(cross_attention_key_positions="grid")

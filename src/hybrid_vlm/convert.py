@@ -1201,14 +1201,20 @@ def _vamba_recipe(kind: str, folder: Path, reader: CheckpointReader, options: _O
         vision.hidden_size = merger.shape[0]
     text = qwen2_text_config(raw)
     vamba_options = _vamba_options(raw, entries, text["hidden_size"], notes)
-    if raw.get("cross_attn_use_position_embeddings", False):
-        raise NotImplementedError(
-            f"{folder}/config.json sets cross_attn_use_position_embeddings=true: the reference then rotates the "
-            "cross-attention keys with M-RoPE at each visual token's (t, h, w) grid position, which HybridVLM's Vamba "
-            "decoder does not reproduce (its released checkpoints and training scripts leave the flag false)."
-        )
-    # The reference leaves cross-attention queries/keys unrotated unless that flag is set.
-    vamba_options["cross_attention_rope"] = False
+    # The reference leaves cross-attention queries/keys unrotated unless this flag is set; with it, queries are
+    # rotated at their text positions and keys by M-RoPE at each visual token's (t, h, w) in its grid.
+    vamba_options["cross_attention_rope"] = bool(raw.get("cross_attn_use_position_embeddings", False))
+    if vamba_options["cross_attention_rope"]:
+        rope = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
+        if isinstance(raw.get("text_config"), Mapping):
+            rope = raw["text_config"].get("rope_scaling") or raw["text_config"].get("rope_parameters") or rope
+        section = rope.get("mrope_section") if isinstance(rope, Mapping) else None
+        if not section:
+            raise ConversionError(
+                f"{folder}/config.json sets cross_attn_use_position_embeddings=true but its rope_scaling has no "
+                "mrope_section, which the reference's M-RoPE on the cross-attention keys needs."
+            )
+        vamba_options.update(cross_attention_key_positions="grid", mrope_section=[int(v) for v in section])
     tie = "lm_head.weight" not in entries
     if tie and not raw.get("tie_word_embeddings", False):
         raise ConversionError("the source has no lm_head.weight and its config does not tie it to the embeddings.")

@@ -73,6 +73,9 @@ CROSS_ATTENTION_VISIBILITIES = ("all", "causal")
 # What default position ids count: "text" (text tokens only; the visual tokens are not in the reference's text
 # sequence) or "sequence" (every token of the interleaved sequence).
 TEXT_POSITIONS = ("text", "sequence")
+# Where cross-attention keys are rotated (with cross_attention_rope): at the visual tokens' position ids
+# ("sequence"), or by M-RoPE at each visual token's (t, h, w) place in its image's or video's token grid ("grid").
+KEY_POSITIONS = ("sequence", "grid")
 
 # Language models checked on transformers 4.57 and 5.x (tests/test_vamba.py re-checks those the installed line has):
 # without visual tokens the Vamba build reproduces the LM bit for bit, and the cross-attention equals the LM's own
@@ -142,6 +145,11 @@ class VambaOptions:
     cross_attention_rope: rotate cross-attention queries and keys with RoPE at their position ids (see
         ``text_positions``; our default: a copy of self-attention expects rotated inputs). The released Vamba
         checkpoints were trained without (`cross_attn_use_position_embeddings=False`); their converter turns it off.
+    cross_attention_key_positions: ``"sequence"`` (keys at the visual tokens' position ids) or ``"grid"``: keys
+        rotated by M-RoPE (``mrope_section``, summing to head_dim / 2) at each visual token's (t, h, w) in its own
+        token grid, counted from 0 for every image and video, queries at their text positions. As in the reference
+        with ``cross_attn_use_position_embeddings=True``, keys are rotated only in the forward that brings them: the
+        cache keeps them unrotated and later (decode) steps read them so. The model must pass ``visual_positions``.
     ssm_*: the SSM block's settings; ``ssm_d_state=None`` means 128 for Mamba-2 and 16 for Mamba-1 (mamba-ssm's
         defaults). ``ssm_head_dim``/``ssm_n_groups`` are Mamba-2 only, ``ssm_dt_rank`` Mamba-1 only.
         ``ssm_norm_eps`` is the eps of the block's pre-norm (1e-5, mamba-ssm's RMSNorm default, as in the
@@ -158,6 +166,8 @@ class VambaOptions:
     cross_attention_rope: bool = True
     cross_attention_visibility: str = "all"
     text_positions: str = "text"
+    cross_attention_key_positions: str = "sequence"
+    mrope_section: list[int] | None = None
     ssm_d_state: int | None = None
     ssm_d_conv: int = 4
     ssm_expand: int = 2
@@ -184,6 +194,7 @@ class VambaOptions:
             ("cross_attention_init", CROSS_ATTENTION_INITS),
             ("cross_attention_visibility", CROSS_ATTENTION_VISIBILITIES),
             ("text_positions", TEXT_POSITIONS),
+            ("cross_attention_key_positions", KEY_POSITIONS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
@@ -203,6 +214,24 @@ class VambaOptions:
             isinstance(self.ssm_dt_rank, bool) or not isinstance(self.ssm_dt_rank, int) or self.ssm_dt_rank < 1
         ):
             raise ValueError(f"ssm_dt_rank must be 'auto' or a positive integer, got {self.ssm_dt_rank!r}.")
+        if self.cross_attention_key_positions == "grid":
+            section = self.mrope_section
+            if not self.cross_attention_rope:
+                raise ValueError(
+                    "cross_attention_key_positions='grid' rotates keys; it needs cross_attention_rope=True."
+                )
+            if (
+                not isinstance(section, (list, tuple))
+                or len(section) != 3
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in section)
+            ):
+                raise ValueError(
+                    f"cross_attention_key_positions='grid' needs mrope_section, three positive ints (t, h, w) "
+                    f"summing to head_dim / 2, e.g. [16, 24, 24]; got {section!r}."
+                )
+            self.mrope_section = [int(v) for v in section]
+        elif self.mrope_section is not None:
+            raise ValueError("mrope_section only applies with cross_attention_key_positions='grid'.")
         if self.visual_stream_norm and not self.cross_attention_kv_norm:
             raise ValueError(
                 "visual_stream_norm=True replaces the visual stream by the K/V norm's output; it needs "
@@ -420,13 +449,17 @@ class VambaCrossAttention(nn.Module):
         return norm(states)
 
     def project_visual(
-        self, visual_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+        self,
+        visual_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
+        rotate: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the visual tokens, (B, kv_heads, V, head_dim), RoPE'd at their original positions."""
+        """Keys and values of the visual tokens, (B, kv_heads, V, head_dim), RoPE'd at their positions (with
+        `use_rope` and `rotate`; unrotated otherwise)."""
         batch, length, _ = visual_states.shape
         key = self._normed(self.k_proj(visual_states).view(batch, length, -1, self.head_dim), "k_norm")
         value = self.v_proj(visual_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
-        if not self.use_rope:
+        if not self.use_rope or not rotate:
             return key.transpose(1, 2), value
         cos, sin = position_embeddings
         return self._rope(key.transpose(1, 2), cos, sin), value
@@ -768,9 +801,13 @@ class VambaLanguageModel(nn.Module):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = True,
         input_ids: torch.LongTensor | None = None,
+        visual_positions: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast | tuple:
         """Run the interleaved sequence; `visual_mask` (batch, seq) marks the visual positions.
+
+        `visual_positions` (3, batch, seq): each visual token's (t, h, w) in its token grid, for
+        ``cross_attention_key_positions="grid"`` (HybridVLM passes them; other positions are ignored).
 
         `last_hidden_state` has the full sequence length: text positions hold the (final-normed) text stream,
         visual positions the visual stream after the last layer (no final norm; an LM head should read only text
@@ -826,7 +863,16 @@ class VambaLanguageModel(nn.Module):
         visual_order = order.gather(1, visual_index) if new_visual else None
 
         text_rope = self.rotary_emb(text, _take(position_ids, text_index))
-        visual_rope = self.rotary_emb(visual, _take(position_ids, visual_index)) if new_visual else None
+        visual_rope = None
+        if new_visual and self._grid_keys:
+            if visual_positions is None or visual_positions.shape != (3, batch, seq_len):
+                raise ValueError(
+                    "cross_attention_key_positions='grid' needs visual_positions of shape (3, batch, seq) = "
+                    f"{(3, batch, seq_len)} (each visual token's t, h, w); HybridVLM's forward passes them."
+                )
+            visual_rope = self._grid_rope(visual, _take(visual_positions.to(device), visual_index))
+        elif new_visual:
+            visual_rope = self.rotary_emb(visual, _take(position_ids, visual_index))
 
         # Which visual slots (cached first, then new) each text token may read: every real one of its row ("all"),
         # or the real ones before it in the sequence ("causal").
@@ -884,6 +930,26 @@ class VambaLanguageModel(nn.Module):
     def _has_mixers(self) -> bool:
         return self.options.visual_mixer != "none"
 
+    @property
+    def _grid_keys(self) -> bool:
+        return self.options.cross_attention_key_positions == "grid"
+
+    def _grid_rope(self, visual: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """M-RoPE (cos, sin) of shape (B, V, head_dim): the LM's rotary frequencies at the t, h and w positions
+        (3, B, V), each taking its `mrope_section` share of the frequency pairs (Qwen2-VL's multimodal RoPE)."""
+        parts = [self.rotary_emb(visual, positions[i]) for i in range(3)]
+        sections = list(self.options.mrope_section) * 2
+        if sum(sections) != parts[0][0].shape[-1]:
+            raise ValueError(
+                f"mrope_section {self.options.mrope_section} must sum to head_dim / 2 = {parts[0][0].shape[-1] // 2}."
+            )
+
+        def merge(which: int) -> torch.Tensor:
+            chunks = [part[which].split(sections, dim=-1) for part in parts]
+            return torch.cat([chunks[i % 3][i] for i in range(len(sections))], dim=-1)
+
+        return merge(0), merge(1)
+
     def _layer_step(
         self,
         layer: nn.Module,
@@ -912,15 +978,22 @@ class VambaLanguageModel(nn.Module):
             source = layer.input_layernorm(visual) if self.options.cross_attention_kv_norm else visual
             if self.options.visual_stream_norm:
                 visual = source  # the normed states are the visual stream from here on (SSM block, next layer)
-            keys, values = layer.cross_attn.project_visual(source, state.visual_rope)
+            keys, values = layer.cross_attn.project_visual(source, state.visual_rope, rotate=not self._grid_keys)
+        rotated = keys
+        if keys is not None and self._grid_keys:  # rotated for this forward only; the cache keeps them unrotated
+            rotated = _generic_rope(keys, *state.visual_rope)
         if cache is not None and index in cache.visual_keys:
+            cached_keys, cached_values = cache.visual_keys[index], cache.visual_values[index]
             if keys is not None:
-                keys = torch.cat([cache.visual_keys[index], keys.to(cache.visual_keys[index].dtype)], dim=2)
-                values = torch.cat([cache.visual_values[index], values.to(cache.visual_values[index].dtype)], dim=2)
+                rotated = torch.cat([cached_keys, rotated.to(cached_keys.dtype)], dim=2)
+                keys = torch.cat([cached_keys, keys.to(cached_keys.dtype)], dim=2)
+                values = torch.cat([cached_values, values.to(cached_values.dtype)], dim=2)
             else:
-                keys, values = cache.visual_keys[index], cache.visual_values[index]
+                keys = rotated = cached_keys
+                values = cached_values
         if cache is not None and visual is not None:
             cache.visual_keys[index], cache.visual_values[index] = keys, values
+        keys = rotated
 
         if state.has_visual is not None and text.shape[1]:
             crossed = layer.cross_attn(normed, keys, values, state.cross_mask, state.text_rope)
