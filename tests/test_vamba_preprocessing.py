@@ -78,3 +78,38 @@ def test_the_video_processor_samples_with_vambas_rules():
     uniform = processor(frames, do_sample_frames=True, sampling="vamba_uniform", num_frames=3)
     assert uniform["video_metadata"][0]["frame_indices"] == [1, 4, 8]
     assert processor(frames)["video_metadata"][0]["frame_indices"] == list(range(10))  # in memory: kept as given
+
+
+def test_vambas_edge_limits_resize_first_then_smart_resize():
+    """Vamba's chat loader with img_shortest_edge / img_longest_edge (its demo: 256 / 640): bicubic to the edge
+    limits, then Qwen2-VL's smart_resize from there (not from the original size)."""
+    from hybrid_vlm.image_processing_hybrid_vlm import edge_limited_size
+
+    assert edge_limited_size(1000, 1500, 256, 640) == (426, 640)  # 640 / 1.5 = 426.67, truncated
+    assert edge_limited_size(90, 120, 56, 112) == (84, 112)
+    assert edge_limited_size(40, 300, 56, 112) == (56, 112)  # 112 / 7.5 = 14, raised to the shortest edge
+    size = {**QWEN2VL, "shortest_edge": 256, "longest_edge": 640}
+    processor = HybridVLMImageProcessor(size=size, do_center_crop=False)
+    assert processor.output_image_size(1000, 1500) == (420, 644) != smart_resize(1000, 1500, 28, **QWEN2VL)
+    array = np.random.default_rng(1).integers(0, 256, (1000, 1500, 3), dtype=np.uint8)
+    two_steps = Image.fromarray(array).resize((640, 426), resample=3).resize((644, 420), resample=3)
+    expected = HybridVLMImageProcessor(size={"height": 420, "width": 644}, do_center_crop=False)(two_steps)
+    np.testing.assert_allclose(processor(Image.fromarray(array))["pixel_values"], expected["pixel_values"], atol=1e-6)
+    with pytest.raises(ValueError, match="exceeds"):
+        HybridVLMImageProcessor(size={**QWEN2VL, "shortest_edge": 700, "longest_edge": 640}, do_center_crop=False)
+
+
+def test_edge_limits_on_the_parity_packs_decoded_video_give_its_frames():
+    """The pack's video: 8 decoded 90x120 frames, sampled [0, 2, 4, 6] and resized by the reference to 84x112 with
+    img_shortest_edge 56 / img_longest_edge 112; the processor with those limits gives its processor's frames."""
+    from pathlib import Path
+
+    case = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "vamba" / "cases" / "video"
+    if not case.is_dir():
+        pytest.skip(f"the Vamba parity pack is not at {case.parent.parent}")
+    decoded = [Image.open(case / "decoded" / f"frame_{i:02d}.png").convert("RGB") for i in (0, 2, 4, 6)]
+    handed = [Image.open(case / "frames" / f"frame_{i}.png").convert("RGB") for i in range(4)]
+    size = {**QWEN2VL, "shortest_edge": 56, "longest_edge": 112}
+    processor = HybridVLMImageProcessor(size=size, do_center_crop=False)
+    plain = HybridVLMImageProcessor(size=QWEN2VL, do_center_crop=False)
+    np.testing.assert_array_equal(processor(decoded)["pixel_values"], plain(handed)["pixel_values"])

@@ -87,9 +87,26 @@ _SMART_KEYS = frozenset({"min_pixels", "max_pixels"})
 SMART_RESIZE_FACTOR = 28  # Qwen2-VL's patch 14 x merge 2
 
 
+_EDGE_KEYS = frozenset({"shortest_edge", "longest_edge"})
+
+
 def is_smart_size(size: Any) -> bool:
-    """True for the ``{"min_pixels", "max_pixels"[, "factor"]}`` size form (Qwen2-VL's dynamic resolution)."""
-    return isinstance(size, dict) and _SMART_KEYS <= set(size) <= _SMART_KEYS | {"factor"}
+    """True for the ``{"min_pixels", "max_pixels"[, "factor"][, "shortest_edge", "longest_edge"]}`` size form
+    (Qwen2-VL's dynamic resolution, optionally after Vamba's edge limits)."""
+    if not isinstance(size, dict) or not _SMART_KEYS <= set(size) <= _SMART_KEYS | _EDGE_KEYS | {"factor"}:
+        return False
+    return len(_EDGE_KEYS & set(size)) in (0, 2)
+
+
+def edge_limited_size(height: int, width: int, shortest_edge: int, longest_edge: int) -> tuple[int, int]:
+    """Vamba's chat loader resize, before its processor: the longer side capped at ``longest_edge`` (the other side
+    scaled by the aspect ratio and truncated), then each side raised to at least ``shortest_edge``."""
+    aspect = width / height
+    if width >= height and width > longest_edge:
+        width, height = longest_edge, int(longest_edge / aspect)
+    elif height > width and height > longest_edge:
+        height, width = longest_edge, int(longest_edge * aspect)
+    return max(height, shortest_edge), max(width, shortest_edge)
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -125,6 +142,8 @@ def _smart_size_dict(size: dict[str, Any]) -> dict[str, int]:
     out = {key: int(value) for key, value in out.items()}
     if out["min_pixels"] > out["max_pixels"]:
         raise ValueError(f"{_NAME}: size['min_pixels'] ({out['min_pixels']}) exceeds size['max_pixels'].")
+    if "longest_edge" in out and out["shortest_edge"] > out["longest_edge"]:
+        raise ValueError(f"{_NAME}: size['shortest_edge'] ({out['shortest_edge']}) exceeds size['longest_edge'].")
     return out
 
 
@@ -152,10 +171,10 @@ def _size_dict(size: Any, param_name: str) -> dict[str, int]:
 
 def _derived_crop_size(size: dict[str, int]) -> dict[str, int]:
     """Crop that keeps a ``size`` result intact: a square of the shortest edge, or the exact size itself."""
-    if "shortest_edge" in size:
-        return {"height": size["shortest_edge"], "width": size["shortest_edge"]}
     if "min_pixels" in size:  # no crop goes with a dynamic resolution; a placeholder of one token's size
         return {"height": size["factor"], "width": size["factor"]}
+    if "shortest_edge" in size:
+        return {"height": size["shortest_edge"], "width": size["shortest_edge"]}
     return {"height": size["height"], "width": size["width"]}
 
 
@@ -183,6 +202,8 @@ def _channel_stats(value: Any, name: str) -> list[float] | list[list[float]]:
 def _resize_target(height: int, width: int, size: dict[str, int]) -> tuple[int, int]:
     """Output (height, width) of the resize step; the one copy of this arithmetic (CLIP's truncation rule)."""
     if "min_pixels" in size:
+        if "longest_edge" in size:
+            height, width = edge_limited_size(height, width, size["shortest_edge"], size["longest_edge"])
         return smart_resize(height, width, size["factor"], size["min_pixels"], size["max_pixels"])
     if "shortest_edge" in size:
         short, long = (width, height) if width <= height else (height, width)
@@ -355,6 +376,8 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         size: ``{"shortest_edge": N}`` (aspect-preserving, CLIP/DINOv2), ``{"height": H, "width": W}`` (exact,
             SigLIP) or ``{"min_pixels": a, "max_pixels": b}`` (Qwen2-VL's dynamic resolution, `smart_resize`; sides
             become multiples of ``factor``, 28 unless given, and images of different sizes cannot share one call).
+            Adding ``"shortest_edge"`` and ``"longest_edge"`` to that form first resizes as Vamba's chat loader does
+            with its ``img_shortest_edge`` / ``img_longest_edge`` (`edge_limited_size`, bicubic).
             An int means shortest edge, a (height, width) pair an exact size.
         resample: PIL filter, as an enum, its int value or its name.
         do_center_crop: center crop after resizing.
@@ -809,6 +832,12 @@ class HybridVLMImageProcessor(BaseImageProcessor):
 
     def _process_view(self, image: np.ndarray, params: dict[str, Any]) -> np.ndarray:
         """Resize, crop, rescale, normalize one (H, W, 3) view; returns (H', W', 3) float32."""
+        size = params["size"]
+        if params["do_resize"] and "longest_edge" in size and "min_pixels" in size:
+            # Vamba's chat loader resizes (bicubic) to its edge limits first; smart_resize then starts from there.
+            limited = edge_limited_size(image.shape[0], image.shape[1], size["shortest_edge"], size["longest_edge"])
+            if limited != image.shape[:2]:
+                image = self._resize(image, limited, PILImageResampling.BICUBIC)
         if params["do_resize"]:
             target = _resize_target(image.shape[0], image.shape[1], params["size"])
             if target != image.shape[:2]:
@@ -940,6 +969,7 @@ __all__ = [
     "SMART_RESIZE_FACTOR",
     "HybridVLMImageProcessor",
     "HybridVLMImageProcessorKwargs",
+    "edge_limited_size",
     "is_smart_size",
     "smart_resize",
 ]
