@@ -107,7 +107,7 @@ VAMBA_CHAT_TEMPLATE = (
 """
     + CHATML_TURNS
 )
-# Frames Vamba's chat script samples from a video file (its `get_frame_indices(sample="middle")`).
+# Frames Vamba's chat script samples from a video file (its "middle" rule, `vamba_middle` here).
 VAMBA_NUM_FRAMES = 128
 # The same chat format for processors that write the markers themselves (the 'longllava' layout with text markers).
 LONGLLAVA_CHAT_TEMPLATE_BARE = (
