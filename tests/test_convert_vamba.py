@@ -267,3 +267,27 @@ def test_mixer_biases_follow_the_weights_and_unsupported_mixer_settings_are_refu
         (tmp_path / "vamba" / "config.json").write_text(json.dumps({**config, "vision_mamba_mixer_config": mixer}))
         with pytest.raises(NotImplementedError, match=field):
             convert(tmp_path / "vamba", tmp_path / f"out_{field}", "vamba", **quiet())
+
+
+def test_a_checkpoint_without_alpha_or_visual_mixer_converts(tmp_path):
+    """use_alpha_balancing=false (no alpha weights: text + SA + CA) and a disabled vision mixer (no vision_mixer
+    weights: the visual stream is left as it is) are the reference's other settings; both convert and run."""
+    from transformers import AutoModelForImageTextToText
+
+    write_vamba_checkpoint(tmp_path / "vamba")
+    state = load_file(str(tmp_path / "vamba" / "model.safetensors"))
+    state = {k: v for k, v in state.items() if not k.endswith(".alpha") and ".vision_mixer." not in k}
+    save_file(state, str(tmp_path / "vamba" / "model.safetensors"), metadata={"format": "pt"})
+    config = vamba_config()
+    config.update(use_alpha_balancing=False, vision_mamba_mixer_config={**config["vision_mamba_mixer_config"],
+                                                                         "enable": False})
+    (tmp_path / "vamba" / "config.json").write_text(json.dumps(config))
+    report = convert(tmp_path / "vamba", tmp_path / "out", "vamba", **quiet())
+    assert any("use_alpha_balancing=false" in note for note in report.notes)
+    options = json.loads((tmp_path / "out" / "config.json").read_text())["vamba_options"]
+    assert (options["mix"], options["visual_mixer"]) == ("sum", "none")
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
+    assert all(layer.alpha.item() == 0.5 for layer in model.model.language_model.layers)
+    ids = torch.tensor([[1, 5, 122, *[120] * 4, 123, 7, 9]])
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids, pixel_values=torch.randn(1, 3, 56, 56)).logits).all()

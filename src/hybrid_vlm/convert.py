@@ -453,6 +453,7 @@ class _Recipe:
     image_layout: str | None = None  # None: the processor's default ("llava")
     layout_markers: str = "special"
     processor_kwargs: dict[str, Any] = field(default_factory=dict)  # image_token, video_token, video_processor ...
+    filled: dict[str, torch.Tensor] = field(default_factory=dict)  # target weights the source has no tensor for
     generation_config: Any = None
     notes: list[str] = field(default_factory=list)
     description: str = ""
@@ -1224,6 +1225,11 @@ def _vamba_recipe(kind: str, folder: Path, reader: CheckpointReader, options: _O
         image_token_id=raw.get("image_token_id", 151655), video_token_id=raw.get("video_token_id", 151656),
     )
     recipe = _Recipe(config, _vamba_rules(), notes=notes, description="Vamba (TIGER-AI-Lab/Vamba, qwen2_vl)")
+    if vamba_options["mix"] == "sum":  # use_alpha_balancing=false: no alpha to load; ours is kept but unused
+        recipe.filled = {f"model.language_model.layers.{i}.alpha": torch.tensor(0.5)
+                         for i in range(int(text["num_hidden_layers"]))}
+        notes.append("the source has no alpha (use_alpha_balancing=false): mix='sum' (SA + CA, as the reference); "
+                     "the unused alpha weights are written as 0.5.")
     if _has_tokenizer(folder):
         _vamba_processor_parts(folder, recipe, vision)
     return recipe
@@ -1582,13 +1588,13 @@ def convert(
                 f"be lost: {shown}. If they are truly not part of the model, pass allow_unused=[regex] "
                 "(CLI: --allow-unused REGEX) to drop them."
             )
-        optional = {"lm_head.weight"} if config.tie_word_embeddings else set()
-        missing = _check_plan(plan, entries, expected, optional)
+        tied_head = {"lm_head.weight"} if config.tie_word_embeddings else set()
+        missing = _check_plan(plan, entries, expected, tied_head | set(recipe.filled))
         first_float = next((e.dtype for e in entries.values() if e.dtype.is_floating_point), torch.float32)
         out_dtype = target_dtype or first_float
         report = ConversionReport(
             kind=kind, source=str(source), destination=str(destination), dropped=dict(plan.dropped),
-            tied=[name for name in missing if name in optional], notes=reader.notes + recipe.notes,
+            tied=[name for name in missing if name in tied_head], notes=reader.notes + recipe.notes,
             dtype=_dtype_name(out_dtype),
         )
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -1625,6 +1631,9 @@ def _write(
             report.mapped[source] = target
             report.rule_counts[rule.name] = report.rule_counts.get(rule.name, 0) + 1
             bar.update(1)
+    for name, tensor in recipe.filled.items():
+        writer.add(name, _cast(name, tensor, dtype))
+        report.rule_counts["filled: not in the source"] = report.rule_counts.get("filled: not in the source", 0) + 1
     report.shards = writer.finish()
     report.num_tensors = len(report.mapped)
     report.total_bytes = writer.total_bytes
