@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .training import chat_as_blocks
+
 STAGE_ALIASES = {"vamba-stage1": "new-layers", "vamba-stage2": "full", "lm": "projector+lm"}
 
 
@@ -66,6 +68,10 @@ def _jsonl_path(data: str) -> Path:
     return path
 
 
+def _is_chat(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m for m in value)
+
+
 def load_jsonl(data: str) -> list[dict[str, Any]]:
     """Rows of a JSONL chat dataset, with media paths made absolute; a bad line raises naming its number."""
     path = _jsonl_path(data)
@@ -77,9 +83,17 @@ def load_jsonl(data: str) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
-        if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
+        if isinstance(row, dict) and "messages" not in row and _is_chat(row.get("prompt")):
+            if not _is_chat(row.get("completion")):
+                raise ValueError(
+                    f"{path}:{number}: a conversational 'prompt' needs a 'completion' list of messages too, e.g. "
+                    '"completion": [{"role": "assistant", "content": "..."}].'
+                )
+            row = {**row, "messages": [*row.pop("prompt"), *row.pop("completion")]}
+        if not isinstance(row, dict) or not _is_chat(row.get("messages")):
             raise ValueError(
-                f"{path}:{number}: each line needs a 'messages' list (TRL's chat format), e.g. "
+                f"{path}:{number}: each line needs a 'messages' list of {{'role': ..., 'content': ...}} dicts "
+                "(TRL's chat format; content is a string or a list of blocks), e.g. "
                 '{"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "..."}]}, '
                 '{"role": "assistant", "content": "..."}], "images": ["img.png"]}'
             )
@@ -98,6 +112,10 @@ def load_jsonl(data: str) -> list[dict[str, Any]]:
                     item = str(media)
                 resolved.append(item)
             row[key] = resolved
+        # Strings become text blocks: Arrow cannot hold `"content": "..."` and block lists in one column.
+        row["messages"] = chat_as_blocks(
+            row["messages"], num_images=len(row.get("images") or []), num_videos=len(row.get("videos") or [])
+        )
         rows.append(row)
     if not rows:
         raise ValueError(f"{path} has no examples.")
@@ -154,7 +172,7 @@ def run_train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         bf16=args.bf16,
         use_cpu=not torch.cuda.is_available(),
-        logging_steps=max(1, min(10, args.max_steps if args.max_steps > 0 else 10)),
+        logging_steps=1 if 0 < args.max_steps <= 100 else 10,  # short runs: a loss every step, not one value
         save_steps=args.save_steps,
         report_to=[],
         seed=args.seed,
@@ -177,8 +195,10 @@ def run_train(args: argparse.Namespace) -> int:
     trainer.save_model(args.output_dir)
     processor.save_pretrained(args.output_dir)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    if losses:
+    if len(losses) > 1:
         print(f"loss: {losses[0]:.4f} -> {losses[-1]:.4f} over {trainer.state.global_step} steps")
+    elif losses:
+        print(f"loss: {losses[0]:.4f} (one logged value) over {trainer.state.global_step} steps")
     if collator.num_dropped:
         print(f"{collator.num_dropped} sample(s) longer than --max-length={args.max_length} were dropped")
     what = "adapter" if args.lora else "model"
