@@ -46,3 +46,71 @@ def test_presets_lists_counts(capsys):
     assert main(["presets", "--count"]) == 0
     out = capsys.readouterr().out
     assert "longllava-a13b" in out and "51.89B" in out
+
+
+def test_a_bad_model_argument_fails_at_once_naming_folders_and_presets(tmp_path, capsys, monkeypatch):
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the check must not rely on offline mode
+    demo_image().save(tmp_path / "p.png")
+    (tmp_path / "data.jsonl").write_text('{"messages": [{"role": "user", "content": "Hi"}]}\n')
+    for argv in (
+        ["generate", "no_such_model", "--image", str(tmp_path / "p.png"), "--prompt", "Hi"],
+        ["generate", "jamba-llava-tinyy", "--image", str(tmp_path / "p.png"), "--prompt", "Hi"],
+        ["train", str(tmp_path / "data.jsonl"), "--model", "no-such-preset", "--output-dir", str(tmp_path / "o")],
+    ):
+        start = time.perf_counter()
+        assert main(argv) == 2
+        assert time.perf_counter() - start < 10  # not the network's ~55 s
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert "local model folder" in err and "jamba-llava-tiny" in err and "vamba-tiny" in err
+    assert main(["generate", "jamba-llava-tinyy", "--image", "x", "--prompt", "y"]) == 2
+    assert "Did you mean jamba-llava-tiny" in capsys.readouterr().err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["generate", "someone/not-cached-model", "--image", "x", "--prompt", "y"]) == 2
+    assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path), "--image", "x", "--prompt", "y"]) == 2
+    assert "holds no config.json" in capsys.readouterr().err
+
+
+def test_generate_reports_bad_media_in_one_line(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a picture")
+    (tmp_path / "folder").mkdir()
+    cases = {
+        "--image notes.txt": "is not an image Pillow can read",
+        "--image folder": "is a folder; pass one image file",
+        "--image missing.png": "--image file not found",
+        "--video folder": "is a folder; pass one video file",
+        "--video missing.mp4": "--video file not found",
+    }
+    for flags, expected in cases.items():
+        flag, name = flags.split()
+        assert main(["generate", "llava-tiny", flag, str(tmp_path / name), "--prompt", "Hi"]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1 and "Traceback" not in err, (flags, err)
+    demo_image().save(tmp_path / "p.png")
+    assert main(["generate", "llava-tiny", "--image", str(tmp_path / "p.png"), "--prompt", "<image> What?"]) == 2
+    assert "the CLI adds the image/video block" in capsys.readouterr().err
+
+
+def test_generate_answers_about_a_video_and_with_a_preset(tmp_path, capsys):
+    from hybrid_vlm.cli import demo_video
+
+    clip = demo_video(tmp_path / "clip.mp4", num_frames=8)
+    assert main(["generate", "llava-tiny", "--video", str(clip), "--prompt", "What moves?",
+                 "--max-new-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() and "random weights" in captured.err
+
+
+def test_help_lists_every_command(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    description = out.split("positional arguments")[0].split("\n\n", 1)[1]
+    for command in ("demo", "generate", "env", "convert", "bench", "train", "presets"):
+        assert command in description, command
+        assert f"    {command}  " in out or f"    {command}\n" in out, command

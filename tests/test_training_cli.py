@@ -76,6 +76,31 @@ def test_train_lora_saves_an_adapter(jsonl, tmp_path):
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 4 and "vision_tower" not in json.dumps(config["target_modules"])
     assert (out / "adapter_model.safetensors").is_file()
+    assert config["base_model_name_or_path"] == "llava-tiny"  # resolves anywhere: the preset is deterministic
+
+
+def test_lora_adapter_records_an_absolute_base_and_names_it_when_missing(jsonl, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from hybrid_vlm.cli import main as cli_main
+
+    base = tmp_path / "base"
+    model, processor = hybrid_vlm.from_preset("llava-tiny")
+    model.save_pretrained(base)
+    processor.save_pretrained(base)
+    monkeypatch.chdir(tmp_path)  # `--model base`: relative, as a user types it
+    assert main(["train", str(jsonl), "--model", "base", "--lora", "--lora-rank", "2", "--output-dir", "adapter",
+                 "--max-steps", "1", "--batch-size", "2"]) == 0
+    recorded = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str(base.resolve())
+    picture = jsonl / "img" / "0_0.png"
+    capsys.readouterr()
+    assert cli_main(["generate", "adapter", "--image", str(picture), "--prompt", "Hi", "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().out.strip()
+    shutil.rmtree(base)
+    assert cli_main(["generate", "adapter", "--image", str(picture), "--prompt", "Hi"]) == 2
+    err = capsys.readouterr().err
+    assert f"was trained on the base model '{base.resolve()}', which is missing here" in err
 
 
 def test_stage_aliases_and_bad_input(jsonl, tmp_path):

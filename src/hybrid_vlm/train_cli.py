@@ -122,19 +122,27 @@ def load_jsonl(data: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _load_model(name: str, bf16: bool) -> tuple[Any, Any]:
+def _load_model(name: str, bf16: bool) -> tuple[Any, Any, str]:
     import torch
-    from transformers import AutoProcessor
 
-    import hybrid_vlm
+    from .cli import load_model
 
-    if name in hybrid_vlm.list_presets():
-        return hybrid_vlm.from_preset(name)
-    from hybrid_vlm.compat import auto_model_for_image_text_to_text
+    model, processor, kind = load_model(name, torch.bfloat16 if bf16 else None, allow_adapter=False)
+    return model, processor, kind
 
-    auto = auto_model_for_image_text_to_text()
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    return auto.from_pretrained(name, dtype=dtype), AutoProcessor.from_pretrained(name)
+
+def _record_adapter_base(output_dir: str, name: str, kind: str) -> None:
+    """Write a base that resolves from anywhere into adapter_config.json: the preset name, an absolute folder or the
+    Hub id (PEFT writes the model's `name_or_path`, relative when the folder was given relative, empty for a preset)."""
+    config_path = Path(output_dir) / "adapter_config.json"
+    if not config_path.is_file():
+        return
+    from .hub import resolve_model_source
+
+    base = name if kind in ("preset", "hub") else resolve_model_source(name)[1]
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = base
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -147,8 +155,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.lora and args.stage is not None:
         raise SystemExit("error: --lora trains adapters on the language model; it does not combine with --stage.")
+    from .hub import resolve_model_source
+
+    resolve_model_source(args.model)  # a typo fails here, at once, not after the dataset or a network wait
     rows = load_jsonl(args.data)
-    model, processor = _load_model(args.model, args.bf16)
+    model, processor, kind = _load_model(args.model, args.bf16)
     if args.num_frames is not None:
         processor.video_processor.num_frames = args.num_frames
     peft_config = None
@@ -194,6 +205,8 @@ def run_train(args: argparse.Namespace) -> int:
     trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
     trainer.save_model(args.output_dir)
     processor.save_pretrained(args.output_dir)
+    if args.lora:
+        _record_adapter_base(args.output_dir, args.model, kind)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if len(losses) > 1:
         print(f"loss: {losses[0]:.4f} -> {losses[-1]:.4f} over {trainer.state.global_step} steps")
