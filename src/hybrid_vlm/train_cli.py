@@ -45,7 +45,7 @@ def add_train_subcommand(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--max-length", type=int, default=4096, help="longer samples are dropped (never cut)")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU); fp16 is not offered for SSMs")
     parser.add_argument("--save-steps", type=int, default=500)
-    parser.add_argument("--resume", default=None, help="a checkpoint folder to resume from (or 'last')")
+    parser.add_argument("--resume", default=None, help="a checkpoint folder to resume from, or 'last': the newest in --output-dir, if any")
     parser.add_argument("--num-frames", type=int, default=None, help="frames per video while training")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=run_train)
@@ -202,7 +202,16 @@ def run_train(args: argparse.Namespace) -> int:
         trainable, total = count_parameters(trainer.model)
         print(f"LoRA: {trainable:,} of {total:,} parameters train")
     resume = args.resume
-    trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
+    if resume == "last":
+        # "last" continues a run when there is one; the first run of the same command starts from the beginning.
+        if any(Path(args.output_dir).glob("checkpoint-*")):
+            resume = True
+        else:
+            print(f"--resume last: no checkpoint in {args.output_dir} yet, so training starts from the beginning")
+            resume = None
+    elif resume is not None and not Path(resume).is_dir():
+        raise FileNotFoundError(f"--resume {resume!r}: no such checkpoint folder (or pass 'last').")
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
     processor.save_pretrained(args.output_dir)
     if args.lora:
