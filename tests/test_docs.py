@@ -116,8 +116,24 @@ def _jsonl_dataset(folder: Path) -> None:
     (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
 
 
+def _llava_checkpoint(folder: Path) -> None:
+    """A tiny transformers LLaVA folder (model and processor files), as a converter's input."""
+    from test_convert import _save_llava
+
+    _save_llava(folder)
+
+
+def _vamba_checkpoint(folder: Path) -> None:
+    """A tiny Vamba checkpoint in its released (qwen2_vl) form."""
+    from test_convert_vamba import write_vamba_checkpoint
+
+    write_vamba_checkpoint(folder)
+
+
 # placeholder (as written in the docs) -> how to make a stand-in for it, relative to the scratch folder
 STAND_INS = {
+    "llava-1.5-7b-hf": _llava_checkpoint,
+    "Vamba-Qwen2-VL-7B": _vamba_checkpoint,
     "path/to/hybrid-vlm": lambda p: _saved_model(p),
     "path/to/model": lambda p: _saved_model(p, "jamba-llava-tiny"),
     "path/to/vamba": lambda p: _saved_model(p, "vamba-tiny"),
@@ -165,8 +181,10 @@ def _run_bash(block: Block, folder: Path) -> None:
             assert code == 0, f"{block.id}: {command!r} exited {code}"
         elif words[0] == "python":
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-            result = subprocess.run([sys.executable, *words[1:]], cwd=folder, env=env, capture_output=True, text=True,
-                                    timeout=600)
+            # `python benchmarks/x.py` / `python examples/x.py` name the repository's scripts: run them from its root.
+            in_repo = len(words) > 1 and not words[1].startswith("-") and (ROOT / words[1]).is_file()
+            result = subprocess.run([sys.executable, *words[1:]], cwd=ROOT if in_repo else folder, env=env,
+                                    capture_output=True, text=True, timeout=600)
             assert result.returncode == 0, f"{block.id}: {command!r}:\n{result.stderr[-3000:]}"
         else:
             pytest.fail(f"{block.id}: {words[0]!r} is not run by this test; mark the block `<!-- skip: why -->`")
@@ -207,7 +225,7 @@ def _run(block: Block, state: _FileState, monkeypatch) -> None:
 @pytest.mark.parametrize("block", ALL_BLOCKS, ids=lambda b: b.id)
 def test_docs_block_runs(block, states, tmp_path_factory, monkeypatch):
     if block.skip is not None:
-        pytest.skip(block.skip)
+        pytest.skip(f"{block.id}: {block.skip}")
     state = states.get(block.file)
     if state is None:
         folder = tmp_path_factory.mktemp(block.file.stem)
