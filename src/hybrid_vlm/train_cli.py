@@ -45,7 +45,8 @@ def add_train_subcommand(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--max-length", type=int, default=4096, help="longer samples are dropped (never cut)")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU); fp16 is not offered for SSMs")
     parser.add_argument("--save-steps", type=int, default=500)
-    parser.add_argument("--resume", default=None, help="a checkpoint folder to resume from, or 'last': the newest in --output-dir, if any")
+    parser.add_argument("--resume", default=None,
+                        help="a checkpoint folder to resume from, or 'last': the newest in --output-dir, if any")
     parser.add_argument("--num-frames", type=int, default=None, help="frames per video while training")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=run_train)
