@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from hybrid_vlm.cli import demo_image, expanded_layout, main
 
 
@@ -114,3 +116,15 @@ def test_help_lists_every_command(capsys):
     for command in ("demo", "generate", "env", "convert", "bench", "train", "presets"):
         assert command in description, command
         assert f"    {command}  " in out or f"    {command}\n" in out, command
+
+
+def test_readme_lists_every_preset_and_descriptions_are_for_users():
+    from pathlib import Path
+
+    import hybrid_vlm
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = set(re.findall(r"^\| `([\w.-]+)` \|", readme.split("## Presets")[1].split("##")[0], re.M))
+    assert table == set(hybrid_vlm.list_presets())
+    for name, description in hybrid_vlm.list_presets().items():
+        assert "issue" not in description.lower(), (name, description)
