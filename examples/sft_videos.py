@@ -1,6 +1,6 @@
 """Fine-tune on videos: SFTTrainer with the library's VideoSFTCollator (TRL has no video column).
 
-    python examples/sft_videos.py                     # mamba2-llava-tiny on generated clips, well under a minute
+    python examples/sft_videos.py                     # mamba2-llava-tiny on generated clips, ~1 min on 2 CPU cores
     python examples/sft_videos.py --max-steps 2       # quicker
     python examples/sft_videos.py --video-dir clips/  # your own .mp4 files (answers are their file names)
 
