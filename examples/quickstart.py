@@ -1,6 +1,7 @@
 """Quickstart: a tiny Jamba-backbone LLaVA, one chat turn on an image, a left-padded batch, save and reload.
 
-Runs on a CPU in about 15 s (most of it importing torch) with random weights (the generated text is noise; the mechanics are real):
+Runs on a CPU in about 15 s (most of it importing torch) with random weights (the generated text is noise; the
+mechanics are real):
 
     python examples/quickstart.py
 """

@@ -385,3 +385,14 @@ def feature_report() -> list[tuple[str, str]]:
         ("AutoModelForVision2Seq", str(AUTO_MODEL_FOR_VISION2SEQ is not None)),
         ("unnamed extra special tokens key", _UNNAMED_EXTRAS_KEY),
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Log messages.
+
+KERNEL_FALLBACK_MESSAGES = (
+    "is falling back to its reference PyTorch implementation because",  # 5.x: integrations/hub_kernels.py, per kernel
+    "The fast path is not available because one of",  # 4.x: Mamba / Mamba-2 / Jamba mixers
+)
+"""Parts of the lines transformers logs when an SSM kernel package is missing (`kernels.KernelFallbackFilter` says it
+once instead). Text matches, not version checks: a line that changes wording simply shows again."""

@@ -146,6 +146,14 @@ def _record_adapter_base(output_dir: str, name: str, kind: str) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def _note_torch_ssm_path(model: Any) -> None:
+    """Say before the progress bar starts (not in the middle of it) that SSM layers run without CUDA kernels."""
+    from .kernels import compute_paths, say_torch_ssm_path_once
+
+    if any(path.path.startswith(("torch", "transformers torch")) for path in compute_paths(model)):
+        say_torch_ssm_path_once()
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Build the model, freeze for the stage (or configure LoRA), train with SFTTrainer, save."""
     import torch
@@ -202,6 +210,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.lora:
         trainable, total = count_parameters(trainer.model)
         print(f"LoRA: {trainable:,} of {total:,} parameters train")
+    _note_torch_ssm_path(model)
     resume = args.resume
     if resume == "last":
         # "last" continues a run when there is one; the first run of the same command starts from the beginning.
