@@ -128,3 +128,45 @@ def test_readme_lists_every_preset_and_descriptions_are_for_users():
     assert table == set(hybrid_vlm.list_presets())
     for name, description in hybrid_vlm.list_presets().items():
         assert "issue" not in description.lower(), (name, description)
+
+
+def test_launcher_refuses_a_bad_model_before_importing_torch(tmp_path):
+    """`hybrid-vlm` (the console script) answers a mistyped model in a fraction of a second: no torch import."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent.parent / "src"
+    code = (
+        "import sys, hybrid_vlm_launcher\n"
+        "code = hybrid_vlm_launcher.main(sys.argv[1:])\n"
+        "assert 'torch' not in sys.modules and 'hybrid_vlm' not in sys.modules, 'imported the package'\n"
+        "sys.exit(code)\n"
+    )
+    env = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    for argv in (["generate", "no_such_model", "--image", "x.png", "--prompt", "hi"],
+                 ["generate", "--prompt", "hi", "--image", "x.png", "jamba-llava-tinyy"],
+                 ["train", "data.jsonl", "--model", "no-such-preset", "--output-dir", "out"],
+                 ["train", "data.jsonl", "--model=./missing/folder", "--output-dir", "out"]):
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path,
+                                env=env, timeout=60)
+        assert time.perf_counter() - start < 10
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert "local model folder" in result.stderr and "mamba2-llava-tiny" in result.stderr
+
+
+def test_launcher_parses_model_arguments_and_knows_every_preset():
+    import hybrid_vlm
+    from hybrid_vlm.model_args import PRESET_NAMES, model_argument, quick_check
+
+    assert PRESET_NAMES == tuple(hybrid_vlm.list_presets())
+    assert model_argument(["generate", "--image", "a.png", "m", "--prompt", "p"]) == "m"
+    assert model_argument(["train", "d.jsonl", "--model", "x"]) == "x"
+    assert model_argument(["train", "d.jsonl"]) is None  # the default preset
+    assert model_argument(["generate", "m", "--help"]) is None and model_argument(["presets"]) is None
+    assert quick_check(["generate", "vamba-tiny", "--image", "a"]) is None
+    assert quick_check(["generate", "owner/repo", "--image", "a"]) is None  # may be a Hub id: checked later
+    assert "Did you mean vamba-tiny" in quick_check(["generate", "vamba-tin", "--image", "a"])

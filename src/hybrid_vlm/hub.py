@@ -184,10 +184,6 @@ def write_model_card(
     return True
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def resolve_model_source(name: str) -> tuple[str, str]:
     """Where a command-line model argument points, decided locally and at once: `("preset", name)`,
     `("folder", absolute path)`, `("adapter", absolute path)` (a PEFT LoRA folder) or `("hub", repo id)`.
@@ -196,45 +192,22 @@ def resolve_model_source(name: str) -> tuple[str, str]:
     network before failing. A Hub id already in the local cache resolves to its cached folder (no network); one that is
     not is refused at once when `HF_HUB_OFFLINE` is set. Raises ValueError naming both options otherwise.
     """
+    from .model_args import hub_offline, local_kind, options_hint
     from .presets import list_presets
 
     presets = list(list_presets())
-    if name in presets:
-        return "preset", name
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return "folder", str(path.resolve())
-        if (path / "adapter_config.json").is_file():
-            return "adapter", str(path.resolve())
-        raise ValueError(
-            f"{name!r} is a folder but holds no config.json, so it is not a saved model. Pass a folder written by "
-            "save_pretrained (or `hybrid-vlm train`), or a preset name (`hybrid-vlm presets` lists them)."
-        )
-    if path.exists():
-        raise ValueError(f"{name!r} is a file; pass the model's folder (the one holding config.json) or a preset name.")
-    hint = _options_hint(name, presets)
-    if not _HUB_ID.match(name) or name.startswith((".", "~", "/")):
-        raise ValueError(f"{name!r} is neither a local model folder nor a preset name. {hint}")
+    kind, source = local_kind(name, presets)
+    if kind != "hub?":
+        return kind, source
     cached = _cached_snapshot(name)
     if cached is not None:
         return "folder", cached
-    if _hub_offline():
+    if hub_offline():
         raise ValueError(
-            f"{name!r} is not a local folder, not a preset, and not in the Hub cache, and HF_HUB_OFFLINE is set. {hint}"
+            f"{name!r} is not a local folder, not a preset, and not in the Hub cache, and HF_HUB_OFFLINE is set. "
+            f"{options_hint(name, presets)}"
         )
     return "hub", name
-
-
-def _options_hint(name: str, presets: list[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, presets, n=3, cutoff=0.6)
-    maybe = f" Did you mean {', '.join(close)}?" if close else ""
-    return (
-        f"Pass a local folder holding config.json (written by save_pretrained), a preset name ({', '.join(presets)}), "
-        f"or a Hub id (owner/name).{maybe}"
-    )
 
 
 def _cached_snapshot(repo_id: str) -> str | None:
