@@ -255,8 +255,6 @@ def run_generate(model_path: str, image_path: str | None, prompt: str, max_new_t
         if not video.is_file():
             raise FileNotFoundError(f"--video file not found: {video_path}")
     model, processor, kind = load_model(model_path)
-    if kind == "preset":
-        print(f"note: {model_path!r} is a preset: random weights, so the answer is noise.", file=sys.stderr)
     model.eval()
     _check_prompt(prompt, processor)
     try:
@@ -265,6 +263,8 @@ def run_generate(model_path: str, image_path: str | None, prompt: str, max_new_t
         if video is None:
             raise
         raise ValueError(f"--video {video_path!r} could not be decoded: {str(error).splitlines()[0]}") from None
+    if kind == "preset":
+        print(f"note: {model_path!r} is a preset: random weights, so the answer is noise.", file=sys.stderr)
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=max_new_tokens)
     print(processor.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
