@@ -128,7 +128,7 @@ def _load_model(name: str, bf16: bool) -> tuple[Any, Any, str]:
 
     from .cli import load_model
 
-    model, processor, kind = load_model(name, torch.bfloat16 if bf16 else None, allow_adapter=False)
+    model, processor, kind = load_model(name, torch.bfloat16 if bf16 else torch.float32, allow_adapter=False)
     return model, processor, kind
 
 
