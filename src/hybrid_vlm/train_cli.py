@@ -138,9 +138,8 @@ def _record_adapter_base(output_dir: str, name: str, kind: str) -> None:
     config_path = Path(output_dir) / "adapter_config.json"
     if not config_path.is_file():
         return
-    from .hub import resolve_model_source
-
-    base = name if kind in ("preset", "hub") else resolve_model_source(name)[1]
+    folder = Path(name).expanduser()
+    base = str(folder.resolve()) if kind != "preset" and folder.is_dir() else name  # else a preset or a Hub id
     config = json.loads(config_path.read_text())
     config["base_model_name_or_path"] = base
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
