@@ -203,3 +203,20 @@ def test_remote_code_folders_carry_compat(tmp_path):
     assert "compat.py" in write_model_remote_code(tmp_path)
     assert "compat.py" in write_processor_remote_code(tmp_path)
     assert (tmp_path / "compat.py").read_text() == (PACKAGE / "compat.py").read_text()
+
+
+def test_a_text_config_saved_with_rope_parameters_keeps_its_rope_theta_on_either_line():
+    """5.x saves rope_theta inside `rope_parameters`; 4.x would ignore that and fall back to its default theta, so a
+    converted Qwen2 LM (theta 1e6) saved on 5.x would compute other logits on 4.57."""
+    from hybrid_vlm import HybridVLMConfig
+
+    saved = {"model_type": "qwen2", "hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1,
+             "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}}
+    text = HybridVLMConfig(text_config=saved).text_config
+    rope = getattr(text, "rope_parameters", None) or {}
+    assert rope.get("rope_theta", getattr(text, "rope_theta", None)) == 1000000.0
+    assert compat.portable_rope_fields(saved)["model_type"] == "qwen2"
+    if not compat.CONFIGS_TAKE_ROPE_PARAMETERS:
+        assert compat.portable_rope_fields(saved)["rope_theta"] == 1000000.0
+        mrope = {"rope_parameters": {"rope_type": "default", "rope_theta": 1.0, "mrope_section": [2, 3, 3]}}
+        assert compat.portable_rope_fields(mrope)["rope_scaling"] == {"rope_type": "default", "mrope_section": [2, 3, 3]}

@@ -208,9 +208,9 @@ def test_chat_generate_and_save_load_roundtrip(tiny_preset, tmp_path):
         torch.testing.assert_close(loaded(**inputs).logits, logits, rtol=0, atol=1e-5)
 
 
-def test_folder_loads_on_the_other_transformers_line(other_python, tmp_path):
+def test_folder_loads_on_the_other_transformers_line(tmp_path, other_python):
     """The vision config is 'qwen2_vl_vision' on 5.x and 'qwen2_vl' on 4.x: a folder saved on one line loads on the
-    other with the same logits."""
+    other with the same logits (once per other line: HYBRID_VLM_OTHER_PYTHON may list several, as .ci/run does)."""
     import subprocess
     import sys
     from pathlib import Path

@@ -186,16 +186,19 @@ def test_cross_attention_without_rope_is_position_free():
     assert with_rope.use_rope and not layer.cross_attn.use_rope
 
 
-def test_alpha_one_ignores_the_visual_tokens_for_text_and_padding_matches_the_lm():
-    """With a = 1 the text stream is the LM on the text tokens alone, whatever the visual tokens are."""
-    lm = tiny_lm("llama", attn="eager")
+@pytest.mark.parametrize("positions", ["text", "sequence"])
+def test_alpha_one_ignores_the_visual_tokens_for_text_and_padding_matches_the_lm(positions):
+    """With a = 1 the text stream is the LM on the text tokens alone, whatever the visual tokens are: at text-only
+    positions 0, 1, 2, ... (the reference's `text_positions="text"`), or at their sequence positions."""
+    lm = tiny_lm("llama", attn="eager", text_positions=positions)
     for layer in lm.layers:
         layer.alpha.data.fill_(1.0)
     mask = layout("t", "t", 3, "t", 2, "t", "t")
     embeds = embeds_for(mask)
     text = ~mask[0]
+    expected_positions = torch.arange(int(text.sum())) if positions == "text" else torch.arange(10)[text]
     with torch.no_grad():
-        reference = lm.base_model(inputs_embeds=embeds[:, text], position_ids=torch.arange(10)[None, text])
+        reference = lm.base_model(inputs_embeds=embeds[:, text], position_ids=expected_positions[None])
     torch.testing.assert_close(run(lm, embeds, mask)[:, text], reference.last_hidden_state, **TOL)
     # left padding: the plain LM with the same padding mask and position ids gives the same text outputs
     padded = torch.cat([torch.zeros(1, 2, HIDDEN), embeds[:, text]], 1)
@@ -212,8 +215,63 @@ def test_alpha_one_ignores_the_visual_tokens_for_text_and_padding_matches_the_lm
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_text_before_the_video_never_sees_it_and_text_after_does():
+CAUSAL = dict(cross_attention_visibility="causal", text_positions="sequence")  # the stricter, non-reference reading
+
+
+def test_every_text_token_sees_every_visual_token_of_its_sample():
+    """The reference: the system prompt before the video cross-attends to it too (and gets the alpha mix)."""
     lm = tiny_lm()
+    mask = layout("t", "t", 4, "t", "t")
+    embeds = embeds_for(mask)
+    perturbed = embeds.clone()
+    perturbed[mask] += torch.randn_like(perturbed[mask])
+    before, after = run(lm, embeds, mask), run(lm, perturbed, mask)
+    for position in (0, 1, 6, 7):
+        assert not torch.allclose(before[:, position], after[:, position], atol=1e-4)
+
+
+def test_text_outputs_do_not_depend_on_where_the_visual_tokens_sit():
+    """All-visible cross-attention without RoPE and text-only positions (the released Vamba): moving the video
+    within the prompt changes no text output, as the reference has no visual tokens in its text sequence."""
+    lm = tiny_lm(cross_attention_rope=False)
+    first, second = layout("t", 4, "t", "t", "t"), layout("t", "t", "t", 4, "t")
+    text, visual = torch.randn(1, 4, HIDDEN), torch.randn(1, 4, HIDDEN)
+
+    def place(mask):
+        embeds = torch.zeros(1, mask.shape[1], HIDDEN)
+        embeds[0, mask[0]], embeds[0, ~mask[0]] = visual[0], text[0]
+        return embeds
+
+    one, two = run(lm, place(first), first), run(lm, place(second), second)
+    torch.testing.assert_close(one[~first], two[~second], **TOL)
+    torch.testing.assert_close(one[first], two[second], **TOL)
+
+
+def test_visual_stream_norm_replaces_the_visual_stream_by_its_norm():
+    """`visual_stream_norm` (the reference's cross_attn_use_layer_norm): each layer's input norm is applied to the
+    visual stream itself; without an SSM block the visual output is the norms applied in turn."""
+    lm = tiny_lm(visual_mixer="none", visual_stream_norm=True)
+    mask = layout("t", 3, "t")
+    embeds = embeds_for(mask)
+    expected = embeds[mask]
+    with torch.no_grad():
+        for layer in lm.layers:
+            expected = layer.input_layernorm(expected)
+    torch.testing.assert_close(run(lm, embeds, mask)[mask], expected, **TOL)
+    kv_only = tiny_lm(visual_mixer="none")
+    assert torch.equal(run(kv_only, embeds, mask)[mask], embeds[mask])
+    with pytest.raises(ValueError, match="needs cross_attention_kv_norm"):
+        VambaOptions(visual_stream_norm=True, cross_attention_kv_norm=False)
+
+
+def test_visual_pre_norm_eps_is_mamba_ssms_default_unless_asked_for_the_lms():
+    assert tiny_lm().layers[0].vision_mixer.norm.eps == 1e-5
+    lm = tiny_lm(ssm_norm_eps=None)
+    assert lm.layers[0].vision_mixer.norm.eps == lm.config.rms_norm_eps != 1e-5
+
+
+def test_causal_visibility_text_before_the_video_never_sees_it_and_text_after_does():
+    lm = tiny_lm(**CAUSAL)
     mask = layout("t", "t", 4, "t", "t")
     embeds = embeds_for(mask)
     perturbed = embeds.clone()
@@ -223,8 +281,8 @@ def test_text_before_the_video_never_sees_it_and_text_after_does():
     assert not torch.allclose(before[:, 6:], after[:, 6:], atol=1e-4)
 
 
-def test_text_between_two_videos_sees_only_the_first():
-    lm = tiny_lm()
+def test_causal_visibility_text_between_two_videos_sees_only_the_first():
+    lm = tiny_lm(**CAUSAL)
     mask = layout("t", 3, "t", 3, "t")
     embeds = embeds_for(mask)
     perturbed = embeds.clone()
@@ -236,7 +294,9 @@ def test_text_between_two_videos_sees_only_the_first():
 
 @pytest.mark.parametrize("mixer", ["mamba2", "mamba1"])
 def test_a_later_visual_token_never_changes_an_earlier_output(mixer):
-    lm = tiny_lm(visual_mixer=mixer)
+    """(With causal visibility, so that the text token in front is an earlier output too; the visual stream is
+    causal under either visibility.)"""
+    lm = tiny_lm(visual_mixer=mixer, **CAUSAL)
     mask = layout("t", 6, "t")
     embeds = embeds_for(mask)
     for changed in (2, 4, 5):  # visual tokens 1..6 sit at positions 1..6; chunk 4 puts 4 and 5 across a boundary
@@ -324,7 +384,8 @@ def test_prefill_then_cached_decode_equals_full_recompute_at_every_step(attn):
 
 @pytest.mark.parametrize("keep_ssm_states", [True, False])
 def test_continuation_chunk_with_new_visual_tokens_equals_recompute(keep_ssm_states):
-    lm = tiny_lm()
+    """Only under causal visibility: with "all" (the reference) earlier, cached text cannot see later images."""
+    lm = tiny_lm(**CAUSAL)
     first = layout("t", 3, "t", "t")
     second = layout("t", 2, "t", "t")  # a new turn with a new image
     embeds = embeds_for(torch.cat([first, second], 1))
@@ -646,3 +707,41 @@ def test_input_errors_are_clear():
         lm(inputs_embeds=embeds, attention_mask=torch.ones(1, 1, 4, 4))
     with pytest.raises(ValueError, match="attention_mask has 3 columns"):
         lm(inputs_embeds=embeds, attention_mask=torch.ones(1, 3))
+
+
+def test_grid_key_positions_rotate_keys_by_qwen2vl_mrope_and_cache_them_unrotated():
+    """`cross_attention_key_positions="grid"` (the reference's cross_attn_use_position_embeddings): keys rotated by
+    Qwen2-VL's multimodal RoPE at their (t, h, w), in the forward that brings them; the cache keeps them unrotated."""
+    from hybrid_vlm.vamba import _generic_rope
+
+    lm = tiny_lm(cross_attention_key_positions="grid", mrope_section=[2, 3, 3])
+    mask = layout("t", 4, "t")
+    embeds = embeds_for(mask)
+    grid = torch.tensor([[0, 1, 2, 3], [0, 0, 1, 1], [0, 1, 0, 1]])  # t, h, w of the four visual tokens
+    positions = torch.zeros(3, 1, 6, dtype=torch.long)
+    positions[:, 0, 1:5] = grid
+    visual = embeds[:, 1:5]
+    # M-RoPE by definition: frequency pair j turns by (t, h or w, by its section) * inv_freq[j], then rotate-half.
+    inv_freq = lm.rotary_emb.inv_freq.float()
+    source = torch.tensor([0] * 2 + [1] * 3 + [2] * 3)
+    angles = grid[source].T.float() * inv_freq  # (4 tokens, 8 pairs)
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    keys = torch.randn(1, 1, 4, 16)
+    first, second = keys[..., :8], keys[..., 8:]
+    expected = keys * cos + torch.cat([-second, first], -1) * sin
+    ours_cos, ours_sin = lm._grid_rope(visual, grid[:, None])
+    torch.testing.assert_close(_generic_rope(keys, ours_cos, ours_sin), expected, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        out = lm(inputs_embeds=embeds, visual_mask=mask, visual_positions=positions, use_cache=True)
+        layer = lm.layers[0]
+        raw = layer.cross_attn.k_proj(layer.input_layernorm(visual)).view(1, 4, -1, 16).transpose(1, 2)
+    torch.testing.assert_close(out.past_key_values.visual_keys[0], raw)
+    moved = positions.clone()
+    moved[0, 0, 1:5] = torch.tensor([3, 2, 1, 0])
+    here, there = run(lm, embeds, mask, visual_positions=positions), run(lm, embeds, mask, visual_positions=moved)
+    assert (here[~mask] - there[~mask]).abs().max() > 1e-5  # the text reads the keys at their grid places
+    assert torch.equal(here[mask], there[mask])  # the visual stream has no positions
+    with pytest.raises(ValueError, match="needs visual_positions"):
+        run(lm, embeds, mask)
+    with pytest.raises(ValueError, match="mrope_section"):
+        VambaOptions(cross_attention_key_positions="grid")

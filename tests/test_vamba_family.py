@@ -99,14 +99,21 @@ def test_cached_generation_equals_no_cache_reference(mode):
 
 
 def test_second_turn_with_a_new_image_on_the_returned_cache():
-    model = _vamba()
+    """With causal visibility (text of the first turn never sees the second image either way); with the reference's
+    all-visible cross-attention a recompute would let the first turn see it, which a cache cannot."""
+    model = tiny_model("llama", decoder_type="vamba", vamba_options={
+        **TINY_SSM, "cross_attention_visibility": "causal", "text_positions": "sequence"})
     pixel_values = torch.randn(2, 3, 28, 28)
     first = model.generate(input_ids=torch.tensor([prompt(5, "img", 6)]), pixel_values=pixel_values[:1],
                            max_new_tokens=3, return_dict_in_generate=True, **GREEDY)
     second = torch.cat([first.sequences, torch.tensor([prompt(20, "img", 21)])], dim=1)
-    cached = model.generate(input_ids=second, pixel_values=pixel_values, past_key_values=first.past_key_values,
-                            max_new_tokens=4, **GREEDY)
-    reference = model.generate(input_ids=second, pixel_values=pixel_values, use_cache=False, max_new_tokens=4, **GREEDY)
+    # An explicit mask: the first turn may have generated the pad id, which generate() would otherwise mask out of the
+    # no-cache reference while the cache holds it as a real token.
+    mask = torch.ones_like(second)
+    cached = model.generate(input_ids=second, attention_mask=mask, pixel_values=pixel_values,
+                            past_key_values=first.past_key_values, max_new_tokens=4, **GREEDY)
+    reference = model.generate(input_ids=second, attention_mask=mask, pixel_values=pixel_values, use_cache=False,
+                               max_new_tokens=4, **GREEDY)
     assert cached.tolist() == reference.tolist()
 
 

@@ -372,6 +372,30 @@ def decode_special_floats(value: Any) -> Any:
     return value
 
 
+# 5.x keeps a config's rotary settings in `rope_parameters` (rope_theta inside it); 4.x configs take `rope_theta` and
+# `rope_scaling` and would keep a 5.x-saved `rope_parameters` as an unused attribute (rope_theta back at its default).
+CONFIGS_TAKE_ROPE_PARAMETERS = "rope_parameters" in inspect.signature(transformers.LlamaConfig.__init__).parameters
+
+
+def portable_rope_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A text-config dict the installed line reads with the rotary settings it was saved with: on a line without
+    `rope_parameters`, a 5.x-saved `rope_parameters` becomes `rope_theta` (+ `partial_rotary_factor`) and, when it is
+    more than the default rope, `rope_scaling`. Unchanged where the line takes `rope_parameters` (it reads both)."""
+    values = dict(values)
+    rope = values.get("rope_parameters")
+    if CONFIGS_TAKE_ROPE_PARAMETERS or not isinstance(rope, Mapping):
+        return values
+    rope = dict(values.pop("rope_parameters"))
+    for key in ("rope_theta", "partial_rotary_factor"):
+        if key in rope:
+            value = rope.pop(key)
+            values.setdefault(key, value)
+    beyond_default = rope.get("rope_type", "default") != "default" or bool(set(rope) - {"rope_type"})
+    if values.get("rope_scaling") is None and beyond_default:
+        values["rope_scaling"] = rope
+    return values
+
+
 def feature_report() -> list[tuple[str, str]]:
     """What each probe found on the installed transformers (printed by `hybrid-vlm env`)."""
     return [
@@ -384,6 +408,7 @@ def feature_report() -> list[tuple[str, str]]:
         ("processor attributes from signature", str(PROCESSOR_ATTRIBUTES_FROM_SIGNATURE)),
         ("AutoModelForVision2Seq", str(AUTO_MODEL_FOR_VISION2SEQ is not None)),
         ("unnamed extra special tokens key", _UNNAMED_EXTRAS_KEY),
+        ("configs take rope_parameters", str(CONFIGS_TAKE_ROPE_PARAMETERS)),
     ]
 
 

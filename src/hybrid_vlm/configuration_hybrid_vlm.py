@@ -11,7 +11,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 # transformers 4.x remote code copies only the relative imports written in this file, but then walks the copies
 # recursively: every module reachable from here (validation uses projectors and vamba) is imported directly.
 from .anyres import pool_2d  # noqa: F401
-from .compat import decode_special_floats
+from .compat import decode_special_floats, portable_rope_fields
 from .projectors import validate_projector_settings
 from .qwen2vl_vision import QWEN2VL_VISION_MODEL_TYPES, check_feature_layers, qwen2vl_vision_config
 from .ssm import SSMBlock  # noqa: F401
@@ -53,7 +53,7 @@ def _as_config(value: Any, name: str, default_type: str) -> PretrainedConfig:
                 "Upgrade transformers or pick another model."
             )
         kwargs = {k: decode_special_floats(v) for k, v in value.items() if k != "model_type"}
-        return CONFIG_MAPPING[model_type](**kwargs)
+        return CONFIG_MAPPING[model_type](**portable_rope_fields(kwargs))
     raise TypeError(f"`{name}` must be a transformers config, a dict or None, got {type(value).__name__}.")
 
 

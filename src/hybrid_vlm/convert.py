@@ -39,10 +39,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .compat import revert_weight_conversion
+from .compat import decode_special_floats, revert_weight_conversion
 from .configuration_hybrid_vlm import VISION_MODEL_TYPES, HybridVLMConfig
 from .ssm import SSM_FP32_PARAMETERS
-from .tokenization_utils import LONGLLAVA_CHAT_TEMPLATE
+from .tokenization_utils import CHATML_TURNS, LONGLLAVA_CHAT_TEMPLATE, render_content_macro
 
 __all__ = [
     "KINDS",
@@ -66,6 +66,24 @@ KINDS = ("llava", "llava-next", "llava-onevision", "longllava", "vamba", "cobra"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+
+# Vamba (Qwen2-VL ChatML with Qwen's default system prompt): an image block becomes one <|image_pad|>, a video block
+# one <|video_pad|>; the processor's 'qwen2vl' layout expands each into <|vision_start|>, one pad per visual token,
+# <|vision_end|>. Without the pads this is the reference's prompt exactly (its visual tokens are not in the text).
+VAMBA_IMAGE_TOKEN = "<|image_pad|>"
+VAMBA_VIDEO_TOKEN = "<|video_pad|>"
+VAMBA_CHAT_TEMPLATE = (
+    "{#- Qwen2-VL ChatML (Vamba); the processor writes <|vision_start|>, the pads and <|vision_end|>. -#}\n"
+    + render_content_macro(image=VAMBA_IMAGE_TOKEN, video=VAMBA_VIDEO_TOKEN)
+    + r"""{%- if messages and messages[0]['role'] != 'system' -%}
+    {{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' -}}
+{%- endif -%}
+"""
+    + CHATML_TURNS
+)
+# Frames Vamba's chat script samples from a video file (its "middle" rule, `vamba_middle` here).
+VAMBA_NUM_FRAMES = 128
+
 
 class ConversionError(ValueError):
     """The source cannot be converted as asked. Raised before anything is written to the destination."""
@@ -403,6 +421,8 @@ class _Recipe:
     video_layout: str = "plain"
     image_layout: str | None = None  # None: the processor's default ("llava")
     layout_markers: str = "special"
+    processor_kwargs: dict[str, Any] = field(default_factory=dict)  # image_token, video_token, video_processor ...
+    filled: dict[str, torch.Tensor] = field(default_factory=dict)  # target weights the source has no tensor for
     generation_config: Any = None
     notes: list[str] = field(default_factory=list)
     description: str = ""
@@ -1099,9 +1119,17 @@ def _vamba_options(raw: Mapping[str, Any], entries: Mapping[str, SourceTensor], 
     `vision_mamba_mixer_config` gives what shapes cannot: the group count and the chunk size)."""
     mixer = raw.get("vision_mamba_mixer_config") or {}
     layer = r"^model\.(?:language_model\.)?layers\.\d+\."
+    layer_norm = bool(raw.get("cross_attn_use_layer_norm", False))
     options: dict[str, Any] = {
         "mix": "alpha" if _has_name(entries, layer + r"alpha$") else "sum",
-        "cross_attention_kv_norm": bool(raw.get("cross_attn_use_layer_norm", False)),
+        # The reference replaces the visual stream by its input-normed states when this flag is set.
+        "cross_attention_kv_norm": layer_norm,
+        "visual_stream_norm": layer_norm,
+        # Every text token sees all visual tokens of its sample; text positions count text tokens only; the visual
+        # pre-norm is mamba-ssm's RMSNorm with its default eps.
+        "cross_attention_visibility": "all",
+        "text_positions": "text",
+        "ssm_norm_eps": 1e-5,
     }
     a_log = _first(entries, layer + r"vision_mixer\.mixer\.A_log$")
     if a_log is None:
@@ -1116,6 +1144,18 @@ def _vamba_options(raw: Mapping[str, Any], entries: Mapping[str, SourceTensor], 
             "this Vamba checkpoint's Mamba-2 uses d_ssm / D_has_hdim / norm_before_gate / no gated norm; HybridVLM's "
             "Mamba-2 is mamba-ssm's default block (Vamba's released setting)."
         )
+    unsupported = {
+        "norm_type": (mixer.get("norm_type", "rmsnorm"), "rmsnorm"),
+        "dt_limit": (list(decode_special_floats(mixer.get("dt_limit", [0.0, math.inf]))), [0.0, math.inf]),
+    }
+    for name, (value, supported) in unsupported.items():
+        if value != supported:
+            raise NotImplementedError(
+                f"this Vamba checkpoint's vision_mamba_mixer_config has {name}={value!r}; HybridVLM's visual Mamba-2 "
+                f"block computes {name}={supported!r} only (Vamba's released setting)."
+            )
+    options["ssm_bias"] = _has_name(entries, layer + r"vision_mixer\.mixer\.in_proj\.bias$")
+    options["ssm_conv_bias"] = _has_name(entries, layer + r"vision_mixer\.mixer\.conv1d\.bias$")
     norm = _first(entries, layer + r"vision_mixer\.mixer\.norm\.weight$")
     conv = _first(entries, layer + r"vision_mixer\.mixer\.conv1d\.weight$")
     if norm is None or conv is None:
@@ -1163,8 +1203,20 @@ def _vamba_recipe(kind: str, folder: Path, reader: CheckpointReader, options: _O
         vision.hidden_size = merger.shape[0]
     text = qwen2_text_config(raw)
     vamba_options = _vamba_options(raw, entries, text["hidden_size"], notes)
-    # The reference leaves cross-attention queries/keys unrotated unless this flag is set.
+    # The reference leaves cross-attention queries/keys unrotated unless this flag is set; with it, queries are
+    # rotated at their text positions and keys by M-RoPE at each visual token's (t, h, w) in its grid.
     vamba_options["cross_attention_rope"] = bool(raw.get("cross_attn_use_position_embeddings", False))
+    if vamba_options["cross_attention_rope"]:
+        rope = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
+        if isinstance(raw.get("text_config"), Mapping):
+            rope = raw["text_config"].get("rope_scaling") or raw["text_config"].get("rope_parameters") or rope
+        section = rope.get("mrope_section") if isinstance(rope, Mapping) else None
+        if not section:
+            raise ConversionError(
+                f"{folder}/config.json sets cross_attn_use_position_embeddings=true but its rope_scaling has no "
+                "mrope_section, which the reference's M-RoPE on the cross-attention keys needs."
+            )
+        vamba_options.update(cross_attention_key_positions="grid", mrope_section=[int(v) for v in section])
     tie = "lm_head.weight" not in entries
     if tie and not raw.get("tie_word_embeddings", False):
         raise ConversionError("the source has no lm_head.weight and its config does not tie it to the embeddings.")
@@ -1173,19 +1225,87 @@ def _vamba_recipe(kind: str, folder: Path, reader: CheckpointReader, options: _O
         vamba_options,
         image_token_id=raw.get("image_token_id", 151655), video_token_id=raw.get("video_token_id", 151656),
     )
-    notes.append("images are resized to a fixed square (448 px by default) instead of Qwen2-VL's dynamic "
-                 "resolution; visual tokens get 1-D positions (Vamba: M-RoPE's 3-D ids).")
     recipe = _Recipe(config, _vamba_rules(), notes=notes, description="Vamba (TIGER-AI-Lab/Vamba, qwen2_vl)")
+    if vamba_options["mix"] == "sum":  # use_alpha_balancing=false: no alpha to load; ours is kept but unused
+        recipe.filled = {f"model.language_model.layers.{i}.alpha": torch.tensor(0.5)
+                         for i in range(int(text["num_hidden_layers"]))}
+        notes.append("the source has no alpha (use_alpha_balancing=false): mix='sum' (SA + CA, as the reference); "
+                     "the unused alpha weights are written as 0.5.")
     if _has_tokenizer(folder):
-        from .image_processing_hybrid_vlm import HybridVLMImageProcessor
-
-        recipe.tokenizer = _load_tokenizer(folder)
-        recipe.image_processor = HybridVLMImageProcessor.from_vision_config(vision)
-        recipe.chat_template = _source_chat_template(folder, recipe.tokenizer)
-        recipe.generation_config = _generation_config(
-            folder, config.text_config, [config.image_token_id, config.video_token_id]
-        )
+        _vamba_processor_parts(folder, recipe, vision)
     return recipe
+
+
+def _vamba_processor_parts(folder: Path, recipe: _Recipe, vision: Any) -> None:
+    """Tokenizer, processors, chat template and generation config that reproduce the reference's chat code.
+
+    Prompt: Qwen2-VL ChatML with the default system prompt; each image/video becomes ``<|vision_start|>``, one
+    ``<|image_pad|>``/``<|video_pad|>`` per visual token, ``<|vision_end|>`` (the reference has no pads: its visual
+    tokens are not in the text; the model splits them out, so the text stream is the reference's). Pixels: Qwen2-VL's
+    `smart_resize` with the source's min/max pixels, bicubic, its mean/std. Frames of a video file: Vamba's chat
+    sampling (`vamba_middle`), an even count (two frames per temporal patch).
+    """
+    from .image_processing_hybrid_vlm import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, HybridVLMImageProcessor
+    from .video_processing_hybrid_vlm import HybridVLMVideoProcessor
+
+    config = recipe.config
+    tokenizer = _load_tokenizer(folder)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in (VAMBA_IMAGE_TOKEN, VAMBA_VIDEO_TOKEN)}
+    for token, token_id in ids.items():
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            raise ConversionError(
+                f"the tokenizer in {folder} has no {token!r} token; Vamba's prompts need Qwen2-VL's special tokens "
+                "(<|vision_start|>, <|vision_end|>, <|image_pad|>, <|video_pad|>)."
+            )
+    if config.image_token_id != ids[VAMBA_IMAGE_TOKEN] or config.video_token_id != ids[VAMBA_VIDEO_TOKEN]:
+        recipe.notes.append(
+            f"image/video token ids set to the tokenizer's {VAMBA_IMAGE_TOKEN} / {VAMBA_VIDEO_TOKEN} ids "
+            f"{ids[VAMBA_IMAGE_TOKEN]} / {ids[VAMBA_VIDEO_TOKEN]} (config.json said {config.image_token_id} / "
+            f"{config.video_token_id})."
+        )
+        config.image_token_id, config.video_token_id = ids[VAMBA_IMAGE_TOKEN], ids[VAMBA_VIDEO_TOKEN]
+    saved = _source_image_processor_dict(folder) or {}
+    patch = int(saved.get("patch_size", getattr(vision, "patch_size", 14)))
+    merge = int(saved.get("merge_size", getattr(vision, "spatial_merge_size", 2)))
+    if patch * merge != int(vision.patch_size) * int(vision.spatial_merge_size):
+        raise ConversionError(
+            f"preprocessor_config.json says patch {patch} x merge {merge}, but the vision tower has patch "
+            f"{vision.patch_size} x merge {vision.spatial_merge_size}."
+        )
+    size = saved.get("size") if isinstance(saved.get("size"), dict) else {}
+    min_pixels = saved.get("min_pixels", size.get("min_pixels", size.get("shortest_edge", 56 * 56)))
+    max_pixels = saved.get("max_pixels", size.get("max_pixels", size.get("longest_edge", 28 * 28 * 1280)))
+    if "min_pixels" not in saved:
+        recipe.notes.append(f"the source saved no min/max pixels; using {min_pixels} / {max_pixels}.")
+    frame_params: dict[str, Any] = dict(
+        do_resize=True,
+        size={"min_pixels": int(min_pixels), "max_pixels": int(max_pixels), "factor": patch * merge},
+        resample=saved.get("resample", 3),  # bicubic
+        do_center_crop=False,
+        do_rescale=saved.get("do_rescale", True),
+        rescale_factor=saved.get("rescale_factor", 1 / 255),
+        do_normalize=saved.get("do_normalize", True),
+        image_mean=saved.get("image_mean", OPENAI_CLIP_MEAN),
+        image_std=saved.get("image_std", OPENAI_CLIP_STD),
+        do_convert_rgb=saved.get("do_convert_rgb", True),
+    )
+    recipe.tokenizer = tokenizer
+    recipe.image_processor = HybridVLMImageProcessor(**frame_params, anyres=False)
+    recipe.processor_kwargs = {
+        "image_token": VAMBA_IMAGE_TOKEN,
+        "video_token": VAMBA_VIDEO_TOKEN,
+        "video_processor": HybridVLMVideoProcessor(
+            **frame_params,
+            sampling="vamba_middle",
+            num_frames=VAMBA_NUM_FRAMES,
+            temporal_patch_size=int(saved.get("temporal_patch_size", vision.temporal_patch_size)),
+        ),
+    }
+    recipe.image_layout = recipe.video_layout = "qwen2vl"
+    recipe.layout_markers = "special"
+    recipe.chat_template = VAMBA_CHAT_TEMPLATE
+    # The reference generates with nothing suppressed (a generated pad is an ordinary token to it and to us).
+    recipe.generation_config = _generation_config(folder, config.text_config, [])
 
 
 _RECIPES: dict[str, Callable[[str, Path, CheckpointReader, _Options], _Recipe]] = {
@@ -1469,13 +1589,13 @@ def convert(
                 f"be lost: {shown}. If they are truly not part of the model, pass allow_unused=[regex] "
                 "(CLI: --allow-unused REGEX) to drop them."
             )
-        optional = {"lm_head.weight"} if config.tie_word_embeddings else set()
-        missing = _check_plan(plan, entries, expected, optional)
+        tied_head = {"lm_head.weight"} if config.tie_word_embeddings else set()
+        missing = _check_plan(plan, entries, expected, tied_head | set(recipe.filled))
         first_float = next((e.dtype for e in entries.values() if e.dtype.is_floating_point), torch.float32)
         out_dtype = target_dtype or first_float
         report = ConversionReport(
             kind=kind, source=str(source), destination=str(destination), dropped=dict(plan.dropped),
-            tied=[name for name in missing if name in optional], notes=reader.notes + recipe.notes,
+            tied=[name for name in missing if name in tied_head], notes=reader.notes + recipe.notes,
             dtype=_dtype_name(out_dtype),
         )
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -1512,6 +1632,9 @@ def _write(
             report.mapped[source] = target
             report.rule_counts[rule.name] = report.rule_counts.get(rule.name, 0) + 1
             bar.update(1)
+    for name, tensor in recipe.filled.items():
+        writer.add(name, _cast(name, tensor, dtype))
+        report.rule_counts["filled: not in the source"] = report.rule_counts.get("filled: not in the source", 0) + 1
     report.shards = writer.finish()
     report.num_tensors = len(report.mapped)
     report.total_bytes = writer.total_bytes
@@ -1533,6 +1656,8 @@ def _write_processor(folder: Path, recipe: _Recipe, report: ConversionReport) ->
     video_processor = None
     if recipe.video_sampling and recipe.image_processor is not None:
         video_processor = HybridVLMVideoProcessor.from_image_processor(recipe.image_processor, **recipe.video_sampling)
+    layout.update(recipe.processor_kwargs)
+    video_processor = layout.pop("video_processor", video_processor)
     processor = HybridVLMProcessor.from_model_config(
         recipe.config, recipe.tokenizer, image_processor=recipe.image_processor, video_processor=video_processor,
         chat_template=recipe.chat_template, **layout,

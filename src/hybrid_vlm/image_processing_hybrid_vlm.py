@@ -11,6 +11,7 @@ the module the model's feature packing and the token count also come from.
 
 import copy
 import io
+import math
 import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -86,8 +87,75 @@ def _resample_from_any(value: Any) -> PILImageResampling:
         ) from None
 
 
+# Qwen2-VL's dynamic resolution: ``size={"min_pixels": a, "max_pixels": b}`` (and the side multiple ``factor``).
+_SMART_KEYS = frozenset({"min_pixels", "max_pixels"})
+SMART_RESIZE_FACTOR = 28  # Qwen2-VL's patch 14 x merge 2
+
+
+_EDGE_KEYS = frozenset({"shortest_edge", "longest_edge"})
+
+
+def is_smart_size(size: Any) -> bool:
+    """True for the ``{"min_pixels", "max_pixels"[, "factor"][, "shortest_edge", "longest_edge"]}`` size form
+    (Qwen2-VL's dynamic resolution, optionally after Vamba's edge limits)."""
+    if not isinstance(size, dict) or not _SMART_KEYS <= set(size) <= _SMART_KEYS | _EDGE_KEYS | {"factor"}:
+        return False
+    return len(_EDGE_KEYS & set(size)) in (0, 2)
+
+
+def edge_limited_size(height: int, width: int, shortest_edge: int, longest_edge: int) -> tuple[int, int]:
+    """Vamba's chat loader resize, before its processor: the longer side capped at ``longest_edge`` (the other side
+    scaled by the aspect ratio and truncated), then each side raised to at least ``shortest_edge``."""
+    aspect = width / height
+    if width >= height and width > longest_edge:
+        width, height = longest_edge, int(longest_edge / aspect)
+    elif height > width and height > longest_edge:
+        height, width = longest_edge, int(longest_edge * aspect)
+    return max(height, shortest_edge), max(width, shortest_edge)
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen2-VL's `smart_resize`: sides rounded to multiples of ``factor`` (Python's round, half to even), then scaled
+    so the area lies in ``[min_pixels, max_pixels]``, keeping the aspect ratio as closely as possible.
+
+    Images with a side under ``factor`` or an aspect ratio over 200 are refused, as Qwen2-VL refuses them.
+    """
+    if height < factor or width < factor:
+        raise ValueError(
+            f"{_NAME}: a {height}x{width} image is smaller than {factor} px on a side, which Qwen2-VL's dynamic "
+            f"resolution cannot take; upscale it to at least {factor}x{factor} first."
+        )
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"{_NAME}: a {height}x{width} image has an aspect ratio over 200; crop or pad it first.")
+    new_height, new_width = round(height / factor) * factor, round(width / factor) * factor
+    if new_height * new_width > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        new_height = math.floor(height / beta / factor) * factor
+        new_width = math.floor(width / beta / factor) * factor
+    elif new_height * new_width < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        new_height = math.ceil(height * beta / factor) * factor
+        new_width = math.ceil(width * beta / factor) * factor
+    return new_height, new_width
+
+
+def _smart_size_dict(size: dict[str, Any]) -> dict[str, int]:
+    out = {"factor": SMART_RESIZE_FACTOR, **size}
+    for key, value in out.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"{_NAME}: size[{key!r}] must be a positive int, got {value!r}.")
+    out = {key: int(value) for key, value in out.items()}
+    if out["min_pixels"] > out["max_pixels"]:
+        raise ValueError(f"{_NAME}: size['min_pixels'] ({out['min_pixels']}) exceeds size['max_pixels'].")
+    if "longest_edge" in out and out["shortest_edge"] > out["longest_edge"]:
+        raise ValueError(f"{_NAME}: size['shortest_edge'] ({out['shortest_edge']}) exceeds size['longest_edge'].")
+    return out
+
+
 def _size_dict(size: Any, param_name: str) -> dict[str, int]:
-    """Normalise ``size``/``crop_size`` to one of the two supported dict forms, with a clear error otherwise."""
+    """Normalise ``size``/``crop_size`` to one of the supported dict forms, with a clear error otherwise."""
+    if param_name == "size" and is_smart_size(size):
+        return _smart_size_dict(size)
     if param_name == "size":
         # An int means "shortest edge" (CLIP convention); a (height, width) pair means an exact size.
         size = get_size_dict(size, default_to_square=False, param_name=param_name)
@@ -108,6 +176,8 @@ def _size_dict(size: Any, param_name: str) -> dict[str, int]:
 
 def _derived_crop_size(size: dict[str, int]) -> dict[str, int]:
     """Crop that keeps a ``size`` result intact: a square of the shortest edge, or the exact size itself."""
+    if "min_pixels" in size:  # no crop goes with a dynamic resolution; a placeholder of one token's size
+        return {"height": size["factor"], "width": size["factor"]}
     if "shortest_edge" in size:
         return {"height": size["shortest_edge"], "width": size["shortest_edge"]}
     return {"height": size["height"], "width": size["width"]}
@@ -180,6 +250,10 @@ def expand_to_square(image: np.ndarray, color: Sequence[int]) -> np.ndarray:
 
 def _resize_target(height: int, width: int, size: dict[str, int]) -> tuple[int, int]:
     """Output (height, width) of the resize step; the one copy of this arithmetic (CLIP's truncation rule)."""
+    if "min_pixels" in size:
+        if "longest_edge" in size:
+            height, width = edge_limited_size(height, width, size["shortest_edge"], size["longest_edge"])
+        return smart_resize(height, width, size["factor"], size["min_pixels"], size["max_pixels"])
     if "shortest_edge" in size:
         short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = size["shortest_edge"], int(size["shortest_edge"] * long / short)
@@ -348,8 +422,12 @@ class HybridVLMImageProcessor(BaseImageProcessor):
 
     Args:
         do_resize: resize before cropping.
-        size: ``{"shortest_edge": N}`` (aspect-preserving, CLIP/DINOv2) or ``{"height": H, "width": W}`` (exact,
-            SigLIP). An int means shortest edge, a (height, width) pair an exact size.
+        size: ``{"shortest_edge": N}`` (aspect-preserving, CLIP/DINOv2), ``{"height": H, "width": W}`` (exact,
+            SigLIP) or ``{"min_pixels": a, "max_pixels": b}`` (Qwen2-VL's dynamic resolution, `smart_resize`; sides
+            become multiples of ``factor``, 28 unless given, and images of different sizes cannot share one call).
+            Adding ``"shortest_edge"`` and ``"longest_edge"`` to that form first resizes as Vamba's chat loader does
+            with its ``img_shortest_edge`` / ``img_longest_edge`` (`edge_limited_size`, bicubic).
+            An int means shortest edge, a (height, width) pair an exact size.
         resample: PIL filter, as an enum, its int value or its name.
         do_center_crop: center crop after resizing.
         crop_size: ``{"height": H, "width": W}``; ``None`` derives it from ``size`` (the square of the shortest edge,
@@ -562,6 +640,11 @@ class HybridVLMImageProcessor(BaseImageProcessor):
         out["rescale_factor"] = float(factor)
         out["image_mean"] = _channel_stats(params["image_mean"], "image_mean")
         out["image_std"] = _channel_stats(params["image_std"], "image_std")
+        if "min_pixels" in out["size"] and out["do_center_crop"]:
+            raise ValueError(
+                f"{_NAME}: size={out['size']} (dynamic resolution) gives images of varying size, which a center crop "
+                "would undo; set do_center_crop=False."
+            )
         out.update(self._resolve_anyres(params, given, stored=base))
         out["image_aspect_ratio"] = self._resolve_aspect_ratio(params.get("image_aspect_ratio"), out)
         if out["anyres"]:
@@ -862,6 +945,12 @@ class HybridVLMImageProcessor(BaseImageProcessor):
 
     def _process_view(self, image: np.ndarray, params: dict[str, Any]) -> np.ndarray:
         """Resize, crop, rescale, normalize one (H, W, 3) view; returns (H', W', 3) float32."""
+        size = params["size"]
+        if params["do_resize"] and "longest_edge" in size and "min_pixels" in size:
+            # Vamba's chat loader resizes (bicubic) to its edge limits first; smart_resize then starts from there.
+            limited = edge_limited_size(image.shape[0], image.shape[1], size["shortest_edge"], size["longest_edge"])
+            if limited != image.shape[:2]:
+                image = self._resize(image, limited, PILImageResampling.BICUBIC)
         if params["do_resize"]:
             target = _resize_target(image.shape[0], image.shape[1], params["size"])
             if target != image.shape[:2]:
@@ -993,8 +1082,12 @@ class HybridVLMImageProcessor(BaseImageProcessor):
 
 __all__ = [
     "ASPECT_RATIO_MODES",
+    "SMART_RESIZE_FACTOR",
     "HybridVLMImageProcessor",
     "HybridVLMImageProcessorKwargs",
+    "edge_limited_size",
     "expand_to_square",
+    "is_smart_size",
     "pad_color",
+    "smart_resize",
 ]

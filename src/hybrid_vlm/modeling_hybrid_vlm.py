@@ -438,6 +438,34 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
                 mask |= self._placeholder_mask(input_ids, inputs_embeds, token_id)
         return mask
 
+    def _visual_grid_positions(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.FloatTensor, embedded: dict[str, Any]
+    ) -> torch.LongTensor:
+        """(3, batch, seq): each visual placeholder's (t, h, w) in its own token grid, from 0 for every image and
+        video (an image is one temporal step; a video one per temporal patch), in the order features are scattered.
+        What Vamba's cross-attention keys are rotated by with `cross_attention_key_positions="grid"`."""
+        positions = torch.zeros(3, *inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+        patch = self.visual_token_spec.patch_size
+        for kind, values in embedded.items():
+            if kind == "image" and isinstance(values, torch.Tensor) and values.dim() == 5:
+                raise ValueError("grid key positions are defined for single-resolution images, not AnyRes tiles.")
+            items = list(values) if kind == "image" else _video_list(values)
+            steps = 1 if kind == "image" else self.visual_token_spec.video_temporal_patch
+            grids = []
+            for item in items:
+                frames = 1 if kind == "image" else int(item.shape[0]) // steps
+                rows, cols = int(item.shape[-2]) // patch, int(item.shape[-1]) // patch
+                t, h, w = torch.meshgrid(torch.arange(frames), torch.arange(rows), torch.arange(cols), indexing="ij")
+                grids.append(torch.stack([t.flatten(), h.flatten(), w.flatten()]))
+            flat = torch.cat(grids, dim=1).to(positions.device)
+            mask = self._placeholder_mask(input_ids, inputs_embeds, getattr(self.config, f"{kind}_token_id"))
+            if int(mask.sum()) != flat.shape[1]:
+                raise ValueError(
+                    f"{kind} grid positions: {flat.shape[1]} visual tokens for {int(mask.sum())} placeholders."
+                )
+            positions[:, mask] = flat
+        return positions
+
     def _embed_visual_inputs(
         self,
         input_ids: torch.LongTensor | None,
@@ -445,10 +473,12 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         image_inputs: dict[str, Any],
         pixel_values_videos: Any,
         past_length: int,
+        embedded: dict[str, Any] | None = None,
     ) -> tuple[torch.FloatTensor, Any]:
         """Encode images and videos whose placeholders are in this chunk and scatter them in.
 
         `image_inputs` holds `pixel_values` and, for AnyRes, `image_sizes`, `image_grids`, `num_patches`.
+        `embedded`, when given, receives the pixels of the items scattered in, per kind ("image", "video").
         """
         image_features = None
         for kind in ("image", "video"):
@@ -470,6 +500,8 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
                 elif kept is not None:
                     values = values[len(counts) - kept :] if kept else None
             if values is not None:
+                if embedded is not None:
+                    embedded[kind] = values
                 if kind == "image":
                     image_features = self.get_image_features(**image_inputs)
                     features = list(image_features)
@@ -536,8 +568,9 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         image_inputs = {"pixel_values": pixel_values}
         if pixel_values is not None and pixel_values.dim() == 5:
             image_inputs.update(image_sizes=image_sizes, image_grids=image_grids, num_patches=num_patches)
+        embedded: dict[str, Any] = {}
         inputs_embeds, image_features = self._embed_visual_inputs(
-            input_ids, inputs_embeds, image_inputs, pixel_values_videos, past_length
+            input_ids, inputs_embeds, image_inputs, pixel_values_videos, past_length, embedded
         )
 
         lm_kwargs = dict(kwargs)
@@ -545,6 +578,8 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         lm_kwargs[self._cache_argument] = past_key_values if use_cache else None
         if visual_mask is not None:
             lm_kwargs["visual_mask"] = visual_mask
+            if getattr(getattr(self.language_model, "options", None), "cross_attention_key_positions", None) == "grid":
+                lm_kwargs["visual_positions"] = self._visual_grid_positions(input_ids, inputs_embeds, embedded)
         optional = {
             "position_ids": position_ids,
             "output_attentions": output_attentions,
@@ -766,6 +801,28 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         **kwargs: Any,
     ) -> dict[str, Any]:
         past_key_values = take_cache(kwargs, past_key_values=past_key_values, cache=cache)
+        if self.config.decoder_type == "vamba":
+            model_inputs = self._prepare_generation_inputs(
+                input_ids, past_key_values, inputs_embeds, pixel_values, attention_mask, pixel_values_videos, **kwargs
+            )
+            # generate() counts every token of the interleaved sequence; Vamba's decoder counts its own positions
+            # (text tokens only, with text_positions="text"), padding-safe, from its cache.
+            model_inputs.pop("position_ids", None)
+            return model_inputs
+        return self._prepare_generation_inputs(
+            input_ids, past_key_values, inputs_embeds, pixel_values, attention_mask, pixel_values_videos, **kwargs
+        )
+
+    def _prepare_generation_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: Any,
+        inputs_embeds: torch.FloatTensor | None,
+        pixel_values: torch.FloatTensor | None,
+        attention_mask: torch.Tensor | None,
+        pixel_values_videos: Any,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         if GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL:
             # generate() forwards pixel_values & co. only with the prefill by itself (known multimodal inputs).
             if inputs_embeds is None:

@@ -67,6 +67,7 @@ from .token_counts import (
     count_layout_tokens,
     count_video_tokens,
     layout_pieces,
+    layout_segments,
     video_runs,
 )
 from .tokenization_utils import (
@@ -859,7 +860,7 @@ class HybridVLMProcessor(ProcessorMixin):
                 start, which = min((at, k) for k, at in enumerate(next_at) if at != -1)
                 token, kind, pending = kinds[which]
                 end = start + len(token)
-                replacement = next(pending)
+                replacement = self._unwrapped(next(pending), sample, start, end, kind)
                 pieces.append(sample[last:start])
                 new_start = new_length + (start - last)
                 offsets.append(
@@ -879,6 +880,20 @@ class HybridVLMProcessor(ProcessorMixin):
             expanded.append("".join(pieces))
             all_offsets.append(offsets)
         return expanded, all_offsets
+
+    def _unwrapped(self, replacement: str, sample: str, start: int, end: int, kind: str) -> str:
+        """In the qwen2vl layout, a placeholder the prompt already wraps in `<|vision_start|>`/`<|vision_end|>`
+        (Qwen2-VL's own templates write `<|vision_start|><|image_pad|><|vision_end|>`) gets the expansion without those
+        markers, not twice."""
+        layout = self._image_token_layout if kind == "image" else self._video_token_layout
+        if layout.name != "qwen2vl":
+            return replacement
+        first, _, last = layout_segments(layout, kind)
+        if not (replacement.startswith(first) and replacement.endswith(last)):
+            return replacement
+        if sample.endswith(first, 0, start) and sample.startswith(last, end):
+            return replacement[len(first) : len(replacement) - len(last)]
+        return replacement
 
     def _check_visual_tokens(
         self,
@@ -955,13 +970,15 @@ class HybridVLMProcessor(ProcessorMixin):
         array or a list of frames; TRL sends videos this way), `tokenize=True, return_dict=True` returns this
         processor's `__call__` output (video options such as `num_frames`/`fps` pass through), and
         `return_assistant_tokens_mask=True` marks assistant tokens (the offsets `__call__` returns keep that right with
-        expanded image and video tokens on both lines).
+        expanded image and video tokens on both lines). A video block may also give its frames in order as
+        `{"type": "video", "frames": [image or path, ...]}`.
         """
         images = kwargs.pop("images", None)
         videos = kwargs.pop("videos", None)
         tokenize = bool(kwargs.get("tokenize", False))
         routes_kwargs = CHAT_TEMPLATE_TAKES_PROCESSOR_KWARGS
-        if images is not None or videos is not None or (tokenize and not routes_kwargs):
+        frames = _has_frame_blocks(conversation)
+        if images is not None or videos is not None or (tokenize and not routes_kwargs) or frames:
             conversation = _prepare_conversations(
                 conversation, images, blocks_for_strings=not routes_kwargs, videos=videos
             )
@@ -1050,9 +1067,48 @@ def _copy_conversation(conversation: list[dict[str, Any]], blocks_for_strings: b
         if isinstance(content, str) and blocks_for_strings:
             message["content"] = [{"type": "text", "text": content}]
         elif isinstance(content, (list, tuple)):
-            message["content"] = [dict(block) if isinstance(block, dict) else block for block in content]
+            message["content"] = [_frames_block(block) if isinstance(block, dict) else block for block in content]
         copied.append(message)
     return copied
+
+
+def _frames_block(block: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a content block; a video block given as ``"frames"`` (images or image paths, in order) becomes one
+    whose ``"video"`` is that list of frames (transformers' loaders know no ``frames`` key)."""
+    block = dict(block)
+    if block.get("type") != "video" or "frames" not in block:
+        return block
+    if any(key in block for key in ("video", "url", "path")):
+        raise ValueError(f'{_NAME}: a video block has both "frames" and a video source; give one of them.')
+    frames = block.pop("frames")
+    if isinstance(frames, (str, os.PathLike)) or not isinstance(frames, (list, tuple)) or not frames:
+        raise ValueError(f'{_NAME}: a video block\'s "frames" must be a non-empty list of images or image paths.')
+    loaded = []
+    for frame in frames:
+        if isinstance(frame, (str, os.PathLike)):
+            from PIL import Image
+
+            with Image.open(frame) as opened:
+                frame = opened.convert("RGB")
+        loaded.append(frame)
+    block["video"] = loaded
+    return block
+
+
+def _has_frame_blocks(conversation: Any) -> bool:
+    """Whether any message (of one conversation or a batch) has a video block given as ``"frames"``."""
+    stack = [conversation]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("type") == "video" and "frames" in item:
+                return True
+            content = item.get("content")
+            if isinstance(content, (list, tuple)):
+                stack.extend(content)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
 
 
 def _prepare_conversations(conversation: Any, images: Any, blocks_for_strings: bool, videos: Any = None) -> Any:

@@ -5,14 +5,17 @@ Per decoder layer (``a`` a learnable scalar kept in [0, 1] by clamping)::
 
     h      = input_layernorm(text)
     SA     = self_attn(h)                                   # over text tokens only, normal KV cache
-    CA     = cross_attn(q=h, kv=input_layernorm(visual))    # only visual tokens that come before the text token
-    text   = text + a * SA + (1 - a) * CA                   # `mix="sum"`: text + SA + CA
+    CA     = cross_attn(q=h, kv=input_layernorm(visual))    # every visual token of the sample (options: causal)
+    text   = text + a * SA + (1 - a) * CA                   # every text token; `mix="sum"`: text + SA + CA
     visual = visual + SSM(RMSNorm(visual))                  # `vision_mixer`; no MLP on the visual stream
     text   = text + mlp(post_attention_layernorm(text))
 
-and a final norm on the text stream only. Self-attention is quadratic in the (few) text tokens, cross-attention
-linear in the (many) visual tokens, the SSM linear too: prefill is O(d N^2 + d M N + d^2 M) instead of
-O(d (M + N)^2) for M visual and N text tokens (Vamba paper, section 3).
+and a final norm on the text stream only. Default position ids count text tokens only. These defaults are the Vamba
+reference's semantics ("Vamba: Understanding Hour-Long Videos with Hybrid Mamba-Transformers", arXiv:2503.11579),
+which has no visual tokens in its text sequence; here they are placeholders in the sequence, split out per layer.
+Self-attention is quadratic in the (few) text tokens, cross-attention linear in the (many) visual tokens, the SSM
+linear too: prefill is O(d N^2 + d M N + d^2 M) instead of O(d (M + N)^2) for M visual and N text tokens (Vamba
+paper, section 3).
 
 The model is built from any transformer LM transformers ships with the usual decoder-layer layout
 (``input_layernorm``, ``self_attn.{q,k,v,o}_proj``, ``post_attention_layernorm``, ``mlp``); its own modules do the
@@ -64,6 +67,15 @@ __all__ = [
 MIX_MODES = ("alpha", "sum")
 VISUAL_MIXERS = ("mamba2", "mamba1", "none")
 CROSS_ATTENTION_INITS = ("self_attention", "random")
+# Which visual tokens a text token cross-attends to: "all" of its sample (the Vamba reference), or "causal" (only
+# those before it in the interleaved sequence).
+CROSS_ATTENTION_VISIBILITIES = ("all", "causal")
+# What default position ids count: "text" (text tokens only; the visual tokens are not in the reference's text
+# sequence) or "sequence" (every token of the interleaved sequence).
+TEXT_POSITIONS = ("text", "sequence")
+# Where cross-attention keys are rotated (with cross_attention_rope): at the visual tokens' position ids
+# ("sequence"), or by M-RoPE at each visual token's (t, h, w) place in its image's or video's token grid ("grid").
+KEY_POSITIONS = ("sequence", "grid")
 
 # Language models checked on transformers 4.57 and 5.x (tests/test_vamba.py re-checks those the installed line has):
 # without visual tokens the Vamba build reproduces the LM bit for bit, and the cross-attention equals the LM's own
@@ -120,11 +132,29 @@ class VambaOptions:
     cross_attention_init: ``"self_attention"`` (copy each layer's q/k/v/o, Table 2's key finding) or ``"random"``.
     cross_attention_kv_norm: apply the layer's input norm to the visual states before the K/V projections, so a
         cross-attention copied from self-attention sees inputs scaled as self-attention saw them in the source LM.
-    cross_attention_rope: rotate cross-attention queries and keys with RoPE at their sequence positions (our
-        default: a copy of self-attention expects rotated inputs). The released Vamba checkpoints were trained without
-        (`cross_attn_use_position_embeddings=False`); their converter turns this off.
+    visual_stream_norm: with ``cross_attention_kv_norm``, the normed visual states also *replace* the visual stream
+        (they feed the K/V projections, the SSM block and the next layer). The Vamba reference does this when its
+        ``cross_attn_use_layer_norm`` is set; ``False`` norms only the K/V input.
+    cross_attention_visibility: ``"all"`` (default, the reference): every text token, the system prompt included,
+        cross-attends to every visual token of its sample and gets the ``a`` mix. ``"causal"``: a text token sees only
+        the visual tokens before it in the interleaved sequence, and text with none before it skips the mix (the
+        stricter reading, for streaming or multi-turn chats that add images later on a cache).
+    text_positions: ``"text"`` (default, the reference): default position ids count text tokens only, so a text
+        token's position does not depend on how many visual tokens there are (training too); visual tokens count
+        among themselves. ``"sequence"``: every token of the interleaved sequence counts.
+    cross_attention_rope: rotate cross-attention queries and keys with RoPE at their position ids (see
+        ``text_positions``; our default: a copy of self-attention expects rotated inputs). The released Vamba
+        checkpoints were trained without (`cross_attn_use_position_embeddings=False`); their converter turns it off.
+    cross_attention_key_positions: ``"sequence"`` (keys at the visual tokens' position ids) or ``"grid"``: keys
+        rotated by M-RoPE (``mrope_section``, summing to head_dim / 2) at each visual token's (t, h, w) in its own
+        token grid, counted from 0 for every image and video, queries at their text positions. As in the reference
+        with ``cross_attn_use_position_embeddings=True``, keys are rotated only in the forward that brings them: the
+        cache keeps them unrotated and later (decode) steps read them so. The model must pass ``visual_positions``.
     ssm_*: the SSM block's settings; ``ssm_d_state=None`` means 128 for Mamba-2 and 16 for Mamba-1 (mamba-ssm's
         defaults). ``ssm_head_dim``/``ssm_n_groups`` are Mamba-2 only, ``ssm_dt_rank`` Mamba-1 only.
+        ``ssm_norm_eps`` is the eps of the block's pre-norm (1e-5, mamba-ssm's RMSNorm default, as in the
+        reference); ``None`` takes the LM's ``rms_norm_eps``. ``ssm_bias`` / ``ssm_conv_bias``: biases of the
+        mixer's in/out projections and of its conv (mamba-ssm's defaults: none, and a conv bias).
     """
 
     alpha_init: float = 0.5
@@ -132,7 +162,12 @@ class VambaOptions:
     visual_mixer: str = "mamba2"
     cross_attention_init: str = "self_attention"
     cross_attention_kv_norm: bool = True
+    visual_stream_norm: bool = False
     cross_attention_rope: bool = True
+    cross_attention_visibility: str = "all"
+    text_positions: str = "text"
+    cross_attention_key_positions: str = "sequence"
+    mrope_section: list[int] | None = None
     ssm_d_state: int | None = None
     ssm_d_conv: int = 4
     ssm_expand: int = 2
@@ -140,6 +175,9 @@ class VambaOptions:
     ssm_n_groups: int = 1
     ssm_chunk_size: int = 256
     ssm_dt_rank: int | str = "auto"
+    ssm_norm_eps: float | None = 1e-5
+    ssm_bias: bool = False
+    ssm_conv_bias: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -154,10 +192,14 @@ class VambaOptions:
             ("mix", MIX_MODES),
             ("visual_mixer", VISUAL_MIXERS),
             ("cross_attention_init", CROSS_ATTENTION_INITS),
+            ("cross_attention_visibility", CROSS_ATTENTION_VISIBILITIES),
+            ("text_positions", TEXT_POSITIONS),
+            ("cross_attention_key_positions", KEY_POSITIONS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
-        for name in ("cross_attention_kv_norm", "cross_attention_rope"):
+        for name in ("cross_attention_kv_norm", "visual_stream_norm", "cross_attention_rope", "ssm_bias",
+                     "ssm_conv_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         for name in ("ssm_d_conv", "ssm_expand", "ssm_head_dim", "ssm_n_groups", "ssm_chunk_size"):
@@ -172,6 +214,32 @@ class VambaOptions:
             isinstance(self.ssm_dt_rank, bool) or not isinstance(self.ssm_dt_rank, int) or self.ssm_dt_rank < 1
         ):
             raise ValueError(f"ssm_dt_rank must be 'auto' or a positive integer, got {self.ssm_dt_rank!r}.")
+        if self.cross_attention_key_positions == "grid":
+            section = self.mrope_section
+            if not self.cross_attention_rope:
+                raise ValueError(
+                    "cross_attention_key_positions='grid' rotates keys; it needs cross_attention_rope=True."
+                )
+            if (
+                not isinstance(section, (list, tuple))
+                or len(section) != 3
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in section)
+            ):
+                raise ValueError(
+                    f"cross_attention_key_positions='grid' needs mrope_section, three positive ints (t, h, w) "
+                    f"summing to head_dim / 2, e.g. [16, 24, 24]; got {section!r}."
+                )
+            self.mrope_section = [int(v) for v in section]
+        elif self.mrope_section is not None:
+            raise ValueError("mrope_section only applies with cross_attention_key_positions='grid'.")
+        if self.visual_stream_norm and not self.cross_attention_kv_norm:
+            raise ValueError(
+                "visual_stream_norm=True replaces the visual stream by the K/V norm's output; it needs "
+                "cross_attention_kv_norm=True as well."
+            )
+        eps = self.ssm_norm_eps
+        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1):
+            raise ValueError(f"ssm_norm_eps must be a small positive number (e.g. 1e-5) or None, got {eps!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,6 +266,10 @@ class VambaOptions:
     def mixer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `SSMBlock`'s mixer."""
         kwargs: dict[str, Any] = dict(d_conv=self.ssm_d_conv, expand=self.ssm_expand, chunk_size=self.ssm_chunk_size)
+        if self.ssm_bias:
+            kwargs["bias"] = True
+        if not self.ssm_conv_bias:
+            kwargs["conv_bias"] = False
         if self.ssm_d_state is not None:
             kwargs["d_state"] = self.ssm_d_state
         if self.visual_mixer == "mamba2":
@@ -324,8 +396,9 @@ class VambaCrossAttention(nn.Module):
     self-attention, so it can start as a copy of it (and so Vamba checkpoints load). Qwen3-style per-head
     ``q_norm``/``k_norm`` are mirrored too.
 
-    The mask a text token uses ("only visual tokens before me") is arbitrary per row, which flash-attention cannot
-    express, so under a flash implementation this module runs sdpa (self-attention still runs flash).
+    The mask (padding; with causal visibility "only visual tokens before me") is arbitrary per row, which
+    flash-attention cannot express, so under a flash implementation this module runs sdpa (self-attention still runs
+    flash).
     """
 
     def __init__(
@@ -376,13 +449,17 @@ class VambaCrossAttention(nn.Module):
         return norm(states)
 
     def project_visual(
-        self, visual_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+        self,
+        visual_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
+        rotate: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the visual tokens, (B, kv_heads, V, head_dim), RoPE'd at their original positions."""
+        """Keys and values of the visual tokens, (B, kv_heads, V, head_dim), RoPE'd at their positions (with
+        `use_rope` and `rotate`; unrotated otherwise)."""
         batch, length, _ = visual_states.shape
         key = self._normed(self.k_proj(visual_states).view(batch, length, -1, self.head_dim), "k_norm")
         value = self.v_proj(visual_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
-        if not self.use_rope:
+        if not self.use_rope or not rotate:
             return key.transpose(1, 2), value
         cos, sin = position_embeddings
         return self._rope(key.transpose(1, 2), cos, sin), value
@@ -680,7 +757,9 @@ class VambaLanguageModel(nn.Module):
         alpha = torch.tensor(float(self.options.alpha_init), dtype=reference.dtype, device=reference.device)
         layer.register_parameter("alpha", nn.Parameter(alpha))
         if self.options.visual_mixer != "none":
-            eps = getattr(self.config, "rms_norm_eps", None) or getattr(self.config, "layer_norm_eps", None) or 1e-6
+            eps = self.options.ssm_norm_eps
+            if eps is None:
+                eps = getattr(self.config, "rms_norm_eps", None) or getattr(self.config, "layer_norm_eps", None) or 1e-6
             block = SSMBlock(
                 self.config.hidden_size,
                 mixer=self.options.visual_mixer,
@@ -722,9 +801,13 @@ class VambaLanguageModel(nn.Module):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = True,
         input_ids: torch.LongTensor | None = None,
+        visual_positions: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast | tuple:
         """Run the interleaved sequence; `visual_mask` (batch, seq) marks the visual positions.
+
+        `visual_positions` (3, batch, seq): each visual token's (t, h, w) in its token grid, for
+        ``cross_attention_key_positions="grid"`` (HybridVLM passes them; other positions are ignored).
 
         `last_hidden_state` has the full sequence length: text positions hold the (final-normed) text stream,
         visual positions the visual stream after the last layer (no final norm; an LM head should read only text
@@ -759,12 +842,12 @@ class VambaLanguageModel(nn.Module):
         past_length = cache.seen_tokens if cache is not None else 0
 
         new_valid = self._new_token_mask(attention_mask, batch, seq_len, past_length, device)
-        position_ids = self._position_ids(position_ids, new_valid, cache, batch, seq_len)
+        is_visual = visual_mask & new_valid
+        position_ids = self._position_ids(position_ids, new_valid, is_visual, cache, batch, seq_len)
         order = (torch.arange(seq_len, device=device) + past_length).expand(batch, seq_len)
 
         # Split the interleaved sequence into a text stream (right-aligned, so decode tokens append in one column)
         # and a visual stream (left-aligned, so the SSM sees each row's tokens contiguously from the first slot).
-        is_visual = visual_mask & new_valid
         text_index, text_filled = _pack(~is_visual, right_align=True)
         text_valid = text_filled & new_valid.gather(1, text_index)
         text = _take(inputs_embeds, text_index)
@@ -780,16 +863,29 @@ class VambaLanguageModel(nn.Module):
         visual_order = order.gather(1, visual_index) if new_visual else None
 
         text_rope = self.rotary_emb(text, _take(position_ids, text_index))
-        visual_rope = self.rotary_emb(visual, _take(position_ids, visual_index)) if new_visual else None
+        visual_rope = None
+        if new_visual and self._grid_keys:
+            if visual_positions is None or visual_positions.shape != (3, batch, seq_len):
+                raise ValueError(
+                    "cross_attention_key_positions='grid' needs visual_positions of shape (3, batch, seq) = "
+                    f"{(3, batch, seq_len)} (each visual token's t, h, w); HybridVLM's forward passes them."
+                )
+            visual_rope = self._grid_rope(visual, _take(visual_positions.to(device), visual_index))
+        elif new_visual:
+            visual_rope = self.rotary_emb(visual, _take(position_ids, visual_index))
 
-        # Which visual slots (cached first, then new) each text token may read: real ones before it in the sequence.
+        # Which visual slots (cached first, then new) each text token may read: every real one of its row ("all"),
+        # or the real ones before it in the sequence ("causal").
         all_visual_valid, all_visual_order = self._visual_slots(cache, visual_filled, visual_order, new_visual)
         cross_mask = has_visual = None
         if all_visual_valid is not None and all_visual_valid.shape[1]:
-            visible = all_visual_valid[:, None, :] & (all_visual_order[:, None, :] < text_order[:, :, None])
+            visible = all_visual_valid[:, None, :].expand(-1, text_order.shape[1], -1).clone()
+            if self.options.cross_attention_visibility == "causal":
+                visible &= all_visual_order[:, None, :] < text_order[:, :, None]
             has_visual = visible.any(-1)
-            visible[..., 0] |= ~has_visual  # rows that see nothing read one key, then get no cross-attention at all
-            cross_mask = _additive_mask(visible, text.dtype)
+            if not bool(visible.all()):  # every text slot sees every visual slot (one unpadded sample): no mask
+                visible[..., 0] |= ~has_visual  # rows that see nothing read one key, then get no cross-attention
+                cross_mask = _additive_mask(visible, text.dtype)
         self_masks = _SelfAttentionMasks(self.config, cache, text_valid, text.dtype)
 
         state = _LayerInputs(
@@ -834,6 +930,26 @@ class VambaLanguageModel(nn.Module):
     def _has_mixers(self) -> bool:
         return self.options.visual_mixer != "none"
 
+    @property
+    def _grid_keys(self) -> bool:
+        return self.options.cross_attention_key_positions == "grid"
+
+    def _grid_rope(self, visual: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """M-RoPE (cos, sin) of shape (B, V, head_dim): the LM's rotary frequencies at the t, h and w positions
+        (3, B, V), each taking its `mrope_section` share of the frequency pairs (Qwen2-VL's multimodal RoPE)."""
+        parts = [self.rotary_emb(visual, positions[i]) for i in range(3)]
+        sections = list(self.options.mrope_section) * 2
+        if sum(sections) != parts[0][0].shape[-1]:
+            raise ValueError(
+                f"mrope_section {self.options.mrope_section} must sum to head_dim / 2 = {parts[0][0].shape[-1] // 2}."
+            )
+
+        def merge(which: int) -> torch.Tensor:
+            chunks = [part[which].split(sections, dim=-1) for part in parts]
+            return torch.cat([chunks[i % 3][i] for i in range(len(sections))], dim=-1)
+
+        return merge(0), merge(1)
+
     def _layer_step(
         self,
         layer: nn.Module,
@@ -860,17 +976,26 @@ class VambaLanguageModel(nn.Module):
         keys = values = None
         if visual is not None:
             source = layer.input_layernorm(visual) if self.options.cross_attention_kv_norm else visual
-            keys, values = layer.cross_attn.project_visual(source, state.visual_rope)
+            if self.options.visual_stream_norm:
+                visual = source  # the normed states are the visual stream from here on (SSM block, next layer)
+            keys, values = layer.cross_attn.project_visual(source, state.visual_rope, rotate=not self._grid_keys)
+        rotated = keys
+        if keys is not None and self._grid_keys:  # rotated for this forward only; the cache keeps them unrotated
+            rotated = _generic_rope(keys, *state.visual_rope)
         if cache is not None and index in cache.visual_keys:
+            cached_keys, cached_values = cache.visual_keys[index], cache.visual_values[index]
             if keys is not None:
-                keys = torch.cat([cache.visual_keys[index], keys.to(cache.visual_keys[index].dtype)], dim=2)
-                values = torch.cat([cache.visual_values[index], values.to(cache.visual_values[index].dtype)], dim=2)
+                rotated = torch.cat([cached_keys, rotated.to(cached_keys.dtype)], dim=2)
+                keys = torch.cat([cached_keys, keys.to(cached_keys.dtype)], dim=2)
+                values = torch.cat([cached_values, values.to(cached_values.dtype)], dim=2)
             else:
-                keys, values = cache.visual_keys[index], cache.visual_values[index]
+                keys = rotated = cached_keys
+                values = cached_values
         if cache is not None and visual is not None:
             cache.visual_keys[index], cache.visual_values[index] = keys, values
+        keys = rotated
 
-        if state.cross_mask is not None and text.shape[1]:
+        if state.has_visual is not None and text.shape[1]:
             crossed = layer.cross_attn(normed, keys, values, state.cross_mask, state.text_rope)
             if self.options.mix == "alpha":
                 alpha = layer.alpha.clamp(0.0, 1.0).to(attended.dtype)
@@ -939,17 +1064,35 @@ class VambaLanguageModel(nn.Module):
         self,
         position_ids: torch.Tensor | None,
         new_valid: torch.Tensor,
+        is_visual: torch.Tensor,
         cache: VambaCache | None,
         batch: int,
         seq_len: int,
     ) -> torch.Tensor:
-        """Given ids (2-D, or 3-D for M-RoPE), else counted over real tokens, as generate() does (padding-safe)."""
+        """Given ids (2-D, or 3-D for M-RoPE), else counted over real tokens (padding-safe): with
+        ``text_positions="text"`` text tokens count text tokens only and visual tokens count visual tokens only,
+        with ``"sequence"`` every real token counts."""
         if position_ids is None:
-            start = cache.valid_tokens if cache is not None and cache.valid_tokens is not None else None
-            position_ids = new_valid.long().cumsum(-1) - 1
-            if start is not None:
-                position_ids = position_ids + start[:, None].to(position_ids.device)
-            position_ids = position_ids.clamp(min=0)
+            if self.options.text_positions == "text":
+                is_text = new_valid & ~is_visual
+                text_start = visual_start = None
+                if cache is not None and cache.text_valid is not None:
+                    text_start = cache.text_valid.sum(-1)
+                if cache is not None and cache.visual_valid is not None:
+                    visual_start = cache.visual_valid.sum(-1)
+                text_ids = is_text.long().cumsum(-1) - 1
+                visual_ids = is_visual.long().cumsum(-1) - 1
+                if text_start is not None:
+                    text_ids = text_ids + text_start[:, None].to(text_ids.device)
+                if visual_start is not None:
+                    visual_ids = visual_ids + visual_start[:, None].to(visual_ids.device)
+                position_ids = torch.where(is_visual, visual_ids, text_ids).clamp(min=0)
+            else:
+                start = cache.valid_tokens if cache is not None and cache.valid_tokens is not None else None
+                position_ids = new_valid.long().cumsum(-1) - 1
+                if start is not None:
+                    position_ids = position_ids + start[:, None].to(position_ids.device)
+                position_ids = position_ids.clamp(min=0)
         position_ids = position_ids.to(new_valid.device)
         if position_ids.shape[-1] != seq_len:
             raise ValueError(f"position_ids cover {position_ids.shape[-1]} tokens but the input has {seq_len}.")
@@ -1003,8 +1146,8 @@ class _LayerInputs:
     text_rope: tuple[torch.Tensor, torch.Tensor]
     visual_rope: tuple[torch.Tensor, torch.Tensor] | None
     visual_filled: torch.Tensor
-    cross_mask: torch.Tensor | None
-    has_visual: torch.Tensor | None
+    cross_mask: torch.Tensor | None  # None with has_visual set: every text slot reads every visual slot
+    has_visual: torch.Tensor | None  # (B, T) text slots that cross-attend; None: no visual token at all
     vamba_cache: VambaCache | None
 
 

@@ -9,8 +9,9 @@ frames. Here:
   keyframes. It then seeks to the keyframe before each wanted frame and decodes forward only to it, so sampling 16
   frames from an hour costs about 16 GOPs, not an hour. Corrupt packets are skipped and counted; every loop is bounded
   by a wall-clock deadline and an iteration cap, so no file can hang the caller.
-* Sampling: ``uniform`` (MMJamba, LongLLaVA), ``middle`` (Vamba), ``fps`` with a ``max_frames`` cap (LongLLaVA: 1 fps,
-  at most 128), any count per call (MMJamba's AnyFrame), a frame budget from a token budget (``max_visual_tokens``),
+* Sampling: ``uniform`` (MMJamba, LongLLaVA), ``middle``, Vamba's own ``vamba_middle`` / ``vamba_uniform``, ``fps``
+  with a ``max_frames`` cap (LongLLaVA: 1 fps, at most 128), any count per call (MMJamba's AnyFrame), a frame
+  budget from a token budget (``max_visual_tokens``),
   and Vamba's temporal-patch rule (``temporal_patch_size=2``: an odd count loses its last frame). The exact
   semantics are in ``docs/video.md`` and in the functions below.
 * Frames go through the image processor's own per-frame pipeline (a ``HybridVLMImageProcessor`` built from the same
@@ -60,7 +61,9 @@ VIDEO_PROCESSOR_FILE = "video_preprocessor_config.json"  # transformers' name fo
 _IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 _PROCESSOR_FILE = "processor_config.json"
 
-SAMPLING_MODES: tuple[str, ...] = ("uniform", "middle", "fps")
+SAMPLING_MODES: tuple[str, ...] = ("uniform", "middle", "fps", "vamba_middle", "vamba_uniform")
+# Modes whose rule pads a short video to the asked count with its last frame (instead of returning every frame).
+_PADDING_MODES = frozenset({"vamba_middle"})
 BACKENDS: tuple[str, ...] = ("auto", "pyav", "torchcodec", "decord")
 
 # The per-frame pipeline's parameters, forwarded to HybridVLMImageProcessor. Listed here (not read from the image
@@ -148,7 +151,10 @@ def uniform_indices(total_frames: int, num_frames: int) -> list[int]:
 
 
 def middle_indices(total_frames: int, num_frames: int) -> list[int]:
-    """The middle frame of each of ``num_frames`` equal segments (Vamba): ``floor((2i + 1) * total / (2 * count))``.
+    """The middle frame of each of ``num_frames`` equal segments: ``floor((2i + 1) * total / (2 * count))``.
+
+    Not Vamba's rules (they truncate their segment bounds first): those are `vamba_middle_indices` and
+    `vamba_uniform_indices`.
 
     Asking for at least as many frames as there are gives every frame once.
     """
@@ -156,6 +162,41 @@ def middle_indices(total_frames: int, num_frames: int) -> list[int]:
     if count >= total:
         return list(range(total))
     return [(2 * i + 1) * total // (2 * count) for i in range(count)]
+
+
+def vamba_middle_indices(total_frames: int, num_frames: int) -> list[int]:
+    """Vamba's chat sampling ("middle"), exactly: the video is cut at ``np.linspace(0, total, count + 1)`` truncated
+    to integers (float64 linspace, so a cut can land one below the exact ``k * total / count``, as in the reference),
+    and each segment ``[a, b)`` gives frame ``(a + b - 1) // 2``. With fewer frames than asked, every frame once and
+    then the last frame repeated up to ``num_frames``.
+
+    E.g. 40 frames, 4 asked: ``[4, 14, 24, 34]``; 3 frames, 5 asked: ``[0, 1, 2, 2, 2]``.
+    """
+    total, count = _check_count(total_frames, "total_frames"), _check_count(num_frames, "num_frames")
+    segments = min(count, total)
+    cuts = np.linspace(0, total, segments + 1).astype(np.int64).tolist()
+    indices = [(start + end - 1) // 2 for start, end in zip(cuts[:-1], cuts[1:])]
+    return indices + [indices[-1]] * (count - len(indices))
+
+
+def vamba_uniform_indices(total_frames: int, num_frames: int) -> list[int]:
+    """Vamba's evaluation sampling, exactly: cuts ``torch.linspace(0, total, count + 1)`` in int64, and the integer
+    mean ``(a + b) // 2`` of consecutive cuts; asking for at least as many frames as there are gives every frame once
+    (no padding). E.g. 40 frames, 4 asked: ``[5, 15, 25, 35]``.
+    """
+    total, count = _check_count(total_frames, "total_frames"), _check_count(num_frames, "num_frames")
+    if count >= total:
+        return list(range(total))
+    cuts = torch.linspace(0, total, count + 1, dtype=torch.int64)
+    return ((cuts[:-1] + cuts[1:]) // 2).tolist()
+
+
+_SAMPLING_RULES = {
+    "uniform": uniform_indices,
+    "middle": middle_indices,
+    "vamba_middle": vamba_middle_indices,
+    "vamba_uniform": vamba_uniform_indices,
+}
 
 
 def fps_indices(
@@ -823,7 +864,9 @@ class HybridVLMVideoProcessor(_VideoProcessorBase):
     Args:
         do_sample_frames: ``None`` (default): sample decoded files, keep in-memory frames as given. ``True``: sample
             both. ``False``: keep every frame of files too.
-        sampling: ``"uniform"`` (first and last frame included), ``"middle"`` (middle of equal segments) or ``"fps"``.
+        sampling: ``"uniform"`` (first and last frame included), ``"middle"`` (middle of equal segments), ``"fps"``,
+            or Vamba's own rules, reproduced exactly: ``"vamba_middle"`` (its chat script; pads a short video with
+            its last frame) and ``"vamba_uniform"`` (its evaluation scripts).
         num_frames: frames for ``uniform``/``middle``; any count per call (AnyFrame). Fewer frames in the video than
             asked: all of them and a warning (an error with ``strict=True``).
         fps: sampling rate for ``fps`` mode; giving ``fps`` (and not ``num_frames``) in a call selects ``fps`` mode.
@@ -1094,13 +1137,14 @@ class HybridVLMVideoProcessor(_VideoProcessorBase):
                 (logger.warning if plan.explicit_num_frames else logger.info)(message)
                 wanted = cap
             info["requested_num_frames"] = wanted
-            if total < wanted:
+            if total < wanted and plan.sampling in _PADDING_MODES:
+                logger.info(f"{_NAME}: {what} has {total} frame(s); padding to {wanted} with its last frame.")
+            elif total < wanted:
                 message = f"{_NAME}: {what} has only {total} frame(s) but num_frames={wanted} were asked for"
                 if plan.strict:
                     raise ValueError(f"{message} (strict=True). Ask for at most {total}, or set strict=False.")
                 logger.warning(f"{message}; returning all {total}.")
-            rule = uniform_indices if plan.sampling == "uniform" else middle_indices
-            indices = rule(total, wanted)
+            indices = _SAMPLING_RULES[plan.sampling](total, wanted)
         patch = plan.temporal_patch_size
         if patch > 1:
             keep = len(indices) - len(indices) % patch
@@ -1434,4 +1478,6 @@ __all__ = [
     "make_video_list",
     "middle_indices",
     "uniform_indices",
+    "vamba_middle_indices",
+    "vamba_uniform_indices",
 ]
