@@ -156,6 +156,10 @@ def test_launcher_refuses_a_bad_model_before_importing_torch(tmp_path):
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
         assert "local model folder" in result.stderr and "mamba2-llava-tiny" in result.stderr
+    offline = {**env, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty Hub cache
+    result = subprocess.run([sys.executable, "-c", code, "generate", "someone/uncached", "--image", "x", "--prompt",
+                             "hi"], capture_output=True, text=True, cwd=tmp_path, env=offline, timeout=60)
+    assert result.returncode == 2 and "HF_HUB_OFFLINE is set" in result.stderr, result.stderr
 
 
 def test_launcher_parses_model_arguments_and_knows_every_preset():

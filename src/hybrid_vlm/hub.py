@@ -192,32 +192,16 @@ def resolve_model_source(name: str) -> tuple[str, str]:
     network before failing. A Hub id already in the local cache resolves to its cached folder (no network); one that is
     not is refused at once when `HF_HUB_OFFLINE` is set. Raises ValueError naming both options otherwise.
     """
-    from .model_args import hub_offline, local_kind, options_hint
+    from .model_args import cached_snapshot, hub_offline, local_kind, offline_message
     from .presets import list_presets
 
     presets = list(list_presets())
     kind, source = local_kind(name, presets)
     if kind != "hub?":
         return kind, source
-    cached = _cached_snapshot(name)
+    cached = cached_snapshot(name)
     if cached is not None:
         return "folder", cached
     if hub_offline():
-        raise ValueError(
-            f"{name!r} is not a local folder, not a preset, and not in the Hub cache, and HF_HUB_OFFLINE is set. "
-            f"{options_hint(name, presets)}"
-        )
+        raise ValueError(offline_message(name, presets))
     return "hub", name
-
-
-def _cached_snapshot(repo_id: str) -> str | None:
-    """The folder of a cached Hub snapshot that holds config.json, or None; never touches the network."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency of transformers
-        return None
-    try:
-        found = try_to_load_from_cache(repo_id, "config.json")
-    except Exception:  # a malformed id or cache: treat as not cached
-        return None
-    return str(Path(found).parent) if isinstance(found, str) else None

@@ -1,9 +1,9 @@
 """What a command-line model argument names, decided from the file system and the preset names alone.
 
-This file imports nothing beyond the standard library, on purpose: the `hybrid-vlm` launcher (`hybrid_vlm_launcher`)
-loads it by path, without importing the package (and so torch and transformers, several seconds), so a mistyped model
-name fails in a fraction of a second instead of after the imports, or after a minute of waiting for the Hub.
-`hybrid_vlm.hub.resolve_model_source` builds on it.
+This file imports only the standard library (and huggingface_hub, to look in the Hub cache), on purpose: the
+`hybrid-vlm` launcher (`hybrid_vlm_launcher`) loads it by path, without importing the package (and so torch and
+transformers, several seconds), so a mistyped model name fails in a fraction of a second instead of after the imports,
+or after a minute of waiting for the Hub. `hybrid_vlm.hub.resolve_model_source` builds on it.
 """
 
 from __future__ import annotations
@@ -92,7 +92,29 @@ def quick_check(argv: list[str]) -> str | None:
     if name is None:
         return None
     try:
-        local_kind(name)
+        kind, _ = local_kind(name)
     except ValueError as error:
         return str(error)
+    if kind == "hub?" and hub_offline() and cached_snapshot(name) is None:
+        return offline_message(name)
     return None
+
+
+def offline_message(name: str, presets: tuple[str, ...] | list[str] = PRESET_NAMES) -> str:
+    return (
+        f"{name!r} is not a local folder, not a preset, and not in the Hub cache, and HF_HUB_OFFLINE is set. "
+        f"{options_hint(name, presets)}"
+    )
+
+
+def cached_snapshot(repo_id: str) -> str | None:
+    """The folder of a cached Hub snapshot that holds config.json, or None; never touches the network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache  # light: no torch
+    except ImportError:
+        return None
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # a malformed id or cache: treat as not cached
+        return None
+    return str(Path(found).parent) if isinstance(found, str) else None
