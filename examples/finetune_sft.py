@@ -1,6 +1,6 @@
 """Fine-tune a hybrid VLM with TRL's SFTTrainer on a generated dataset of coloured shapes, then reload and ask it.
 
-Runs on a CPU in well under a minute with the default tiny preset (random weights, so the answer only shows that
+Runs on a CPU in about a minute (2 cores) with the default tiny preset (random weights, so the answer only shows that
 training moved it):
 
     python examples/finetune_sft.py                                  # full fine-tuning of jamba-llava-tiny

@@ -1,6 +1,6 @@
 """LoRA with the library's safe targets: train an adapter with SFTTrainer, save it, reload it on a fresh base, merge.
 
-    python examples/lora.py                               # jamba-llava-tiny, well under a minute on a CPU
+    python examples/lora.py                               # jamba-llava-tiny, 2-4 min on 2 CPU cores
     python examples/lora.py --model mamba2-llava-tiny --projector --max-steps 2
 
 `lora_config` targets the language model's attention/MLP Linears and the SSM `in_proj` (never `out_proj`/`conv1d`,

@@ -1,10 +1,12 @@
 """Quickstart: a tiny Jamba-backbone LLaVA, one chat turn on an image, a left-padded batch, save and reload.
 
-Runs on a CPU in seconds with random weights (the generated text is noise; the mechanics are real):
+Runs on a CPU in about 15 s (most of it importing torch) with random weights (the generated text is noise; the
+mechanics are real):
 
     python examples/quickstart.py
 """
 
+import argparse
 import tempfile
 
 import torch
@@ -12,6 +14,9 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import hybrid_vlm
+
+# No options; `--help` says what the script does instead of running it.
+argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
 
 model, processor = hybrid_vlm.from_preset("jamba-llava-tiny")
 print(f"{model.num_parameters():,} parameters; language model: {model.config.text_config.model_type}")

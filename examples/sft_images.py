@@ -1,6 +1,6 @@
 """Fine-tune on images with TRL's SFTTrainer, unmodified: TRL's vision format, TRL's collator, a training stage.
 
-    python examples/sft_images.py                                   # jamba-llava-tiny, about half a minute on a CPU
+    python examples/sft_images.py                                   # jamba-llava-tiny, ~25 s on 2 CPU cores
     python examples/sft_images.py --stage projector --max-steps 50  # stage 1: projector-only alignment
     python examples/sft_images.py --model path/or/hub-id --output-dir out   # a real checkpoint (and a GPU)
 

@@ -1,6 +1,6 @@
 """Fine-tune on videos: SFTTrainer with the library's VideoSFTCollator (TRL has no video column).
 
-    python examples/sft_videos.py                     # mamba2-llava-tiny on generated clips, well under a minute
+    python examples/sft_videos.py                     # mamba2-llava-tiny on generated clips, ~1 min on 2 CPU cores
     python examples/sft_videos.py --max-steps 2       # quicker
     python examples/sft_videos.py --video-dir clips/  # your own .mp4 files (answers are their file names)
 
@@ -37,7 +37,12 @@ def moving_square(direction: str, num_frames: int = 8, size: int = 48) -> list[I
 
 def video_rows(n: int, video_dir: str | None) -> list[dict]:
     if video_dir:
-        clips = sorted(Path(video_dir).glob("*.mp4"))
+        folder = Path(video_dir)
+        if not folder.is_dir():
+            raise SystemExit(f"error: --video-dir {video_dir!r} is not a folder.")
+        clips = sorted(folder.glob("*.mp4"))
+        if not clips:
+            raise SystemExit(f"error: --video-dir {video_dir!r} holds no *.mp4 files; put the clips to train on there.")
         items = [(str(path), path.stem.replace("_", " ")) for path in clips]
     else:
         items = [(moving_square(d), f"The square moves {d}.") for d in ("left", "right")]

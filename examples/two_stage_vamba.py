@@ -1,7 +1,7 @@
 """Vamba's two training stages on the tiny preset: stage 1 trains only the new layers (cross-attention, alpha, the
 visual Mamba), stage 2 everything but the vision tower.
 
-    python examples/two_stage_vamba.py                    # vamba-tiny, well under a minute on a CPU
+    python examples/two_stage_vamba.py                    # vamba-tiny, ~45 s on 2 CPU cores
     python examples/two_stage_vamba.py --max-steps 2
 
 With a real model, stage 1 starts from a VLM converted with `hybrid_vlm.build_vamba` (see docs/vamba.md).

@@ -358,3 +358,27 @@ def test_ssm_paths_script_compares_torch_with_reference(capsys):
                                               "--reference-max", "8"]) == 0
     out = capsys.readouterr().out
     assert "torch/reference_fwd" in out and "automatic path here: torch" in out
+
+
+def test_plot_labels_the_measured_sizes_and_marks_skipped_points(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import math
+
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    results = []
+    for model, factor in (("hybrid", 1.0), ("baseline", 2.0)):
+        for tokens in (256, 512, 1024, 2048):
+            skipped = model == "baseline" and tokens == 2048
+            value = math.nan if skipped else factor * tokens / 1000
+            results.append(bm.InferenceResult(model, model, model, tokens, tokens + 8, value, value, value, 10, 1,
+                                              "skipped (>60s)" if skipped else "ok"))
+    assert bm.plot_results(results, ["prefill_s"], tmp_path / "p.png").is_file()
+    (axis,) = figures[0].axes
+    assert [label.get_text() for label in axis.get_xticklabels()] == ["256", "512", "1024", "2048"]
+    assert not axis.xaxis.get_minorticklocs().size  # no minor labels to overlap
+    marks = [c for c in axis.collections if len(c.get_offsets()) and c.get_offsets()[0][0] == 2048]
+    assert len(marks) == 1  # the skipped baseline point is drawn, not dropped
+    assert any("skipped" in text.get_text() for text in axis.get_legend().get_texts())

@@ -753,6 +753,11 @@ def test_vamba_checkpoint_is_detected_and_refused(tmp_path):
     with pytest.raises(UnconvertedVambaCheckpointError, match="hybrid-vlm convert .* --from vamba"):
         check_unconverted_vamba(tmp_path / "vamba")
     check_unconverted_vamba(tmp_path / "qwen2vl")  # plain Qwen2-VL: nothing to say
+    with pytest.raises(FileNotFoundError, match="no such folder"):  # a typo is not "not Vamba"
+        detect_unconverted_vamba(tmp_path / "typo")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no config.json"):
+        detect_unconverted_vamba(tmp_path / "empty")
     with pytest.raises(ConversionError, match="no vision_config"):  # full conversion: tests/test_convert_vamba.py
         convert(tmp_path / "vamba", tmp_path / "dst", "vamba", **quiet())
     assert not (tmp_path / "dst").exists()

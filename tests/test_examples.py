@@ -41,3 +41,21 @@ def test_example_runs(script, tmp_path):
     if script.name == "push_to_hub.py":
         folder = tmp_path / "hub-folder"
         assert (folder / "model.safetensors.index.json").is_file() and (folder / "modeling_hybrid_vlm.py").is_file()
+
+
+def test_quickstart_help_does_not_run_it(tmp_path):
+    # (the other examples parse their options before doing anything, with argparse)
+    script = Path(__file__).parent.parent / "examples" / "quickstart.py"
+    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
+    assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-2000:]
+    assert not any(tmp_path.iterdir()), "--help ran the script (it wrote files)"
+    assert "parameters" not in result.stdout and "answer:" not in result.stdout
+
+
+def test_sft_videos_refuses_a_folder_without_clips(tmp_path):
+    script = Path(__file__).parent.parent / "examples" / "sft_videos.py"
+    result = subprocess.run([sys.executable, str(script), "--video-dir", str(tmp_path), "--max-steps", "1"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode != 0 and "holds no *.mp4 files" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr

@@ -373,7 +373,7 @@ def test_auto_image_processor_through_model_config(tmp_path, registered):
         ([], ValueError, "empty list of images"),
         ([[], []], ValueError, "every sample's image list is empty"),
         (42, TypeError, "unsupported type int"),
-        ([_random_image(4, 4), {"image": 1}], TypeError, r"images\[1\] has unsupported type dict"),
+        ([_random_image(4, 4), {"image": 1}], TypeError, r"images\[1\] has unsupported type int"),
         ("/no/such/image.png", TypeError, "no such file"),
         ("https://example.com/a.png", TypeError, "is a URL"),
         (np.zeros((8, 8, 2), np.uint8), ValueError, "2 channels"),
@@ -437,3 +437,21 @@ def test_pad_to_square_mode():
         HybridVLMImageProcessor(image_aspect_ratio="pad", max_tiles=4)
     with pytest.raises(ValueError, match="one image_mean"):
         HybridVLMImageProcessor(image_aspect_ratio="pad", image_mean=[[0.5] * 3, [0.4] * 3], image_std=[[0.5] * 3] * 2)
+
+
+def test_encoded_inputs_decode_like_videos_do(tmp_path):
+    """Bytes, file objects and {'path'|'bytes'|'image'} dicts give the same pixels as the decoded image."""
+    image = _random_image(30, 44)
+    image.save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    processor = HybridVLMImageProcessor(size={"shortest_edge": 28}, crop_size=28)
+    reference = processor(image, return_tensors="pt")["pixel_values"]
+    for item in (data, bytearray(data), io.BytesIO(data), {"path": str(tmp_path / "a.png")},
+                 {"bytes": data, "path": None}, {"image": image}):
+        assert torch.equal(processor(item, return_tensors="pt")["pixel_values"], reference), type(item)
+    with pytest.raises(ValueError, match=r"\(9 bytes\) is not an image Pillow can read"):
+        processor(b"not a png")
+    with pytest.raises(ValueError, match="is a folder"):
+        processor(str(tmp_path))
+    with pytest.raises(TypeError, match="a dict without 'bytes', 'path' or 'image'"):
+        processor({"url": "x"})

@@ -238,3 +238,27 @@ def test_torch_fallback_on_cuda_is_announced_as_a_warning(caplog):
         assert not kernels.announce_compute_paths(model, CUDA)
     [record] = [r for r in caplog.records if "compute paths on cuda" in r.getMessage()]
     assert record.levelno == logging.WARNING and "transformers torch reference" in record.getMessage()
+
+
+def test_transformers_kernel_fallback_lines_become_one_note(monkeypatch, caplog):
+    """transformers logs one "falling back ... install mamba_ssm" line per kernel; we say it once, in our words."""
+    from transformers.utils import logging as hf_logging
+
+    streams = [h for h in hf_logging.get_logger().handlers if type(h) is logging.StreamHandler]  # transformers' own
+    assert streams and all(any(isinstance(f, kernels.KernelFallbackFilter) for f in h.filters) for h in streams)
+    monkeypatch.setattr(kernels, "_said_torch_ssm_path", False)
+    fallback = kernels.KernelFallbackFilter()
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("transformers.integrations.hub_kernels", logging.WARNING, __file__, 1, message, (),
+                                 None)
+
+    with caplog.at_level(logging.WARNING, logger="hybrid_vlm.kernels"):
+        for name in ("mamba_chunk_scan_combined", "causal_conv1d_fn"):
+            assert not fallback.filter(record(f"`{name}` is falling back to its reference PyTorch implementation "
+                                              "because `mamba_ssm` is not installed. This is correct but slower."))
+        assert not fallback.filter(record("The fast path is not available because one of `(selective_state_update, "
+                                          "causal_conv1d_fn)` is None."))  # transformers 4.x
+        assert fallback.filter(record("an unrelated warning"))  # everything else passes
+    notes = [r.getMessage() for r in caplog.records if r.name == "hybrid_vlm.kernels"]
+    assert len(notes) == 1 and "pure-PyTorch path" in notes[0] and "hybrid-vlm env" in notes[0]

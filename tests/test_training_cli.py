@@ -76,6 +76,31 @@ def test_train_lora_saves_an_adapter(jsonl, tmp_path):
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 4 and "vision_tower" not in json.dumps(config["target_modules"])
     assert (out / "adapter_model.safetensors").is_file()
+    assert config["base_model_name_or_path"] == "llava-tiny"  # resolves anywhere: the preset is deterministic
+
+
+def test_lora_adapter_records_an_absolute_base_and_names_it_when_missing(jsonl, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from hybrid_vlm.cli import main as cli_main
+
+    base = tmp_path / "base"
+    model, processor = hybrid_vlm.from_preset("llava-tiny")
+    model.save_pretrained(base)
+    processor.save_pretrained(base)
+    monkeypatch.chdir(tmp_path)  # `--model base`: relative, as a user types it
+    assert main(["train", str(jsonl), "--model", "base", "--lora", "--lora-rank", "2", "--output-dir", "adapter",
+                 "--max-steps", "1", "--batch-size", "2"]) == 0
+    recorded = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str(base.resolve())
+    picture = jsonl / "img" / "0_0.png"
+    capsys.readouterr()
+    assert cli_main(["generate", "adapter", "--image", str(picture), "--prompt", "Hi", "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().out.strip()
+    shutil.rmtree(base)
+    assert cli_main(["generate", "adapter", "--image", str(picture), "--prompt", "Hi"]) == 2
+    err = capsys.readouterr().err
+    assert f"was trained on the base model '{base.resolve()}', which is missing here" in err
 
 
 def test_stage_aliases_and_bad_input(jsonl, tmp_path):
@@ -93,3 +118,34 @@ def test_stage_aliases_and_bad_input(jsonl, tmp_path):
         load_jsonl(str(missing))
     with pytest.raises(FileNotFoundError, match="Dataset not found"):
         load_jsonl(str(tmp_path / "absent.jsonl"))
+
+
+def test_documented_jsonl_with_string_content_trains(tmp_path, capsys):
+    """docs/training.md's format (assistant `"content": "..."`), block lists and string user turns, mixed in one file
+    (Arrow alone refuses such a column), plus TRL's conversational prompt/completion form."""
+    data = tmp_path / "mixed"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    lines = [
+        {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]},
+                      {"role": "assistant", "content": "Noise."}], "images": ["0.png"]},
+        {"messages": [{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": "Describe the picture."},  # TRL prepends the image block
+                      {"role": "assistant", "content": [{"type": "text", "text": "Grey noise."}]}],
+         "images": ["1.png"]},
+        {"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colours?"}]}],
+         "completion": [{"role": "assistant", "content": "Many."}], "images": ["2.png"]},
+        {"messages": [{"role": "user", "content": "No picture here."}, {"role": "assistant", "content": "Fine."}]},
+    ]
+    (data / "train.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    rows = load_jsonl(str(data))
+    assert all(isinstance(m["content"], list) for row in rows for m in row["messages"])
+    assert rows[1]["messages"][1]["content"][0] == {"type": "image"}  # prepended, as TRL does
+    assert [m["role"] for m in rows[2]["messages"]] == ["user", "assistant"]
+    out = tmp_path / "out"
+    assert main(["train", str(data), "--model", "llava-tiny", "--stage", "projector", "--output-dir", str(out),
+                 "--max-steps", "2", "--batch-size", "2"]) == 0
+    assert "over 2 steps" in capsys.readouterr().out
+    assert (out / "config.json").is_file()

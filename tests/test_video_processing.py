@@ -568,3 +568,10 @@ def test_a_list_of_image_files_is_one_video(tmp_path):
     from_files = processor([paths], return_tensors="np")["pixel_values_videos"]
     from_images = processor([[PIL.Image.open(p) for p in paths]], return_tensors="np")["pixel_values_videos"]
     assert from_files.shape == (1, 3, 3, 28, 28) and np.array_equal(from_files, from_images)
+
+
+def test_a_folder_is_not_a_video(tmp_path):
+    from hybrid_vlm.video_processing_hybrid_vlm import HybridVLMVideoProcessor
+
+    with pytest.raises(ValueError, match="is a folder .* not a video file; pass one video file"):
+        HybridVLMVideoProcessor(size={"shortest_edge": 28}, crop_size=28)(str(tmp_path))

@@ -6,7 +6,7 @@ Importing the package registers `HybridVLMConfig`, the models and the processors
 from .builders import build_vamba
 from .configuration_hybrid_vlm import HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
-from .kernels import compute_paths
+from .kernels import compute_paths, install_kernel_fallback_filter
 from .modeling_hybrid_vlm import HybridVLMForConditionalGeneration, HybridVLMModel, HybridVLMPreTrainedModel
 from .presets import from_preset, list_presets, preset_config
 from .processing_hybrid_vlm import HybridVLMProcessor
@@ -25,6 +25,7 @@ from .version import __version__
 from .video_processing_hybrid_vlm import HybridVLMVideoProcessor
 
 register_auto_classes()
+install_kernel_fallback_filter()  # one note of ours instead of transformers' per-kernel "falling back" lines
 
 __all__ = [
     "HybridVLMConfig",

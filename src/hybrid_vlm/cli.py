@@ -1,8 +1,9 @@
-"""`hybrid-vlm` command line: demo, generate, env, presets, convert, bench."""
+"""`hybrid-vlm` command line: demo, generate, train, convert, bench, env, presets."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -11,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,20 +152,119 @@ def run_demo(preset: str, output: str | None, max_new_tokens: int, question: str
     return 0 if ok else 1
 
 
-def run_generate(model_path: str, image_path: str, prompt: str, max_new_tokens: int) -> int:
-    """Answer `prompt` about an image with a saved HybridVLM folder."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def load_model(name: str, dtype: torch.dtype | None = None, allow_adapter: bool = True) -> tuple[Any, Any, str]:
+    """`(model, processor, kind)` for a command-line model argument: a preset (random weights), a saved folder, a
+    LoRA adapter folder (loaded onto its base) or a Hub id. The argument is checked locally first, so a typo fails at
+    once with the options instead of waiting for the network."""
+    from transformers import AutoProcessor
 
+    import hybrid_vlm
+    from hybrid_vlm.compat import auto_model_for_image_text_to_text
+    from hybrid_vlm.hub import resolve_model_source
+
+    kind, source = resolve_model_source(name)
+    if kind == "preset":
+        model, processor = hybrid_vlm.from_preset(name)
+        return model, processor, kind  # fp32 weights; `--bf16` training autocasts
+    if kind == "adapter":
+        if not allow_adapter:
+            raise ValueError(
+                f"{name!r} holds a LoRA adapter, not a model. Load it with PeftModel.from_pretrained and merge it "
+                "(merge_and_unload + save_pretrained) to train on, or pass its base model."
+            )
+        return (*_load_adapter(name, source, dtype), kind)
+    auto = auto_model_for_image_text_to_text()
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    try:
+        model = auto.from_pretrained(source, **kwargs)
+        processor = AutoProcessor.from_pretrained(source)
+    except OSError as error:
+        if kind != "hub":
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{name!r} could not be loaded from the Hub ({first}). It is not a local folder nor a preset "
+            "(`hybrid-vlm presets` lists them); set HF_HUB_OFFLINE=1 to fail at once without a network."
+        ) from None
+    return model, processor, kind
+
+
+def _load_adapter(name: str, folder: str, dtype: torch.dtype | None) -> tuple[Any, Any]:
+    """A PEFT adapter folder on its base (a preset or a folder recorded in adapter_config.json)."""
+    import json
+
+    from hybrid_vlm.hub import resolve_model_source
+
+    base = json.loads((Path(folder) / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+    try:
+        resolve_model_source(base)
+    except ValueError as error:
+        raise ValueError(
+            f"The LoRA adapter {name!r} was trained on the base model {base!r}, which is missing here: {error}"
+        ) from None
+    from peft import PeftModel
+    from transformers import AutoProcessor
+
+    model, processor, _ = load_model(base, dtype, allow_adapter=False)
+    if (Path(folder) / "processor_config.json").is_file() or (Path(folder) / "tokenizer_config.json").is_file():
+        processor = AutoProcessor.from_pretrained(folder)
+    return PeftModel.from_pretrained(model, folder), processor
+
+
+def open_image(path: str) -> Image.Image:
+    """An RGB image from a file, with one-line errors for the usual mistakes (missing, a folder, not an image)."""
+    from PIL import UnidentifiedImageError
+
+    file = Path(path)
+    if file.is_dir():
+        raise ValueError(f"--image {path!r} is a folder; pass one image file (PNG, JPEG, ...).")
+    if not file.is_file():
+        raise FileNotFoundError(f"--image file not found: {path}")
+    try:
+        with Image.open(file) as opened:
+            opened.load()
+            return opened.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"--image {path!r} is not an image Pillow can read ({type(error).__name__}).") from None
+
+
+def _check_prompt(prompt: str, processor: Any) -> None:
+    for token in dict.fromkeys([processor.image_token, processor.video_token, "<image>", "<video>"]):
+        if token and token in prompt:
+            raise ValueError(
+                f"--prompt contains {token!r}: leave it out; the CLI adds the image/video block for --image/--video "
+                "itself, before the prompt."
+            )
+
+
+def run_generate(model_path: str, image_path: str | None, prompt: str, max_new_tokens: int,
+                 video_path: str | None = None) -> int:
+    """Answer `prompt` about an image or a video with a saved folder, a LoRA adapter folder, a preset or a Hub id."""
     import hybrid_vlm  # noqa: F401  (registers the Auto classes)
+    from hybrid_vlm.hub import resolve_model_source
 
-    path = Path(image_path)
-    if not path.is_file():
-        raise SystemExit(f"error: image file not found: {path}")
-    model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
-    processor = AutoProcessor.from_pretrained(model_path)
-    with Image.open(path) as opened:
-        image = opened.convert("RGB")
-    inputs = _chat_inputs(processor, image, prompt)
+    resolve_model_source(model_path)  # a bad model argument fails first, and at once
+    if (image_path is None) == (video_path is None):
+        raise ValueError("generate needs exactly one of --image FILE or --video FILE.")
+    image = open_image(image_path) if image_path is not None else None
+    video = None
+    if video_path is not None:
+        video = Path(video_path)
+        if video.is_dir():
+            raise ValueError(f"--video {video_path!r} is a folder; pass one video file (.mp4, ...).")
+        if not video.is_file():
+            raise FileNotFoundError(f"--video file not found: {video_path}")
+    model, processor, kind = load_model(model_path)
+    model.eval()
+    _check_prompt(prompt, processor)
+    try:
+        inputs = _chat_inputs(processor, image, prompt, video)
+    except (ValueError, RuntimeError, OSError) as error:
+        if video is None:
+            raise
+        raise ValueError(f"--video {video_path!r} could not be decoded: {str(error).splitlines()[0]}") from None
+    if kind == "preset":
+        print(f"note: {model_path!r} is a preset: random weights, so the answer is noise.", file=sys.stderr)
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=max_new_tokens)
     print(processor.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
@@ -249,9 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default=None, help="folder to keep the saved model in (default: a temp folder)")
     demo.add_argument("--max-new-tokens", type=int, default=12)
     demo.add_argument("--question", default="What is in this image?")
-    generate = commands.add_parser("generate", help="answer a prompt about an image with a saved model folder")
-    generate.add_argument("model", help="a local HybridVLM folder")
-    generate.add_argument("--image", required=True)
+    generate = commands.add_parser("generate", help="answer a prompt about an image or a video with a saved model")
+    generate.add_argument(
+        "model", help="a saved model folder, a LoRA adapter folder from `train --lora`, a preset name or a Hub id"
+    )
+    media = generate.add_mutually_exclusive_group(required=True)
+    media.add_argument("--image", help="an image file")
+    media.add_argument("--video", help="a video file (.mp4, ...)")
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--max-new-tokens", type=int, default=64)
     commands.add_parser("env", help="versions and which kernel paths are available / used")
@@ -269,15 +374,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Bad input reported by the commands: printed as one line (no traceback); HYBRID_VLM_TRACEBACK=1 shows the traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except USER_ERRORS as error:
+        if os.environ.get("HYBRID_VLM_TRACEBACK"):
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     handler = getattr(args, "handler", None)
     if handler is not None:  # sub-commands registered by their own module: `set_defaults(handler=run_x)`
         return handler(args)
     if args.command == "demo":
         return run_demo(args.preset, args.output, args.max_new_tokens, args.question)
     if args.command == "generate":
-        return run_generate(args.model, args.image, args.prompt, args.max_new_tokens)
+        return run_generate(args.model, args.image, args.prompt, args.max_new_tokens, args.video)
     if args.command == "env":
         return run_env()
     if args.command == "convert":

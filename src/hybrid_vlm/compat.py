@@ -410,3 +410,14 @@ def feature_report() -> list[tuple[str, str]]:
         ("unnamed extra special tokens key", _UNNAMED_EXTRAS_KEY),
         ("configs take rope_parameters", str(CONFIGS_TAKE_ROPE_PARAMETERS)),
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Log messages.
+
+KERNEL_FALLBACK_MESSAGES = (
+    "is falling back to its reference PyTorch implementation because",  # 5.x: integrations/hub_kernels.py, per kernel
+    "The fast path is not available because one of",  # 4.x: Mamba / Mamba-2 / Jamba mixers
+)
+"""Parts of the lines transformers logs when an SSM kernel package is missing (`kernels.KernelFallbackFilter` says it
+once instead). Text matches, not version checks: a line that changes wording simply shows again."""

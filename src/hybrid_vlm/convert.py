@@ -1058,8 +1058,10 @@ def detect_unconverted_vamba(folder_or_config: Any) -> bool:
     folder: Path | None = None
     if isinstance(folder_or_config, (str, os.PathLike)):
         folder = Path(folder_or_config)
+        if not folder.exists():
+            raise FileNotFoundError(f"detect_unconverted_vamba: no such folder: {folder}")
         if not (folder / "config.json").is_file():
-            return False
+            raise ValueError(f"detect_unconverted_vamba: {folder} holds no config.json: not a checkpoint folder.")
         config = _read_json(folder / "config.json")
     elif isinstance(folder_or_config, PretrainedConfig):
         config = folder_or_config.to_dict()
@@ -1669,7 +1671,7 @@ def _write_processor(folder: Path, recipe: _Recipe, report: ConversionReport) ->
 def add_convert_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     """Add `convert SRC DST --from KIND` to the `hybrid-vlm` command's subparsers."""
     parser = subparsers.add_parser(
-        "convert", help="convert a LLaVA / LLaVA-NeXT / LongLLaVA checkpoint folder into a HybridVLM folder",
+        "convert", help=f"convert a checkpoint folder ({', '.join(KINDS)}) into a HybridVLM folder",
         description="Convert a local checkpoint folder into a native HybridVLM folder (see docs/converting.md).",
     )
     parser.add_argument("src", help="the source checkpoint folder")

@@ -10,6 +10,7 @@ the module the model's feature packing and the token count also come from.
 """
 
 import copy
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -829,13 +830,44 @@ class HybridVLMImageProcessor(BaseImageProcessor):
 
     @staticmethod
     def _expand_image(item: Any, where: str, allow_batch: bool) -> list[Any]:
-        """One image -> [image]; a 4-D array/tensor -> its images; anything else -> TypeError."""
+        """One image -> [image]; a 4-D array/tensor -> its images; anything else -> TypeError.
+
+        Encoded inputs (bytes, a file object, a `{"bytes": ..., "path": ...}` dict as `datasets.Image(decode=False)`
+        gives, `{"path": ...}` or `{"image": ...}`) are decoded here, so images take the same kinds of input videos do.
+        """
         if isinstance(item, PIL.Image.Image):
             return [item]
+        if isinstance(item, dict):
+            if item.get("bytes") is not None:
+                item = item["bytes"]
+            elif item.get("path") is not None:
+                item = item["path"]
+            elif item.get("image") is not None:
+                item = item["image"]
+            else:
+                raise TypeError(
+                    f"{_NAME}: {where} is a dict without 'bytes', 'path' or 'image' (keys: {sorted(item)}); pass "
+                    "one of those, or the image itself."
+                )
+            return HybridVLMImageProcessor._expand_image(item, where, allow_batch=False)
+        if isinstance(item, (bytes, bytearray)) or (hasattr(item, "read") and not isinstance(item, (str, os.PathLike))):
+            data = bytes(item) if isinstance(item, (bytes, bytearray)) else item.read()
+            try:
+                with PIL.Image.open(io.BytesIO(data)) as opened:
+                    opened.load()
+                    return [opened]
+            except (PIL.UnidentifiedImageError, OSError) as err:
+                raise ValueError(
+                    f"{_NAME}: {where} ({len(data)} bytes) is not an image Pillow can read: {err}"
+                ) from None
         if isinstance(item, (str, os.PathLike)):
             if isinstance(item, str) and item.startswith(("http://", "https://")):
                 raise TypeError(
                     f"{_NAME}: {where} is a URL; download it first, e.g. transformers.image_utils.load_image(url)."
+                )
+            if os.path.isdir(item):
+                raise ValueError(
+                    f"{_NAME}: {where} is a folder ({os.fspath(item)!r}), not an image file; pass one image file."
                 )
             if not os.path.isfile(item):
                 raise TypeError(f"{_NAME}: {where} is a string/path but no such file exists: {item!r}.")
@@ -846,7 +878,8 @@ class HybridVLMImageProcessor(BaseImageProcessor):
             return [item]
         raise TypeError(
             f"{_NAME}: {where} has unsupported type {type(item).__name__}; pass a PIL.Image.Image, a numpy array, "
-            "a torch tensor or a local file path (or a list, or a list of lists per sample, of those)."
+            "a torch tensor, a local file path, bytes, a file object or a {'path': ...} / {'bytes': ...} dict (or a "
+            "list, or a list of lists per sample, of those)."
         )
 
     def _load(

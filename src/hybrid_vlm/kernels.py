@@ -17,6 +17,7 @@ the first time it runs on a device.
 from __future__ import annotations
 
 import importlib.util
+import logging as logging_module
 import weakref
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .compat import disable_unusable_mixer_kernels
+from .compat import KERNEL_FALLBACK_MESSAGES, disable_unusable_mixer_kernels
 
 logger = logging.get_logger(__name__)
 
@@ -222,8 +223,47 @@ def use_torch_ssm_path_where_needed(language_model: nn.Module, device: torch.dev
         return False
     switched = disable_unusable_mixer_kernels(language_model)
     if switched:
-        logger.warning_once(
-            "hybrid_vlm: mamba-ssm/causal-conv1d kernels are not usable here (not installed or not on CUDA); "
-            "the language model's SSM layers run their pure-PyTorch path."
-        )
+        say_torch_ssm_path_once()
     return switched
+
+
+# ------------------------------------------------------------------------------ one note instead of transformers'
+
+_TORCH_SSM_NOTE = (
+    "hybrid_vlm: the SSM layers run their pure-PyTorch path here: correct, but slower than the mamba-ssm / "
+    "causal-conv1d kernels, which need those packages and a CUDA GPU. `hybrid-vlm env` shows each module's path."
+)
+_said_torch_ssm_path = False
+
+
+def say_torch_ssm_path_once() -> bool:
+    """Warn, once per process, that SSM layers run without the CUDA kernels; returns whether it warned now."""
+    global _said_torch_ssm_path
+    if _said_torch_ssm_path:
+        return False
+    _said_torch_ssm_path = True
+    logger.warning(_TORCH_SSM_NOTE)
+    return True
+
+
+class KernelFallbackFilter(logging_module.Filter):
+    """Drops transformers' per-kernel "falling back ... install mamba_ssm / causal_conv1d" lines (2-4 per run, and
+    on a CPU the kernels cannot exist at all) and says it once, in one line, instead."""
+
+    def filter(self, record: logging_module.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is not ours to judge
+            return True
+        if not any(text in message for text in KERNEL_FALLBACK_MESSAGES):
+            return True
+        say_torch_ssm_path_once()
+        return False
+
+
+def install_kernel_fallback_filter() -> None:
+    """Attach `KernelFallbackFilter` to the handlers of transformers' library logger (idempotent)."""
+    root = logging.get_logger()
+    for handler in root.handlers:
+        if not any(isinstance(f, KernelFallbackFilter) for f in handler.filters):
+            handler.addFilter(KernelFallbackFilter())

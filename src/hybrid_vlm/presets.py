@@ -300,7 +300,7 @@ PRESETS: dict[str, Preset] = {
         tiny=False,
     ),
     "mmjamba-52b": Preset(
-        "MMJamba: CLIP ViT-L/14-336 + Jamba-v0.1 (AnyRes with up to 4 tiles comes with the processor issue)",
+        "MMJamba: CLIP ViT-L/14-336 + Jamba-v0.1 (its AnyRes, at most 4 tiles, is a processor setting: max_tiles=4)",
         CLIP_VIT_L_336,
         JAMBA_V01,
         tiny=False,

@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .training import chat_as_blocks
+
 STAGE_ALIASES = {"vamba-stage1": "new-layers", "vamba-stage2": "full", "lm": "projector+lm"}
 
 
@@ -43,7 +45,8 @@ def add_train_subcommand(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--max-length", type=int, default=4096, help="longer samples are dropped (never cut)")
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU); fp16 is not offered for SSMs")
     parser.add_argument("--save-steps", type=int, default=500)
-    parser.add_argument("--resume", default=None, help="a checkpoint folder to resume from (or 'last')")
+    parser.add_argument("--resume", default=None,
+                        help="a checkpoint folder to resume from, or 'last': the newest in --output-dir, if any")
     parser.add_argument("--num-frames", type=int, default=None, help="frames per video while training")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=run_train)
@@ -66,6 +69,10 @@ def _jsonl_path(data: str) -> Path:
     return path
 
 
+def _is_chat(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m for m in value)
+
+
 def load_jsonl(data: str) -> list[dict[str, Any]]:
     """Rows of a JSONL chat dataset, with media paths made absolute; a bad line raises naming its number."""
     path = _jsonl_path(data)
@@ -77,9 +84,17 @@ def load_jsonl(data: str) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
-        if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
+        if isinstance(row, dict) and "messages" not in row and _is_chat(row.get("prompt")):
+            if not _is_chat(row.get("completion")):
+                raise ValueError(
+                    f"{path}:{number}: a conversational 'prompt' needs a 'completion' list of messages too, e.g. "
+                    '"completion": [{"role": "assistant", "content": "..."}].'
+                )
+            row = {**row, "messages": [*row.pop("prompt"), *row.pop("completion")]}
+        if not isinstance(row, dict) or not _is_chat(row.get("messages")):
             raise ValueError(
-                f"{path}:{number}: each line needs a 'messages' list (TRL's chat format), e.g. "
+                f"{path}:{number}: each line needs a 'messages' list of {{'role': ..., 'content': ...}} dicts "
+                "(TRL's chat format; content is a string or a list of blocks), e.g. "
                 '{"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "..."}]}, '
                 '{"role": "assistant", "content": "..."}], "images": ["img.png"]}'
             )
@@ -98,25 +113,44 @@ def load_jsonl(data: str) -> list[dict[str, Any]]:
                     item = str(media)
                 resolved.append(item)
             row[key] = resolved
+        # Strings become text blocks: Arrow cannot hold `"content": "..."` and block lists in one column.
+        row["messages"] = chat_as_blocks(
+            row["messages"], num_images=len(row.get("images") or []), num_videos=len(row.get("videos") or [])
+        )
         rows.append(row)
     if not rows:
         raise ValueError(f"{path} has no examples.")
     return rows
 
 
-def _load_model(name: str, bf16: bool) -> tuple[Any, Any]:
+def _load_model(name: str, bf16: bool) -> tuple[Any, Any, str]:
     import torch
-    from transformers import AutoProcessor
 
-    import hybrid_vlm
+    from .cli import load_model
 
-    if name in hybrid_vlm.list_presets():
-        return hybrid_vlm.from_preset(name)
-    from hybrid_vlm.compat import auto_model_for_image_text_to_text
+    model, processor, kind = load_model(name, torch.bfloat16 if bf16 else torch.float32, allow_adapter=False)
+    return model, processor, kind
 
-    auto = auto_model_for_image_text_to_text()
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    return auto.from_pretrained(name, dtype=dtype), AutoProcessor.from_pretrained(name)
+
+def _record_adapter_base(output_dir: str, name: str, kind: str) -> None:
+    """Write a base that resolves from anywhere into adapter_config.json: the preset name, an absolute folder or the
+    Hub id (PEFT writes the model's `name_or_path`, relative when the folder was given relative, empty for a preset)."""
+    config_path = Path(output_dir) / "adapter_config.json"
+    if not config_path.is_file():
+        return
+    folder = Path(name).expanduser()
+    base = str(folder.resolve()) if kind != "preset" and folder.is_dir() else name  # else a preset or a Hub id
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = base
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _note_torch_ssm_path(model: Any) -> None:
+    """Say before the progress bar starts (not in the middle of it) that SSM layers run without CUDA kernels."""
+    from .kernels import compute_paths, say_torch_ssm_path_once
+
+    if any(path.path.startswith(("torch", "transformers torch")) for path in compute_paths(model)):
+        say_torch_ssm_path_once()
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -129,8 +163,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.lora and args.stage is not None:
         raise SystemExit("error: --lora trains adapters on the language model; it does not combine with --stage.")
+    from .hub import resolve_model_source
+
+    resolve_model_source(args.model)  # a typo fails here, at once, not after the dataset or a network wait
     rows = load_jsonl(args.data)
-    model, processor = _load_model(args.model, args.bf16)
+    model, processor, kind = _load_model(args.model, args.bf16)
     if args.num_frames is not None:
         processor.video_processor.num_frames = args.num_frames
     peft_config = None
@@ -154,7 +191,7 @@ def run_train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         bf16=args.bf16,
         use_cpu=not torch.cuda.is_available(),
-        logging_steps=max(1, min(10, args.max_steps if args.max_steps > 0 else 10)),
+        logging_steps=1 if 0 < args.max_steps <= 100 else 10,  # short runs: a loss every step, not one value
         save_steps=args.save_steps,
         report_to=[],
         seed=args.seed,
@@ -172,13 +209,27 @@ def run_train(args: argparse.Namespace) -> int:
     if args.lora:
         trainable, total = count_parameters(trainer.model)
         print(f"LoRA: {trainable:,} of {total:,} parameters train")
+    _note_torch_ssm_path(model)
     resume = args.resume
-    trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
+    if resume == "last":
+        # "last" continues a run when there is one; the first run of the same command starts from the beginning.
+        if any(Path(args.output_dir).glob("checkpoint-*")):
+            resume = True
+        else:
+            print(f"--resume last: no checkpoint in {args.output_dir} yet, so training starts from the beginning")
+            resume = None
+    elif resume is not None and not Path(resume).is_dir():
+        raise FileNotFoundError(f"--resume {resume!r}: no such checkpoint folder (or pass 'last').")
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
     processor.save_pretrained(args.output_dir)
+    if args.lora:
+        _record_adapter_base(args.output_dir, args.model, kind)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    if losses:
+    if len(losses) > 1:
         print(f"loss: {losses[0]:.4f} -> {losses[-1]:.4f} over {trainer.state.global_step} steps")
+    elif losses:
+        print(f"loss: {losses[0]:.4f} (one logged value) over {trainer.state.global_step} steps")
     if collator.num_dropped:
         print(f"{collator.num_dropped} sample(s) longer than --max-length={args.max_length} were dropped")
     what = "adapter" if args.lora else "model"

@@ -41,6 +41,7 @@ __all__ = [
     "TRAINING_STAGES",
     "VideoSFTCollator",
     "apply_overflow_policy",
+    "chat_as_blocks",
     "count_parameters",
     "topk_distillation_loss",
     "freeze_for_stage",
@@ -491,6 +492,57 @@ def _flush_right(output: dict[str, Any]) -> dict[str, Any]:
     return output
 
 
+def _bare_blocks(messages: Sequence[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The `{"type": kind}` blocks that carry no media of their own, in order (filled from the media columns)."""
+    keys = _VIDEO_PAYLOAD_KEYS if kind == "video" else _IMAGE_PAYLOAD_KEYS
+    return [
+        block
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for block in message["content"]
+        if isinstance(block, dict) and block.get("type") == kind and not any(k in block for k in keys)
+    ]
+
+
+def chat_as_blocks(
+    messages: Sequence[dict[str, Any]], num_images: int = 0, num_videos: int = 0
+) -> list[dict[str, Any]]:
+    """A copy of a chat in which every string `content` is a list of content blocks.
+
+    TRL accepts both forms (`"content": "text"` and `"content": [{"type": "text", "text": ...}]`), even mixed in one
+    chat, but a `datasets`/Arrow column cannot hold strings and lists side by side. TRL's rule for media carries
+    over: when no message has a bare image/video block and the first user turn is a string, the example's
+    `num_videos` video and `num_images` image blocks are prepended to that turn.
+    """
+    if not isinstance(messages, (list, tuple)):
+        raise TypeError(
+            f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got {type(messages).__name__}."
+        )
+    chat = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise TypeError(
+                f"message {index} must be a {{'role': ..., 'content': ...}} dict, got {type(message).__name__}."
+            )
+        message = dict(message)
+        if isinstance(message.get("content"), (list, tuple)):
+            message["content"] = [dict(block) if isinstance(block, dict) else block for block in message["content"]]
+        chat.append(message)
+    first_user = next((m for m in chat if m.get("role") == "user"), None)
+    if (
+        first_user is not None
+        and isinstance(first_user.get("content"), str)
+        and not _bare_blocks(chat, "video")
+        and not _bare_blocks(chat, "image")
+    ):
+        new_blocks = [{"type": "video"} for _ in range(num_videos)] + [{"type": "image"} for _ in range(num_images)]
+        first_user["content"] = [*new_blocks, {"type": "text", "text": first_user["content"]}]
+    for message in chat:
+        if isinstance(message.get("content"), str):
+            message["content"] = [{"type": "text", "text": message["content"]}]
+    return chat
+
+
 class VideoSFTCollator:
     """Collate chat examples with video and/or image content blocks into model inputs with `labels`.
 
@@ -575,29 +627,8 @@ class VideoSFTCollator:
                 ]
             messages.append(message)
 
-        def bare(kind: str, keys: tuple[str, ...]) -> list[dict[str, Any]]:
-            return [
-                block
-                for message in messages
-                if isinstance(message.get("content"), list)
-                for block in message["content"]
-                if isinstance(block, dict) and block.get("type") == kind and not any(k in block for k in keys)
-            ]
-
-        blocks = {"video": bare("video", _VIDEO_PAYLOAD_KEYS), "image": bare("image", _IMAGE_PAYLOAD_KEYS)}
-        first_user = next((m for m in messages if m.get("role") == "user"), None)
-        if (
-            first_user is not None
-            and isinstance(first_user.get("content"), str)
-            and not blocks["video"]
-            and not blocks["image"]
-        ):
-            new_blocks = [{"type": kind} for kind in ("video", "image") for _ in media[kind]]
-            first_user["content"] = [*new_blocks, {"type": "text", "text": first_user["content"]}]
-            blocks = {kind: [b for b in new_blocks if b["type"] == kind] for kind in ("video", "image")}
-        for message in messages:
-            if isinstance(message.get("content"), str):
-                message["content"] = [{"type": "text", "text": message["content"]}]
+        messages = chat_as_blocks(messages, num_images=len(media["image"]), num_videos=len(media["video"]))
+        blocks = {"video": _bare_blocks(messages, "video"), "image": _bare_blocks(messages, "image")}
         for kind, keys in (("video", _VIDEO_PAYLOAD_KEYS), ("image", _IMAGE_PAYLOAD_KEYS)):
             if len(blocks[kind]) != len(media[kind]):
                 raise ValueError(

@@ -1165,6 +1165,11 @@ class HybridVLMVideoProcessor(_VideoProcessorBase):
             path = os.fspath(video)
             if isinstance(path, str) and path.startswith(("http://", "https://")):
                 raise TypeError(f"{_NAME}: {what} is a URL; download it first and pass the local path or the bytes.")
+            if os.path.isdir(path):
+                raise ValueError(
+                    f"{_NAME}: {what} is a folder ({path!r}), not a video file; pass one video file, or the folder's "
+                    "frames as a list of image paths."
+                )
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{_NAME}: {what}: no such file {path!r}.")
             source = path
