@@ -160,7 +160,7 @@ def load_model(name: str, dtype: torch.dtype | None = None, allow_adapter: bool 
 
     import hybrid_vlm
     from hybrid_vlm.compat import auto_model_for_image_text_to_text
-    from hybrid_vlm.hub import resolve_model_source
+    from hybrid_vlm.model_args import resolve_model_source
 
     kind, source = resolve_model_source(name)
     if kind == "preset":
@@ -193,7 +193,7 @@ def _load_adapter(name: str, folder: str, dtype: torch.dtype | None) -> tuple[An
     """A PEFT adapter folder on its base (a preset or a folder recorded in adapter_config.json)."""
     import json
 
-    from hybrid_vlm.hub import resolve_model_source
+    from hybrid_vlm.model_args import resolve_model_source
 
     base = json.loads((Path(folder) / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
     try:
@@ -241,7 +241,7 @@ def run_generate(model_path: str, image_path: str | None, prompt: str, max_new_t
                  video_path: str | None = None) -> int:
     """Answer `prompt` about an image or a video with a saved folder, a LoRA adapter folder, a preset or a Hub id."""
     import hybrid_vlm  # noqa: F401  (registers the Auto classes)
-    from hybrid_vlm.hub import resolve_model_source
+    from hybrid_vlm.model_args import resolve_model_source
 
     resolve_model_source(model_path)  # a bad model argument fails first, and at once
     if (image_path is None) == (video_path is None):

@@ -19,7 +19,6 @@ __all__ = [
     "guess_base_model",
     "model_card_metadata",
     "model_card_text",
-    "resolve_model_source",
     "write_model_card",
 ]
 
@@ -182,26 +181,3 @@ def write_model_card(
     text = model_card_text(model, base_model=base_model, remote_code=remote_code, title=title or Path(path).parent.name)
     write_text_atomic(path, text)
     return True
-
-
-def resolve_model_source(name: str) -> tuple[str, str]:
-    """Where a command-line model argument points, decided locally and at once: `("preset", name)`,
-    `("folder", absolute path)`, `("adapter", absolute path)` (a PEFT LoRA folder) or `("hub", repo id)`.
-
-    Without this check a typo reaches `from_pretrained`, which treats it as a Hub id and can wait a minute for the
-    network before failing. A Hub id already in the local cache resolves to its cached folder (no network); one that is
-    not is refused at once when `HF_HUB_OFFLINE` is set. Raises ValueError naming both options otherwise.
-    """
-    from .model_args import cached_snapshot, hub_offline, local_kind, offline_message
-    from .presets import list_presets
-
-    presets = list(list_presets())
-    kind, source = local_kind(name, presets)
-    if kind != "hub?":
-        return kind, source
-    cached = cached_snapshot(name)
-    if cached is not None:
-        return "folder", cached
-    if hub_offline():
-        raise ValueError(offline_message(name, presets))
-    return "hub", name

@@ -3,7 +3,7 @@
 This file imports only the standard library (and huggingface_hub, to look in the Hub cache), on purpose: the
 `hybrid-vlm` launcher (`hybrid_vlm_launcher`) loads it by path, without importing the package (and so torch and
 transformers, several seconds), so a mistyped model name fails in a fraction of a second instead of after the imports,
-or after a minute of waiting for the Hub. `hybrid_vlm.hub.resolve_model_source` builds on it.
+or after a minute of waiting for the Hub. `resolve_model_source` builds on it.
 """
 
 from __future__ import annotations
@@ -118,3 +118,25 @@ def cached_snapshot(repo_id: str) -> str | None:
     except Exception:  # a malformed id or cache: treat as not cached
         return None
     return str(Path(found).parent) if isinstance(found, str) else None
+
+
+def resolve_model_source(name: str) -> tuple[str, str]:
+    """Where a command-line model argument points, decided locally and at once: `("preset", name)`,
+    `("folder", absolute path)`, `("adapter", absolute path)` (a PEFT LoRA folder) or `("hub", repo id)`.
+
+    Without this check a typo reaches `from_pretrained`, which treats it as a Hub id and can wait a minute for the
+    network before failing. A Hub id already in the local cache resolves to its cached folder (no network); one that is
+    not is refused at once when `HF_HUB_OFFLINE` is set. Raises ValueError naming both options otherwise.
+    """
+    from .presets import list_presets
+
+    presets = list(list_presets())
+    kind, source = local_kind(name, presets)
+    if kind != "hub?":
+        return kind, source
+    cached = cached_snapshot(name)
+    if cached is not None:
+        return "folder", cached
+    if hub_offline():
+        raise ValueError(offline_message(name, presets))
+    return "hub", name

@@ -163,7 +163,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.lora and args.stage is not None:
         raise SystemExit("error: --lora trains adapters on the language model; it does not combine with --stage.")
-    from .hub import resolve_model_source
+    from .model_args import resolve_model_source
 
     resolve_model_source(args.model)  # a typo fails here, at once, not after the dataset or a network wait
     rows = load_jsonl(args.data)
