@@ -220,3 +220,15 @@ def test_a_text_config_saved_with_rope_parameters_keeps_its_rope_theta_on_either
         assert compat.portable_rope_fields(saved)["rope_theta"] == 1000000.0
         mrope = {"rope_parameters": {"rope_type": "default", "rope_theta": 1.0, "mrope_section": [2, 3, 3]}}
         assert compat.portable_rope_fields(mrope)["rope_scaling"] == {"rope_type": "default", "mrope_section": [2, 3, 3]}
+
+
+@pytest.mark.parametrize("entry", ["modeling_hybrid_vlm", "configuration_hybrid_vlm", "processing_hybrid_vlm",
+                                   "image_processing_hybrid_vlm", "video_processing_hybrid_vlm"])
+def test_every_remote_code_module_is_a_direct_import_of_its_entry(entry):
+    """transformers 4.57 copies only an entry module's direct relative imports into its module cache, then walks them:
+    any module reachable only through another one (even a function-local `from .x import`) fails to load there."""
+    from transformers.dynamic_module_utils import get_relative_import_files, get_relative_imports
+
+    path = PACKAGE / f"{entry}.py"
+    reachable = {Path(p).stem for p in get_relative_import_files(str(path))}
+    assert reachable - set(get_relative_imports(str(path))) == set()

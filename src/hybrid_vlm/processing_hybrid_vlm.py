@@ -52,6 +52,7 @@ from .compat import (
 from .configuration_hybrid_vlm import FEATURE_SELECT_STRATEGIES, HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
 from .projectors import build_projector  # noqa: F401
+from .qwen2vl_vision import Qwen2VLVisionEncoder  # noqa: F401  (configuration's imports, for 4.x remote code)
 from .remote_code import write_processor_remote_code, write_text_atomic
 from .ssm import SSMBlock  # noqa: F401
 from .token_counts import (
@@ -86,6 +87,7 @@ from .video_processing_hybrid_vlm import (
     is_video,
     make_video_list,
 )
+from .vision_encoders import VISION_FUSIONS  # noqa: F401  (configuration's imports, for 4.x remote code)
 
 logger = logging.get_logger(__name__)
 

@@ -46,6 +46,7 @@ from transformers.image_utils import PILImageResampling
 from transformers.processing_utils import VideosKwargs
 from transformers.utils import cached_file, logging
 
+from .anyres import as_size  # noqa: F401  (the image processor's imports, for 4.x remote code)
 from .compat import VIDEO_PROCESSOR_BASE
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
 from .remote_code import write_text_atomic
