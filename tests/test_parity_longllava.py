@@ -10,7 +10,6 @@ how every file was made. Without them these tests skip.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,18 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import hybrid_vlm  # noqa: F401  (registers the Auto classes)
-from hybrid_vlm.convert import convert
+
+
+def _parity_script():
+    """benchmarks/parity_longllava.py (the table-printing script) as a module: one conversion recipe for both."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "parity_longllava.py"
+    spec = importlib.util.spec_from_file_location("parity_longllava", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 PARITY = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "longllava"
 CASES = sorted(p.name for p in (PARITY / "cases").iterdir() if (p / "case.json").is_file()) if PARITY.is_dir() else []
@@ -34,21 +44,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> Path:
-    """The reference checkpoint converted once; `mm_vision_tower` (a folder name relative to the pack) is made
-    absolute in a copy of its config, the weights are linked, not copied."""
-    root = tmp_path_factory.mktemp("longllava_parity")
-    source = root / "LongLLaVA-tiny"
-    source.mkdir()
-    for item in (PARITY / "LongLLaVA-tiny").iterdir():
-        if item.name == "model.safetensors":
-            (source / item.name).symlink_to(item)
-        elif item.name != "config.json":
-            shutil.copy(item, source / item.name)
-    config = json.loads((PARITY / "LongLLaVA-tiny" / "config.json").read_text())
-    config["mm_vision_tower"] = str(PARITY / config["mm_vision_tower"])
-    (source / "config.json").write_text(json.dumps(config))
-    convert(source, root / "converted", "longllava", progress=False)
-    return root / "converted"
+    """The reference checkpoint converted once (the parity script's own conversion: weights linked, not copied)."""
+    return _parity_script().convert_reference(PARITY, tmp_path_factory.mktemp("longllava_parity"))
 
 
 @pytest.fixture(scope="module")
