@@ -49,9 +49,8 @@ def convert_reference(pack: Path, work: Path) -> Path:
     return work / "converted"
 
 
-def run_case(folder: Path, model, processor) -> dict[str, object]:
-    case = json.loads((folder / "case.json").read_text())
-    reference = load_file(str(folder / "reference.safetensors"))
+def messages_and_media(case: dict, folder: Path) -> tuple[list[dict], list[Image.Image], list[list[Image.Image]]]:
+    """The case's chat messages with bare image/video blocks, and the PNGs they refer to (in order)."""
     images, videos, messages = [], [], []
     for message in case["messages"]:
         content = []
@@ -63,8 +62,15 @@ def run_case(folder: Path, model, processor) -> dict[str, object]:
                 videos.append([Image.open(folder / frame).convert("RGB") for frame in block["frames"]])
                 content.append({"type": "video"})
             else:
-                content.append(block)
+                content.append(dict(block))
         messages.append({"role": message["role"], "content": content})
+    return messages, images, videos
+
+
+def run_case(folder: Path, model, processor) -> dict[str, object]:
+    case = json.loads((folder / "case.json").read_text())
+    reference = load_file(str(folder / "reference.safetensors"))
+    messages, images, videos = messages_and_media(case, folder)
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     inputs = processor(text=prompt, images=images or None, videos=videos or None, return_tensors="pt")
     placeholders = {processor.image_token_id, processor.video_token_id}

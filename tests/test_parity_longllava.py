@@ -9,6 +9,7 @@ how every file was made. Without them these tests skip.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 import hybrid_vlm  # noqa: F401  (registers the Auto classes)
 
 
+@functools.cache
 def _parity_script():
     """benchmarks/parity_longllava.py (the table-printing script) as a module: one conversion recipe for both."""
     import importlib.util
@@ -61,21 +63,7 @@ def _case(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def _messages_and_media(case: dict, folder: Path) -> tuple[list[dict], list[Image.Image], list[list[Image.Image]]]:
-    """The case's chat messages with bare image/video blocks, and the PNGs they refer to (in order)."""
-    images, videos, messages = [], [], []
-    for message in case["messages"]:
-        content = []
-        for block in message["content"]:
-            if block["type"] == "image":
-                images.append(Image.open(folder / block["path"]).convert("RGB"))
-                content.append({"type": "image"})
-            elif block["type"] == "video":
-                videos.append([Image.open(folder / frame).convert("RGB") for frame in block["frames"]])
-                content.append({"type": "video"})
-            else:
-                content.append(dict(block))
-        messages.append({"role": message["role"], "content": content})
-    return messages, images, videos
+    return _parity_script().messages_and_media(case, folder)
 
 
 def _run_case(name: str, loaded) -> dict:
