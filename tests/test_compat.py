@@ -95,7 +95,7 @@ def test_compat_imports_only_torch_and_transformers():
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, "compat.py must not import the package's other modules"
             roots.add((node.module or "").split(".")[0])
-    assert roots <= {"__future__", "dataclasses", "importlib", "inspect", "collections", "typing", "torch",
+    assert roots <= {"__future__", "dataclasses", "functools", "importlib", "inspect", "collections", "typing", "torch",
                      "transformers"}
 
 

@@ -12,6 +12,7 @@ This module imports only torch and transformers (it is part of the flat set of f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
@@ -56,9 +57,13 @@ def cache_argument(function: Callable[..., Any], default: str | None = None) -> 
     A callable that takes `**kwargs` would swallow a wrongly named cache silently, so the name is read off its
     signature (decorators that rename deprecated keywords keep `__wrapped__`, which `inspect` follows).
     """
-    parameters = inspect.signature(function).parameters
-    name = _first_cache_name(parameters, "")
-    return name or default
+    return _declared_cache_name(getattr(function, "__func__", function)) or default
+
+
+@functools.lru_cache(maxsize=256)
+def _declared_cache_name(function: Callable[..., Any]) -> str:
+    """Read once per function (Vamba asks per layer and step): the signature does not change."""
+    return _first_cache_name(inspect.signature(function).parameters, "")
 
 
 def cache_kwargs(function: Callable[..., Any], cache: Any) -> dict[str, Any]:
@@ -170,6 +175,7 @@ _OWN_CACHE_CLASSES = {
 }
 
 
+@functools.cache
 def legacy_cache_class(model_type: str) -> type | None:
     """The LM's own cache class where its modeling module still defines one (transformers 4.x), else None."""
     entry = _OWN_CACHE_CLASSES.get(model_type)

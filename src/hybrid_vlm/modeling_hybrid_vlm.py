@@ -801,17 +801,14 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         **kwargs: Any,
     ) -> dict[str, Any]:
         past_key_values = take_cache(kwargs, past_key_values=past_key_values, cache=cache)
+        model_inputs = self._prepare_generation_inputs(
+            input_ids, past_key_values, inputs_embeds, pixel_values, attention_mask, pixel_values_videos, **kwargs
+        )
         if self.config.decoder_type == "vamba":
-            model_inputs = self._prepare_generation_inputs(
-                input_ids, past_key_values, inputs_embeds, pixel_values, attention_mask, pixel_values_videos, **kwargs
-            )
             # generate() counts every token of the interleaved sequence; Vamba's decoder counts its own positions
             # (text tokens only, with text_positions="text"), padding-safe, from its cache.
             model_inputs.pop("position_ids", None)
-            return model_inputs
-        return self._prepare_generation_inputs(
-            input_ids, past_key_values, inputs_embeds, pixel_values, attention_mask, pixel_values_videos, **kwargs
-        )
+        return model_inputs
 
     def _prepare_generation_inputs(
         self,
