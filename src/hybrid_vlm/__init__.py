@@ -4,6 +4,7 @@ Importing the package registers `HybridVLMConfig`, the models and the processors
 """
 
 from .builders import build_vamba
+from .chunked_prefill import plan_prefill_chunks, prefill_in_chunks
 from .configuration_hybrid_vlm import HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
 from .kernels import compute_paths, install_kernel_fallback_filter
@@ -48,6 +49,8 @@ __all__ = [
     "list_presets",
     "load_tiny_tokenizer",
     "lora_config",
+    "plan_prefill_chunks",
+    "prefill_in_chunks",
     "preset_config",
     "qlora_config",
     "register_auto_classes",

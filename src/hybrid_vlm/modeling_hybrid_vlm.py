@@ -27,6 +27,7 @@ from .caching import (
     note_tokens_seen,
     reorder_state_cache,
 )
+from .chunked_prefill import generate_with_chunked_prefill
 from .compat import (
     CACHE_NAMES,
     GENERATE_CACHE_NAME,
@@ -788,6 +789,14 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         if return_dict is False:
             return result.to_tuple()
         return result
+
+    def generate(self, *args: Any, prefill_chunk_frames: int | None = None, **kwargs: Any) -> Any:
+        """GenerationMixin's `generate`; with `prefill_chunk_frames=n` a video prompt is prefilled n frames at a
+        time with the cache carried, so peak memory is bounded by the chunk rather than the video
+        (:func:`hybrid_vlm.prefill_in_chunks`)."""
+        if prefill_chunk_frames is None:
+            return super().generate(*args, **kwargs)
+        return generate_with_chunked_prefill(self, prefill_chunk_frames, *args, **kwargs)
 
     def prepare_inputs_for_generation(
         self,
