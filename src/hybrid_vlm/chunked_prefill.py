@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .compat import GENERATE_CACHE_NAME, output_cache
+from .compat import CACHE_NAMES, GENERATE_CACHE_NAME, output_cache
 from .token_counts import video_frame_tokens, video_groups
 
 __all__ = ["generate_with_chunked_prefill", "plan_prefill_chunks", "prefill_in_chunks"]
@@ -213,7 +213,7 @@ def generate_with_chunked_prefill(model: Any, prefill_chunk_frames: int, *args: 
     input_ids = kwargs.pop("input_ids", None)
     videos = kwargs.pop("pixel_values_videos", None)
     attention_mask = kwargs.pop("attention_mask", None)
-    for key in ("past_key_values", "cache_params", "cache"):
+    for key in CACHE_NAMES:
         if kwargs.get(key) is not None:
             raise ValueError("generate(prefill_chunk_frames=...) builds its own cache; do not pass one.")
         kwargs.pop(key, None)
