@@ -154,7 +154,8 @@ def randomise_(module: torch.nn.Module, generator: torch.Generator) -> None:
             elif leaf == "D":
                 value = 1 + 0.3 * torch.randn(shape, generator=generator)
             elif name.endswith("dt_proj.bias"):
-                dt = torch.exp(torch.rand(shape, generator=generator) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+                log_dt = torch.rand(shape, generator=generator) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)
+                dt = torch.exp(log_dt)
                 value = dt + torch.log(-torch.expm1(-dt))
             elif leaf == "bias":
                 value = 0.1 * torch.randn(shape, generator=generator)
@@ -249,8 +250,8 @@ def write_hf_siglip(state: dict[str, torch.Tensor], folder: Path) -> None:
         p + "head.attention.out_proj.bias": state["attn_pool.proj.bias"],
         p + "head.layernorm.weight": state["attn_pool.norm.weight"],
         p + "head.layernorm.bias": state["attn_pool.norm.bias"],
-        p + "head.mlp.fc1.weight": state["attn_pool.mlp.fc1.weight"], p + "head.mlp.fc1.bias": state["attn_pool.mlp.fc1.bias"],
-        p + "head.mlp.fc2.weight": state["attn_pool.mlp.fc2.weight"], p + "head.mlp.fc2.bias": state["attn_pool.mlp.fc2.bias"],
+        **{f"{p}head.mlp.{fc}.{kind}": state[f"attn_pool.mlp.{fc}.{kind}"]
+           for fc in ("fc1", "fc2") for kind in ("weight", "bias")},
     }
     for i in range(depth):
         src, dst = f"blocks.{i}.", f"{p}encoder.layers.{i}."
@@ -356,8 +357,7 @@ def main() -> None:
     sys.path.insert(0, str(args.cobra.resolve()))
     import cobra
     from cobra.conf import DatasetConfig, ModelConfig
-    from cobra.models import get_llm_backbone_and_tokenizer, get_vision_backbone_and_transform, get_vlm
-    from cobra.models import materialize
+    from cobra.models import get_llm_backbone_and_tokenizer, get_vision_backbone_and_transform, get_vlm, materialize
     from cobra.models.backbones.llm import mamba as cobra_mamba
     from cobra.models.backbones.vision import dinosiglip_vit
 
@@ -369,7 +369,8 @@ def main() -> None:
 
     model_cfg = ModelConfig.get_choice_class("cobra+3b")()
     model_cfg.model_id, model_cfg.vision_backbone_id = "cobra+tiny", BACKBONE_ID
-    vision_backbone, _ = get_vision_backbone_and_transform(model_cfg.vision_backbone_id, model_cfg.image_resize_strategy)
+    vision_backbone, _ = get_vision_backbone_and_transform(model_cfg.vision_backbone_id,
+                                                           model_cfg.image_resize_strategy)
     llm_backbone, _ = get_llm_backbone_and_tokenizer(model_cfg.llm_backbone_id, llm_max_length=model_cfg.llm_max_length,
                                                      inference_mode=True)
     vlm = get_vlm(model_cfg.model_id, model_cfg.arch_specifier, vision_backbone, llm_backbone)

@@ -102,3 +102,46 @@ def test_logits_and_greedy_tokens_match_the_reference(converted, name):
     with torch.no_grad():
         out = model.generate(**run["inputs"], max_new_tokens=len(meta["greedy_continuation"]), do_sample=False)
     assert out[0, -len(meta["greedy_continuation"]):].tolist() == meta["greedy_continuation"]
+
+
+def _render(template: str, messages: list[dict]) -> str:
+    """Render a chat template as transformers does (its `generation` block kept, `raise_exception` raising)."""
+    import jinja2
+    from jinja2.ext import Extension
+
+    class Generation(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_keep"), [], [], body).set_lineno(lineno)
+
+        def _keep(self, caller):
+            return caller()
+
+    def raise_exception(message):
+        raise ValueError(message)
+
+    env = jinja2.Environment(extensions=[Generation])
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(messages=messages)
+
+
+def test_template_follows_the_prompt_builders_and_refuses_what_they_cannot_express():
+    from hybrid_vlm.convert_cobra import cobra_chat_template
+
+    turns = [{"role": "user", "content": [{"type": "text", "text": " Hi <image>there "}, {"type": "image"}]},
+             {"role": "assistant", "content": "ok"}, {"role": "user", "content": "more"}]
+    # base Mamba LMs (mamba-2.8b-slimpj, Cobra-3B's "base" variant): MambaPromptBuilder's "In: / Out:"
+    base = "<image>In: Hi there\nOut: ok<|endoftext|>\nIn: more\nOut: "
+    assert _render(cobra_chat_template("mamba-2.8b-slimpj"), turns) == base
+    assert _render(cobra_chat_template("mamba-2.8b-zephyr"), turns) == (
+        "<image><|user|>\nHi there<|endoftext|>\n<|assistant|>\nok<|endoftext|>\n<|user|>\nmore<|endoftext|>\n"
+        "<|assistant|>\n")
+    with pytest.raises(ValueError, match="no system role"):
+        _render(cobra_chat_template(), [{"role": "system", "content": "x"}, *turns])
+    with pytest.raises(ValueError, match="at most one image"):
+        _render(cobra_chat_template(), [{"role": "user", "content": [{"type": "image"}, {"type": "image"}]}])
+    with pytest.raises(ValueError, match="alternate"):
+        _render(cobra_chat_template(), [{"role": "assistant", "content": "x"}])

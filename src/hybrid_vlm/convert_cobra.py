@@ -38,7 +38,8 @@ _SIGLIP_MEAN, _SIGLIP_STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 _COBRA_TEMPLATE_HEAD = r"""{%- set ns = namespace(images=0, text='') -%}
 {%- for message in messages -%}
     {%- if message['role'] not in ['user', 'assistant'] -%}
-        {{- raise_exception('Cobra has no ' ~ message['role'] ~ ' role: its prompt builder takes user and assistant turns only.') -}}
+        {{- raise_exception('Cobra has no ' ~ message['role'] ~ ' role: its prompt builder takes user and '
+                            ~ 'assistant turns only.') -}}
     {%- endif -%}
     {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
         {{- raise_exception('Cobra conversations alternate user / assistant turns, starting with the user.') -}}
@@ -296,7 +297,8 @@ def cobra_recipe(kind: str, folder: Path, reader: Any, options: Any) -> Any:
     pad = _pad_rows(extra_rows) if extra_rows else None
     if extra_rows:
         notes.append(f"added {extra_rows} zero row(s) to the embeddings for the new placeholder tokens.")
-    recipe = _Recipe(config, cobra_rules(projector_layers, pad, tie_head=tie), notes=notes, description="Cobra (h-zhao1997/cobra)")
+    rules = cobra_rules(projector_layers, pad, tie_head=tie)
+    recipe = _Recipe(config, rules, notes=notes, description="Cobra (h-zhao1997/cobra)")
     if tokenizer is not None:
         recipe.tokenizer = tokenizer
         recipe.image_processor = cobra_image_processor(run_side, raw.get("image_resize_strategy", "resize-naive"))
