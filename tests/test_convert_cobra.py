@@ -10,7 +10,6 @@ import transformers
 from safetensors import safe_open
 
 import hybrid_vlm  # noqa: F401  (registers the Auto classes)
-from hybrid_vlm import convert_cobra
 from hybrid_vlm.convert import ConversionError, convert
 from hybrid_vlm.presets import TINY_DINOV2, TINY_MAMBA, TINY_SIGLIP
 from hybrid_vlm.tokenization_utils import load_tiny_tokenizer
@@ -20,7 +19,7 @@ def _config(cls_name: str, fields: dict) -> transformers.PretrainedConfig:
     return getattr(transformers, cls_name)(**{k: v for k, v in fields.items() if k != "model_type"})
 
 
-def _cobra_run(root, *, tokenizer: bool = True, extra: dict | None = None):
+def _cobra_run(root, *, tokenizer: bool = True, extra: dict | None = None, side: int = 56):
     """A tiny Cobra run (mamba_ssm LM names, fused-gelu-mlp projector) plus the two encoder folders."""
     torch.manual_seed(0)
     dino = transformers.Dinov2WithRegistersModel(_config("Dinov2WithRegistersConfig", TINY_DINOV2))
@@ -35,16 +34,16 @@ def _cobra_run(root, *, tokenizer: bool = True, extra: dict | None = None):
         name = name.replace("backbone.embeddings.", "backbone.embedding.")
         llm["llm." + name] = tensor.clone()
     fused, hidden = 32 + 48, TINY_MAMBA["hidden_size"]
-    projector = {
-        "0.weight": torch.randn(4 * fused, fused), "0.bias": torch.randn(4 * fused),
-        "2.weight": torch.randn(hidden, 4 * fused), "2.bias": torch.randn(hidden),
-        "4.weight": torch.randn(hidden, hidden), "4.bias": torch.randn(hidden),
+    projector = {  # FusedMLPProjector keeps its layers in its own `projector` Sequential
+        "projector.0.weight": torch.randn(4 * fused, fused), "projector.0.bias": torch.randn(4 * fused),
+        "projector.2.weight": torch.randn(hidden, 4 * fused), "projector.2.bias": torch.randn(hidden),
+        "projector.4.weight": torch.randn(hidden, hidden), "projector.4.bias": torch.randn(hidden),
     }
     run = root / "cobra"
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"model": {
-        "model_id": "cobra+tiny", "vision_backbone_id": "dinosiglip-vit-so-224px", "llm_backbone_id": "mamba-tiny",
-        "arch_specifier": "fused-gelu-mlp", "image_resize_strategy": "resize-naive"}}))
+        "model_id": "cobra+tiny", "vision_backbone_id": f"dinosiglip-vit-so-{side}px",
+        "llm_backbone_id": "mamba-2.8b-zephyr", "arch_specifier": "no-align+fused-gelu-mlp", "image_resize_strategy": "resize-naive"}}))
     torch.save({"model": {"projector": projector, "llm_backbone": {**llm, **(extra or {})}}},
                run / "checkpoints" / "latest-checkpoint.pt")
     if tokenizer:
@@ -60,15 +59,13 @@ def _saved(folder) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def test_cobra_conversion_is_lossless_and_generates(tmp_path, monkeypatch):
-    # SigLIP at 224 px is 16x16 patches: the tiny towers (56 px) stand in; the run id only fixes the grid check.
-    monkeypatch.setitem(convert_cobra._DINOSIGLIP, "dinosiglip-vit-so-224px", 56)
+def test_cobra_conversion_is_lossless_and_generates(tmp_path):
     run, projector, llm, dino, siglip = _cobra_run(tmp_path)
     report = convert(run, tmp_path / "out", "cobra", vision_towers=(tmp_path / "dinov2", tmp_path / "siglip"),
                      progress=False)
     saved = _saved(tmp_path / "out")
     for name, tensor in projector.items():
-        layer, kind = name.split(".")
+        _, layer, kind = name.split(".")
         assert torch.equal(saved[f"model.multi_modal_projector.linear_{int(layer) // 2 + 1}.{kind}"], tensor)
     assert torch.equal(saved["model.language_model.embeddings.weight"], llm["llm.backbone.embedding.weight"])
     assert torch.equal(saved["model.language_model.layers.3.mixer.A_log"], llm["llm.backbone.layers.3.mixer.A_log"])
@@ -87,13 +84,16 @@ def test_cobra_conversion_is_lossless_and_generates(tmp_path, monkeypatch):
     pixels = torch.randn(1, 6, 56, 56)
     with torch.no_grad():
         maps = model.model.vision_tower.encode_patch_maps(pixels, [-2])
-        expected = siglip(pixels[:, 3:], output_hidden_states=True).hidden_states[-2]
+        # Cobra's timm SigLIP uses exact GELU: the converted tower is the source tower with that activation
+        erf_siglip = transformers.SiglipVisionModel(_config("SiglipVisionConfig", {**TINY_SIGLIP, "hidden_act": "gelu"}))
+        erf_siglip.load_state_dict(siglip.state_dict())
+        expected = erf_siglip(pixels[:, 3:], output_hidden_states=True).hidden_states[-2]
         torch.testing.assert_close(maps[1], expected)
         expected = dino(pixels[:, :3], output_hidden_states=True).hidden_states[-2][:, 1 + 2 :]
         torch.testing.assert_close(maps[0], expected)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert text.startswith("<|user|>\n<image>") and text.endswith("<|assistant|>\n")
+    assert text.startswith("<image><|user|>\n") and text.endswith("<|assistant|>\n")  # patches go first
     image = torch.randint(0, 255, (40, 60, 3), dtype=torch.uint8).numpy()
     inputs = processor(text=text, images=[image], return_tensors="pt")
     assert inputs["pixel_values"].shape[1] == 6
@@ -102,8 +102,7 @@ def test_cobra_conversion_is_lossless_and_generates(tmp_path, monkeypatch):
     assert out.shape[1] == inputs["input_ids"].shape[1] + 4
 
 
-def test_cobra_leftover_tensor_fails_and_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setitem(convert_cobra._DINOSIGLIP, "dinosiglip-vit-so-224px", 56)
+def test_cobra_leftover_tensor_fails_and_writes_nothing(tmp_path):
     run, *_ = _cobra_run(tmp_path, extra={"llm.backbone.mystery.weight": torch.zeros(3)})
     with pytest.raises(ConversionError, match="mystery"):
         convert(run, tmp_path / "out", "cobra", vision_towers=(tmp_path / "dinov2", tmp_path / "siglip"),
@@ -111,8 +110,8 @@ def test_cobra_leftover_tensor_fails_and_writes_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-def test_cobra_wrong_towers_are_named(tmp_path, monkeypatch):
-    run, *_ = _cobra_run(tmp_path, tokenizer=False)
+def test_cobra_wrong_towers_are_named(tmp_path):
+    run, *_ = _cobra_run(tmp_path, tokenizer=False, side=224)
     with pytest.raises(ConversionError, match="not DINOv2"):
         convert(run, tmp_path / "out", "cobra", vision_towers=(tmp_path / "siglip", tmp_path / "dinov2"),
                 progress=False)

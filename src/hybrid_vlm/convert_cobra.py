@@ -20,36 +20,105 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .configuration_hybrid_vlm import HybridVLMConfig
-from .tokenization_utils import render_content_macro
 
-# Prismatic vision backbone ids HybridVLM can rebuild: (DINOv2 input side, SigLIP input side).
-_DINOSIGLIP = {"dinosiglip-vit-so-384px": 384, "dinosiglip-vit-so-224px": 224}
+# Prismatic/Cobra fused vision backbones: "dinosiglip-vit-so-<side>px" (Cobra-3B: 384), DINOv2 + SigLIP at that side.
+_DINOSIGLIP_ID = re.compile(r"^dinosiglip-vit-so-(\d+)px$")
 _PROJECTORS = {"fused-gelu-mlp": ("mlp3x_gelu", 3), "gelu-mlp": ("mlp2x_gelu", 2)}
+# Prismatic's timm data configs: DINOv2 ImageNet mean/std, SigLIP 0.5/0.5; both bicubic.
+_DINO_MEAN, _DINO_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+_SIGLIP_MEAN, _SIGLIP_STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 
-# Zephyr's chat format with GPT-NeoX's end-of-text token, as Cobra's prompt builder writes it; images go where their
-# content blocks are (put them first to reproduce Prismatic's "patches right after BOS" order).
-COBRA_CHAT_TEMPLATE = (
-    "{#- Cobra (Zephyr chat format). -#}\n"
-    + render_content_macro()
-    + r"""{%- for message in messages -%}
-    {%- if message['role'] in ['user', 'system'] -%}
-        {{- '<|' + message['role'] + '|>\n' + render_content(message['content']) + '<|endoftext|>\n' -}}
-    {%- elif message['role'] == 'assistant' -%}
-        {{- '<|assistant|>\n' -}}
-        {%- generation -%}
-            {{- render_content(message['content']) + '<|endoftext|>' -}}
-        {%- endgeneration -%}
-        {{- '\n' -}}
-    {%- else -%}
-        {{- raise_exception('Unsupported role: ' ~ message['role']) -}}
+# Cobra's prompt builders (`llm_backbone_id` ending in "zephyr": Zephyr's chat format; other Mamba LMs: "In: / Out:").
+# Cobra prepends the image's patch features to the whole sequence (there is no BOS), so the placeholder goes first,
+# whatever block order the messages use. Each turn's text is stripped with "<image>" removed, as the builders do;
+# roles alternate user / assistant, starting with the user; there is no system prompt.
+_COBRA_TEMPLATE_HEAD = r"""{%- set ns = namespace(images=0, text='') -%}
+{%- for message in messages -%}
+    {%- if message['role'] not in ['user', 'assistant'] -%}
+        {{- raise_exception('Cobra has no ' ~ message['role'] ~ ' role: its prompt builder takes user and '
+                            ~ 'assistant turns only.') -}}
+    {%- endif -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{- raise_exception('Cobra conversations alternate user / assistant turns, starting with the user.') -}}
+    {%- endif -%}
+    {%- if message['content'] is not string and message['content'] is not none -%}
+        {%- for block in message['content'] -%}
+            {%- if block['type'] == 'image' -%}{%- set ns.images = ns.images + 1 -%}
+            {%- elif block['type'] == 'video' -%}{{- raise_exception('Cobra takes images, not videos.') -}}
+            {%- endif -%}
+        {%- endfor -%}
     {%- endif -%}
 {%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{- '<|assistant|>\n' -}}
-{%- endif -%}
+{%- if ns.images > 1 -%}{{- raise_exception('Cobra takes at most one image per conversation.') -}}{%- endif -%}
+{{- '<image>' if ns.images == 1 else '' -}}
+{%- for message in messages -%}
+    {%- set ns.text = '' -%}
+    {%- if message['content'] is string -%}{%- set ns.text = message['content'] -%}
+    {%- elif message['content'] is not none -%}
+        {%- for block in message['content'] -%}
+            {%- if block['type'] == 'text' -%}{%- set ns.text = ns.text + block['text'] -%}{%- endif -%}
+        {%- endfor -%}
+    {%- endif -%}
+    {%- set text = ns.text | replace('<image>', '') | trim -%}
 """
-)
+_COBRA_TEMPLATE_TURNS = {
+    "zephyr": r"""    {%- if message['role'] == 'user' -%}
+        {{- ('\n' if loop.index0 > 0 else '') + '<|user|>\n' + text + '<|endoftext|>\n<|assistant|>\n' -}}
+    {%- else -%}
+        {%- generation -%}{{- (text if text != '' else ' ') + '<|endoftext|>' -}}{%- endgeneration -%}
+    {%- endif -%}
+{%- endfor -%}
+""",
+    "mamba": r"""    {%- if message['role'] == 'user' -%}
+        {{- ('\n' if loop.index0 > 0 else '') + 'In: ' + text + '\nOut: ' -}}
+    {%- else -%}
+        {%- generation -%}{{- (text if text != '' else ' ') + '<|endoftext|>' -}}{%- endgeneration -%}
+    {%- endif -%}
+{%- endfor -%}
+""",
+}
+
+
+def cobra_chat_template(llm_backbone_id: str = "mamba-2.8b-zephyr") -> str:
+    """The chat template that renders what Cobra's prompt builder for `llm_backbone_id` writes."""
+    style = "zephyr" if llm_backbone_id.endswith("zephyr") else "mamba"
+    return f"{{#- Cobra ({style} prompt builder). -#}}\n" + _COBRA_TEMPLATE_HEAD + _COBRA_TEMPLATE_TURNS[style]
+
+
+# Cobra-3B's template (Zephyr chat format with GPT-NeoX's end-of-text token).
+COBRA_CHAT_TEMPLATE = cobra_chat_template()
+
+
+def cobra_image_side(backbone: str) -> int:
+    """The input side of a fused DINOv2 + SigLIP backbone id ("dinosiglip-vit-so-384px" -> 384)."""
+    match = _DINOSIGLIP_ID.match(backbone)
+    if match is None:
+        raise NotImplementedError(
+            f"vision backbone {backbone!r} is not supported; HybridVLM rebuilds Cobra's fused DINOv2 + SigLIP "
+            "backbones ('dinosiglip-vit-so-<side>px', e.g. 'dinosiglip-vit-so-384px')."
+        )
+    return int(match.group(1))
+
+
+def cobra_image_processor(side: int, resize_strategy: str) -> Any:
+    """Cobra's image transform for both encoders: one geometry, each encoder's own mean/std (channels 0-2, 3-5)."""
+    from .convert import ConversionError
+    from .image_processing_hybrid_vlm import HybridVLMImageProcessor
+
+    common = dict(resample="bicubic", image_mean=[_DINO_MEAN, _SIGLIP_MEAN], image_std=[_DINO_STD, _SIGLIP_STD])
+    if resize_strategy == "resize-naive":  # Cobra's default: squash to side x side
+        return HybridVLMImageProcessor(size={"height": side, "width": side}, do_center_crop=False, **common)
+    if resize_strategy == "resize-crop":  # shortest edge to side, center crop
+        return HybridVLMImageProcessor(size={"shortest_edge": side}, do_center_crop=True,
+                                       crop_size={"height": side, "width": side}, **common)
+    raise ConversionError(
+        f"image_resize_strategy {resize_strategy!r} is not supported; Cobra's runs use 'resize-naive' (also "
+        "supported: 'resize-crop'). 'letterbox' pads each encoder's copy with its own mean colour, which the image "
+        "processor does not do."
+    )
 
 
 def _tower_config(folder: Path, model_types: tuple[str, ...], what: str) -> dict[str, Any]:
@@ -118,7 +187,7 @@ def _mamba_text_config(entries: dict[str, Any], prefix: str) -> dict[str, Any]:
     }
 
 
-def cobra_rules(num_projector_layers: int, pad: Any) -> list[Any]:
+def cobra_rules(num_projector_layers: int, pad: Any, tie_head: bool = False) -> list[Any]:
     from .convert import Rule, _common_drop_rules
 
     lm = "model.language_model."
@@ -136,11 +205,13 @@ def cobra_rules(num_projector_layers: int, pad: Any) -> list[Any]:
         Rule.rename("Mamba layer (same names)", r"^model\.llm_backbone\.llm\.backbone\.layers\.(\d+)\.(.+)$",
                     lm + r"layers.\1.\2"),
         Rule.rename("final norm", r"^model\.llm_backbone\.llm\.backbone\.norm_f\.weight$", lm + "norm_f.weight"),
+        Rule.drop("LM head tied to the embedding (the same tensor under a second name)",
+                  r"^model\.llm_backbone\.llm\.lm_head\.weight$") if tie_head else
         Rule.rename("LM head", r"^model\.llm_backbone\.llm\.lm_head\.weight$", "lm_head.weight", pad),
     ]
-    for index in range(num_projector_layers):
+    for index in range(num_projector_layers):  # the module's own `projector` Sequential: `projector.projector.0`
         rules.append(Rule.rename(f"projector.{2 * index} -> linear_{index + 1}",
-                                 rf"^model\.projector\.{2 * index}\.(weight|bias)$",
+                                 rf"^model\.projector\.(?:projector\.)?{2 * index}\.(weight|bias)$",
                                  rf"model.multi_modal_projector.linear_{index + 1}.\1"))
     return rules
 
@@ -159,11 +230,9 @@ def cobra_recipe(kind: str, folder: Path, reader: Any, options: Any) -> Any:
 
     raw = read_cobra_config(folder)
     backbone = raw["vision_backbone_id"]
-    if backbone not in _DINOSIGLIP:
-        raise NotImplementedError(
-            f"vision backbone {backbone!r} is not supported; HybridVLM rebuilds {sorted(_DINOSIGLIP)}."
-        )
+    run_side = cobra_image_side(backbone)
     arch = raw.get("arch_specifier", "fused-gelu-mlp")
+    arch = arch.removeprefix("no-align+")  # Cobra-3B's "no-align+fused-gelu-mlp": trained without an align stage
     if arch not in _PROJECTORS:
         raise NotImplementedError(f"projector {arch!r} is not supported; use one of {sorted(_PROJECTORS)}.")
     projector_type, projector_layers = _PROJECTORS[arch]
@@ -187,16 +256,20 @@ def cobra_recipe(kind: str, folder: Path, reader: Any, options: Any) -> Any:
     dino = _tower_config(towers[0], ("dinov2_with_registers", "dinov2"), "DINOv2")
     siglip = _tower_config(towers[1], ("siglip_vision_model",), "SigLIP")
     side, patch = int(siglip["image_size"]), int(siglip.get("patch_size", 14))
-    if side // patch != _DINOSIGLIP[backbone] // 14:
+    if side // patch != run_side // patch:
         raise ConversionError(
             f"the run used {backbone!r} but the SigLIP folder is a {side} px / {patch} px-patch encoder "
             f"({side // patch}x{side // patch} patches); pass the SigLIP the run was trained with."
         )
-    grid_side = (side // patch) * patch
-    siglip["image_size"] = grid_side  # same position-embedding grid, pixels aligned to whole patches
-    if grid_side != side:
-        notes.append(f"images are fed at {grid_side} px ({side // patch}x{side // patch} patches): Cobra's {side} px "
-                     f"input gives the same grid; its patch convolution never sees the last {side - grid_side} px.")
+    if run_side % patch:
+        notes.append(f"images are fed at {run_side} px as in Cobra; both encoders' patch convolutions see only the "
+                     f"first {run_side // patch * patch} px of each side ({run_side // patch}x{run_side // patch} "
+                     "patches), as in the reference.")
+    # Cobra ran its towers through timm 0.9.10, whose ViT uses exact (erf) GELU, SigLIP included; transformers'
+    # SigLIP configs say gelu_pytorch_tanh. The model answers like Cobra with Cobra's activation.
+    if siglip.get("hidden_act") != "gelu":
+        notes.append(f"SigLIP hidden_act {siglip.get('hidden_act')!r} -> 'gelu': Cobra's timm SigLIP uses exact GELU.")
+        siglip["hidden_act"] = "gelu"
     tokenizer = _load_tokenizer(folder) if _has_tokenizer(folder) else None
     image_id = video_id = None
     vocab = text["vocab_size"]
@@ -208,7 +281,9 @@ def cobra_recipe(kind: str, folder: Path, reader: Any, options: Any) -> Any:
                      "tokenizer files into the source folder to get one.")
     extra_rows = vocab - text["vocab_size"]
     text["vocab_size"] = vocab
-    tie = "model.llm_backbone.llm.lm_head.weight" not in entries
+    head, embedding = "model.llm_backbone.llm.lm_head.weight", "model.llm_backbone.llm.backbone.embedding.weight"
+    # mamba_ssm ties the LM head to the embedding; the checkpoint holds both names for the one tensor.
+    tie = head not in entries or torch.equal(reader.load(head), reader.load(embedding))
     config = HybridVLMConfig(
         vision_config=[dino, siglip],
         vision_fusion="channel",
@@ -222,12 +297,11 @@ def cobra_recipe(kind: str, folder: Path, reader: Any, options: Any) -> Any:
     pad = _pad_rows(extra_rows) if extra_rows else None
     if extra_rows:
         notes.append(f"added {extra_rows} zero row(s) to the embeddings for the new placeholder tokens.")
-    recipe = _Recipe(config, cobra_rules(projector_layers, pad), notes=notes, description="Cobra (h-zhao1997/cobra)")
+    rules = cobra_rules(projector_layers, pad, tie_head=tie)
+    recipe = _Recipe(config, rules, notes=notes, description="Cobra (h-zhao1997/cobra)")
     if tokenizer is not None:
-        from .image_processing_hybrid_vlm import HybridVLMImageProcessor
-
         recipe.tokenizer = tokenizer
-        recipe.image_processor = HybridVLMImageProcessor.from_vision_config(config.vision_configs)
-        recipe.chat_template = COBRA_CHAT_TEMPLATE
+        recipe.image_processor = cobra_image_processor(run_side, raw.get("image_resize_strategy", "resize-naive"))
+        recipe.chat_template = cobra_chat_template(raw["llm_backbone_id"])
         recipe.generation_config = _generation_config(folder, config.text_config, [image_id, video_id])
     return recipe

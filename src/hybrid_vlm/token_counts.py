@@ -165,11 +165,10 @@ def count_image_tokens(spec: VisualTokenSpec, height: int, width: int) -> int:
     """Number of LM tokens one image of `height` x `width` pixels (as fed to the encoder) turns into."""
     if height <= 0 or width <= 0:
         raise ValueError(f"Image size must be positive, got {height}x{width}.")
-    if height % spec.patch_size or width % spec.patch_size:
-        raise ValueError(
-            f"Image size {height}x{width} is not a multiple of the encoder's patch size {spec.patch_size}; "
-            "resize or crop to a multiple of it (the image processor does this for you)."
-        )
+    if height < spec.patch_size or width < spec.patch_size:
+        raise ValueError(f"Image size {height}x{width} is smaller than the encoder's patch size {spec.patch_size}.")
+    # A ViT's patch convolution covers whole patches only: trailing pixels are not seen (Cobra's 384 px on 14 px
+    # patches is a 27x27 grid).
     grid = (height // spec.patch_size, width // spec.patch_size)
     if spec.pooled_grid is not None:
         grid = projector_output_grid("pool2d_mlp", grid, pooled_grid=spec.pooled_grid)
