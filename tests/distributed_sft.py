@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -20,6 +21,7 @@ from PIL import Image
 from trl import SFTConfig, SFTTrainer
 
 import hybrid_vlm
+from hybrid_vlm.training import causal_lm_loss
 
 
 def dataset(n: int) -> Dataset:
@@ -39,6 +41,30 @@ def dataset(n: int) -> Dataset:
     return Dataset.from_list(rows)
 
 
+def use_fsdp_on_cpu() -> None:
+    """Let `accelerate launch --use_fsdp` shard on CPU processes.
+
+    accelerate (up to 1.16 at least) turns FSDP on only when the processes run on an accelerator (CUDA, XPU, ...);
+    CPU processes become `MULTI_CPU`, i.e. plain DDP, and the FSDP settings are ignored without a word. torch's
+    FSDP itself runs on CPU over gloo, so the process state is marked as an accelerator run before the Trainer builds
+    its Accelerator: accelerate then takes its FSDP path (plugin from the launcher's FSDP_* variables), on the CPU.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    state = PartialState(cpu=True)
+    if state.distributed_type == DistributedType.MULTI_CPU:
+        state.distributed_type = DistributedType.MULTI_GPU  # the gate of accelerate's FSDP branch; device stays CPU
+
+
+def sharded_parameter_count(model: torch.nn.Module) -> int:
+    """Parameters held as shards: DTensors under FSDP2, flat parameters under FSDP1; 0 under DDP."""
+    count = 0
+    for parameter in model.parameters():
+        count += type(parameter).__name__ in ("DTensor", "FlatParameter") or hasattr(parameter, "_local_tensor")
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("output")
@@ -46,6 +72,8 @@ def main() -> None:
     parser.add_argument("--per-device-batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--model-loss", action="store_true", help="compute_loss_func=hybrid_vlm.training.causal_lm_loss")
+    parser.add_argument("--save", default=None, help="save the trained model and processor here (trainer.save_model)")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -63,8 +91,18 @@ def main() -> None:
         logging_steps=1,
         seed=0,
     )
-    trainer = SFTTrainer(model=model, processing_class=processor, train_dataset=dataset(24), args=config)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        config.device  # noqa: B018 (TrainingArguments sets up the process state here; it resets it first)
+        use_fsdp_on_cpu()
+    loss = causal_lm_loss if args.model_loss else None
+    trainer = SFTTrainer(
+        model=model, processing_class=processor, train_dataset=dataset(24), args=config, compute_loss_func=loss
+    )
     trainer.train()
+    if args.save:
+        trainer.save_model(args.save)  # under FSDP: gathers the full state dict on the main process
+        if trainer.accelerator.is_main_process:
+            processor.save_pretrained(args.save)
     if trainer.accelerator.is_main_process:
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         result = {
@@ -72,6 +110,8 @@ def main() -> None:
             "world_size": trainer.accelerator.num_processes,
             "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
             "distributed_type": str(trainer.accelerator.distributed_type),
+            "fsdp_version": getattr(getattr(trainer.accelerator.state, "fsdp_plugin", None), "fsdp_version", None),
+            "sharded_parameters": sharded_parameter_count(trainer.model_wrapped),
             "global_batch": args.per_device_batch * trainer.accelerator.num_processes,
             "seconds": time.perf_counter() - start,
         }

@@ -66,8 +66,11 @@ def test_pooling_reduces_single_resolution_images_and_counts_agree():
 def test_anyres_without_metadata_is_a_clear_error():
     model = tiny_model("llama")
     _, inputs, _ = _anyres_inputs(model)
-    with pytest.raises(ValueError, match="need image_sizes, image_grids and num_patches"):
+    with pytest.raises(ValueError, match="need image_sizes"):
         model.get_image_features(inputs["pixel_values"])
+    # sizes alone are enough only with the config's pinpoints (LLaVA-NeXT's rule); this model has none
+    with pytest.raises(ValueError, match="set config.image_grid_pinpoints"):
+        model.get_image_features(inputs["pixel_values"], image_sizes=inputs["image_sizes"])
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -194,6 +194,71 @@ def test_llava_next_logits_match_transformers(tmp_path, lm):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def _llava_next_processor():
+    """transformers' own LlavaNextProcessor for the tiny source models (tokenizer built locally)."""
+    return transformers.LlavaNextProcessor(
+        image_processor=_image_processor_class("LlavaNextImageProcessor")(
+            size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE}, image_grid_pinpoints=PINPOINTS
+        ),
+        tokenizer=_tokenizer(), patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+    )
+
+
+def _random_image(height: int, width: int, seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("lm", ["llama", "jamba"])
+def test_converted_llava_next_takes_llava_next_processor_output(tmp_path, lm):
+    """What transformers' LlavaNextProcessor returns (5-D pixel_values padded with zero views, image_sizes, no
+    image_grids / num_patches) goes to the converted model as it is: the grids come from the config's pinpoints."""
+    source = _save_llava(tmp_path / "src", lm, next_=True)
+    convert(tmp_path / "src", tmp_path / "dst", "llava-next", **quiet())
+    ours = _load_converted(tmp_path / "dst")
+    assert ours.config.image_grid_pinpoints == PINPOINTS
+    processor = _llava_next_processor()
+    prompt = "<|im_start|>user\n<image>What is this?<|im_end|>\n"
+    images = [_random_image(45, 80, 0), _random_image(90, 30, 1)]  # 2x2 and 3x1 grids: 5 and 4 views
+    one = processor(text=prompt, images=images[:1], return_tensors="pt")
+    two = processor(text=[prompt, "<image>and this one, with more words"], images=images, padding=True,
+                    return_tensors="pt")
+    two_images = processor(text="<image> then <image>", images=images, return_tensors="pt")
+    for inputs in (one, two, two_images):
+        assert "image_grids" not in inputs and "num_patches" not in inputs and inputs["pixel_values"].dim() == 5
+        with torch.no_grad():
+            expected = source(**inputs).logits
+            got = ours(**inputs).logits
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    # the shorter image's trailing view is zero padding: it must be dropped, as transformers drops it
+    assert two["pixel_values"].shape[1] == 5 and not two["pixel_values"][1, 4].any()
+    if lm == "llama":  # generate() too (transformers' Jamba cannot generate inside LLaVA-NeXT on 4.57)
+        inputs = {k: v for k, v in two.items() if k != "token_type_ids"}  # 4.57's processor adds them
+        expected = source.generate(**inputs, max_new_tokens=3, do_sample=False)
+        assert ours.generate(**inputs, max_new_tokens=3, do_sample=False).tolist() == expected.tolist()
+    # get_image_features takes the same inputs
+    features = ours.model.get_image_features(pixel_values=two["pixel_values"], image_sizes=two["image_sizes"])
+    assert [len(f) for f in features] == [int((row == ours.config.image_token_id).sum()) for row in two["input_ids"]]
+
+
+def test_llava_next_inputs_without_image_sizes_fail_clearly(tmp_path):
+    _save_llava(tmp_path / "src", "llama", next_=True)
+    convert(tmp_path / "src", tmp_path / "dst", "llava-next", **quiet())
+    ours = _load_converted(tmp_path / "dst")
+    inputs = _llava_next_processor()(text="<image> x", images=[_random_image(90, 30, 1)], return_tensors="pt")
+    inputs = dict(inputs)
+    sizes = inputs.pop("image_sizes")
+    with pytest.raises(ValueError, match="need image_sizes"):
+        ours(**inputs)
+    with pytest.raises(ValueError, match="one \\(height, width\\) per image"):
+        ours(**inputs, image_sizes=torch.cat([sizes, sizes]))
+    # pixels cut to 2 views while the sizes ask for a 3x1 grid (4 views)
+    with pytest.raises(ValueError, match="do not belong to these pixels"):
+        ours(**{**inputs, "pixel_values": inputs["pixel_values"][:, :2]}, image_sizes=sizes)
+    ours.config.image_grid_pinpoints = None  # a folder converted before the pinpoints were in the config
+    with pytest.raises(ValueError, match="set config.image_grid_pinpoints"):
+        ours(**inputs, image_sizes=sizes)
+
+
 def test_llava_next_end_to_end_with_each_sides_processor(tmp_path):
     """The source's own LlavaNextProcessor + model against the converted folder's AutoProcessor + model."""
     source = _save_llava(tmp_path / "src", "llama", next_=True)
@@ -201,12 +266,7 @@ def test_llava_next_end_to_end_with_each_sides_processor(tmp_path):
     ours = _load_converted(tmp_path / "dst")
     processor = AutoProcessor.from_pretrained(tmp_path / "dst")
     assert processor.image_processor.image_grid_pinpoints == PINPOINTS
-    theirs_processor = transformers.LlavaNextProcessor(
-        image_processor=_image_processor_class("LlavaNextImageProcessor")(
-            size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE}, image_grid_pinpoints=PINPOINTS
-        ),
-        tokenizer=_tokenizer(), patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-    )
+    theirs_processor = _llava_next_processor()
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (45, 80, 3), dtype=np.uint8))
     text = "<|im_start|>user\n<image>What is this?<|im_end|>\n"

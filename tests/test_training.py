@@ -650,3 +650,20 @@ def test_topk_distillation_loss_on_a_hand_made_example():
     assert masked.item() == pytest.approx(0.0, abs=1e-7)
     with pytest.raises(ValueError, match="k must be in 1..3"):
         topk_distillation_loss(student, teacher, k=5)
+
+
+def test_causal_lm_loss_equals_the_models_own_loss():
+    """`compute_loss_func=causal_lm_loss` (for FSDP2) trains on the loss the model computes from `labels` itself."""
+    from hybrid_vlm.training import causal_lm_loss
+
+    model, processor = hybrid_vlm.from_preset("llava-tiny")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    inputs = processor(text=["<image>What is it?", "<image>Noise."], images=[image, image], padding=True,
+                       return_tensors="pt")
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+    outputs = model(**inputs)
+    expected = model(**inputs, labels=labels).loss
+    torch.testing.assert_close(causal_lm_loss(outputs, labels), expected)
+    total = int((labels[:, 1:] != -100).sum())
+    torch.testing.assert_close(causal_lm_loss(outputs, labels, num_items_in_batch=2 * total), expected / 2)
+    assert causal_lm_loss(outputs, labels).requires_grad

@@ -16,6 +16,7 @@ from .token_counts import VisualTokenSpec, count_image_tokens, count_video_token
 from .tokenization_utils import load_tiny_tokenizer
 from .training import (
     VideoSFTCollator,
+    causal_lm_loss,
     freeze_for_stage,
     fsdp_wrap_classes,
     lora_config,
@@ -40,6 +41,7 @@ __all__ = [
     "VisualTokenSpec",
     "__version__",
     "build_vamba",
+    "causal_lm_loss",
     "compute_paths",
     "count_image_tokens",
     "count_video_tokens",

@@ -25,7 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_utils import select_best_resolution
-from transformers.models.llava_next.modeling_llava_next import unpad_image
+from transformers.models.llava_next.modeling_llava_next import (
+    get_anyres_image_grid_shape,
+    image_size_to_num_patches,
+    unpad_image,
+)
 
 from .token_counts import VisualTokenSpec, capped_feature_size, count_image_tokens, projector_output_grid
 
@@ -135,6 +139,19 @@ def best_grid_pinpoints(image_size: Any, image_grid_pinpoints: Any, tile_size: A
     pins = check_pinpoints(image_grid_pinpoints, (tile_h, tile_w))
     height, width = select_best_resolution(as_size(image_size, "image_size"), pins)
     return height // tile_h, width // tile_w
+
+
+def llava_next_layouts(
+    image_sizes: Any, image_grid_pinpoints: Any, tile_side: int
+) -> tuple[list[tuple[int, int]], list[int]]:
+    """Each image's tile grid and view count from its original ``(height, width)`` alone, computed by transformers'
+    LLaVA-NeXT helpers (``get_anyres_image_grid_shape``, ``image_size_to_num_patches``), as its model does for the
+    ``image_sizes`` that ``LlavaNextProcessor`` returns without any grid."""
+    pins = check_pinpoints(image_grid_pinpoints, (tile_side, tile_side))
+    sizes = [list(as_size(s, f"image_sizes[{i}]")) for i, s in enumerate(image_sizes)]
+    grids = [tuple(int(v) for v in get_anyres_image_grid_shape(s, pins, tile_side)) for s in sizes]
+    views = [int(image_size_to_num_patches(s, pins, tile_side)) for s in sizes]
+    return grids, views
 
 
 def best_grid_max_tiles(image_size: Any, max_tiles: int, tile_size: Any) -> tuple[int, int]:
@@ -484,6 +501,7 @@ __all__ = [
     "check_pinpoints",
     "fit_size",
     "grid_resolution",
+    "llava_next_layouts",
     "max_tiles_grids",
     "merge_tiles",
     "pack_anyres_features",

@@ -10,7 +10,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 # transformers 4.x remote code copies only the relative imports written in this file, but then walks the copies
 # recursively: every module reachable from here (validation uses projectors and vamba) is imported directly.
-from .anyres import pool_2d  # noqa: F401
+from .anyres import check_pinpoints, pool_2d  # noqa: F401
 from .compat import decode_special_floats, portable_rope_fields
 from .projectors import validate_projector_settings
 from .qwen2vl_vision import QWEN2VL_VISION_MODEL_TYPES, check_feature_layers, qwen2vl_vision_config
@@ -105,6 +105,9 @@ class HybridVLMConfig(PretrainedConfig):
         video_token_id: id of the `<video>` placeholder token in the text vocabulary.
         tie_word_embeddings: tie `lm_head` to the LM's input embeddings.
         image_newline: AnyRes: a learned embedding after every row of stitched tile features (LLaVA-NeXT).
+        image_grid_pinpoints: AnyRes: LLaVA-NeXT's allowed `[height, width]` resolutions. The model derives each image's
+            tile grid from `image_sizes` with them when the inputs carry no `image_grids` / `num_patches` (what
+            transformers' `LlavaNextProcessor` returns); converted LLaVA-NeXT / OneVision checkpoints set them.
         anyres_unpad: AnyRes: cut tile features that only cover padding back to the image's aspect ratio.
         anyres_merge: AnyRes: `"spatial"` stitches tiles into one feature map (LLaVA-NeXT); `"flat"` keeps each
             tile's tokens together (LongLLaVA's layout).
@@ -155,6 +158,7 @@ class HybridVLMConfig(PretrainedConfig):
         video_pool_stride: int | None = None,
         video_newline: bool = False,
         extra_vision_configs: list[PretrainedConfig | dict] | None = None,
+        image_grid_pinpoints: list[list[int]] | None = None,
         **kwargs: Any,
     ) -> None:
         # TRL reads `auto_map`; transformers breaks on None. Keep it a dict.
@@ -193,6 +197,7 @@ class HybridVLMConfig(PretrainedConfig):
         self.vamba_options = vamba_options
         self.image_newline = image_newline
         self.anyres_unpad = anyres_unpad
+        self.image_grid_pinpoints = None if image_grid_pinpoints is None else check_pinpoints(image_grid_pinpoints)
         self.anyres_merge = anyres_merge
         self.vision_pooled_grid = vision_pooled_grid
         self.projector_intermediate_size = projector_intermediate_size

@@ -665,7 +665,9 @@ def _llava_recipe(kind: str, folder: Path, reader: CheckpointReader, options: _O
         image_token_id = getattr(source, "image_token_index", None)
     extra: dict[str, Any] = {}
     if newline:
-        extra.update(image_newline=True, anyres_unpad=True, anyres_merge="spatial")
+        # the pinpoints let the model take transformers' processor output (image_sizes alone) as transformers does
+        extra.update(image_newline=True, anyres_unpad=True, anyres_merge="spatial",
+                     image_grid_pinpoints=[list(p) for p in source.image_grid_pinpoints])
     extra.update(onevision)
     config = HybridVLMConfig(
         vision_config=vision.to_dict(),

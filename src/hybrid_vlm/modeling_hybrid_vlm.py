@@ -18,7 +18,14 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 from transformers.utils import logging
 
-from .anyres import anyres_token_count, pack_anyres_features, pool_2d, select_real_views, view_feature_grid
+from .anyres import (
+    anyres_token_count,
+    llava_next_layouts,
+    pack_anyres_features,
+    pool_2d,
+    select_real_views,
+    view_feature_grid,
+)
 from .caching import (
     SSM_ONLY_MODEL_TYPES,
     cache_seq_length,
@@ -293,11 +300,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
         if pixel_values.dim() != 5:
             return self._encode_views(pixel_values, vision_feature_layer, strategy)
-        if image_sizes is None or image_grids is None or num_patches is None:
-            raise ValueError(
-                "AnyRes pixel_values (num_images, views, 3, H, W) need image_sizes, image_grids and num_patches "
-                "(HybridVLMProcessor returns them with the pixels)."
-            )
+        image_grids, num_patches = self._anyres_layouts(pixel_values, image_sizes, image_grids, num_patches)
         if self.visual_token_spec.num_maps > 1:
             raise ValueError(
                 "AnyRes tiles cannot be stitched when several encoders are fused along the sequence "
@@ -323,6 +326,47 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
                 )
             packed.append(tokens)
         return packed
+
+    def _anyres_layouts(
+        self, pixel_values: torch.Tensor, image_sizes: Any, image_grids: Any, num_patches: Any
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """`(image_grids, num_patches)` of AnyRes pixels. transformers' `LlavaNextProcessor` returns only
+        `image_sizes`; the grids then follow from `config.image_grid_pinpoints`, as in transformers' LLaVA-NeXT."""
+        num_images, max_views = int(pixel_values.shape[0]), int(pixel_values.shape[1])
+        if image_sizes is None:
+            raise ValueError(
+                "AnyRes pixel_values (num_images, views, 3, H, W) need image_sizes, each image's original (height, "
+                "width) (HybridVLMProcessor and LlavaNextProcessor return them with the pixels)."
+            )
+        image_sizes = torch.as_tensor(image_sizes)
+        if tuple(image_sizes.shape) != (num_images, 2):
+            raise ValueError(
+                f"image_sizes has shape {tuple(image_sizes.shape)} but pixel_values holds {num_images} image(s): give "
+                "one (height, width) per image."
+            )
+        if image_grids is None:
+            pinpoints = self.config.image_grid_pinpoints
+            tile = (int(pixel_values.shape[-2]), int(pixel_values.shape[-1]))
+            if pinpoints is None or tile[0] != tile[1]:
+                raise ValueError(
+                    "AnyRes pixel_values came without image_grids, and the grids can only be derived from image_sizes "
+                    "with config.image_grid_pinpoints and square views; pass image_grids and num_patches "
+                    "(HybridVLMProcessor returns them) or set config.image_grid_pinpoints."
+                )
+            grids, views = llava_next_layouts(image_sizes, pinpoints, tile[0])
+            image_grids = torch.tensor(grids, dtype=torch.long)
+            if num_patches is None:
+                num_patches = torch.tensor(views, dtype=torch.long)
+            if max(views) > max_views:
+                raise ValueError(
+                    f"image_sizes {image_sizes.tolist()} with config.image_grid_pinpoints give {views} views per image "
+                    f"but pixel_values holds at most {max_views}: the sizes do not belong to these pixels (or the "
+                    "processor used other pinpoints)."
+                )
+        image_grids = torch.as_tensor(image_grids)
+        if num_patches is None:
+            num_patches = 1 + image_grids[:, 0] * image_grids[:, 1]
+        return image_grids, torch.as_tensor(num_patches)
 
     def _anyres_count(self, spec: VisualTokenSpec, size: Any, grid: Any, tile: Any) -> int:
         return anyres_token_count(
@@ -568,6 +612,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
 
         image_inputs = {"pixel_values": pixel_values}
         if pixel_values is not None and pixel_values.dim() == 5:
+            image_grids, num_patches = self._anyres_layouts(pixel_values, image_sizes, image_grids, num_patches)
             image_inputs.update(image_sizes=image_sizes, image_grids=image_grids, num_patches=num_patches)
         embedded: dict[str, Any] = {}
         inputs_embeds, image_features = self._embed_visual_inputs(

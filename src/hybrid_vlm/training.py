@@ -41,6 +41,7 @@ __all__ = [
     "TRAINING_STAGES",
     "VideoSFTCollator",
     "apply_overflow_policy",
+    "causal_lm_loss",
     "chat_as_blocks",
     "count_parameters",
     "topk_distillation_loss",
@@ -370,6 +371,21 @@ def fsdp_wrap_classes(model: nn.Module) -> list[str]:
     if not found:
         raise ValueError(f"{type(base).__name__} declares no layer class to wrap (_no_split_modules is empty).")
     return found
+
+
+def causal_lm_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+    """`SFTTrainer(compute_loss_func=causal_lm_loss)`: the next-token loss from the logits of the model's own forward.
+
+    Needed under FSDP2. TRL's default loss (its fused LM head) reads `lm_head.weight` directly, and accelerate puts
+    `lm_head` in an FSDP unit of its own when the base model has no final norm as a direct child (true of every
+    LLaVA-style model); that unit is then never gathered by a forward, TRL gathers it with `full_tensor()`, and each
+    rank updates its shard with its own local gradient instead of the average over ranks. Through the model's
+    forward, `lm_head` runs as a module and FSDP reduces its gradient like every other one.
+    """
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+    return ForCausalLMLoss(logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch)
 
 
 # ---------------------------------------------------------------------------------------------------- overflow
