@@ -10,6 +10,7 @@ from .kernels import compute_paths, install_kernel_fallback_filter
 from .modeling_hybrid_vlm import HybridVLMForConditionalGeneration, HybridVLMModel, HybridVLMPreTrainedModel
 from .presets import from_preset, list_presets, preset_config
 from .processing_hybrid_vlm import HybridVLMProcessor
+from .ssm_engine import install_ssm_engine, set_ssm_engine
 from .registration import register_auto_classes
 from .token_counts import VisualTokenSpec, count_image_tokens, count_video_tokens
 from .tokenization_utils import load_tiny_tokenizer
@@ -45,11 +46,13 @@ __all__ = [
     "freeze_for_stage",
     "from_preset",
     "fsdp_wrap_classes",
+    "install_ssm_engine",
     "list_presets",
     "load_tiny_tokenizer",
     "lora_config",
     "preset_config",
     "qlora_config",
     "register_auto_classes",
+    "set_ssm_engine",
     "topk_distillation_loss",
 ]

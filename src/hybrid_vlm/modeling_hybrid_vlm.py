@@ -49,6 +49,7 @@ from .projectors import build_projector, init_projector_module
 from .qwen2vl_vision import Qwen2VLVisionEncoder  # noqa: F401 (direct import: 4.x remote code copies it)
 from .remote_code import write_model_remote_code
 from .ssm import SSM_FP32_PARAMETERS  # (also a direct import so transformers 4.x remote code copies ssm.py)
+from .ssm_engine import install_ssm_engine
 from .token_counts import VisualTokenSpec, count_image_tokens, count_video_tokens, video_groups
 from .vision_encoders import (  # noqa: F401 (UnwrappedVisionModel: public name kept here)
     UnwrappedVisionModel,
@@ -196,6 +197,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         else:
             self.language_model = AutoModel.from_config(config.text_config)
         use_torch_ssm_path_where_needed(self.language_model)
+        install_ssm_engine(self.language_model, enabled=getattr(config, "ssm_engine", True))
         self._is_stateful = has_ssm_layers(config.text_config)
         vision_no_split = vision_no_split_modules(config.vision_configs)
         vision_no_split |= set(getattr(self.vision_tower, "_no_split_modules", None) or [])  # seam towers (Qwen2-VL)
