@@ -320,3 +320,31 @@ def test_unsupported_mixer_is_left_alone():
     block = ssm.SSMBlock(16, d_state=4, head_dim=8, chunk_size=4)
     assert install_ssm_engine(block) == 0
     assert engine_path(block.mixer) is None
+
+
+@pytest.mark.parametrize("lm", ["jamba", "mamba2", "mamba"])
+def test_vlm_continuation_runs_in_one_forward(lm, monkeypatch):
+    """A second turn on a returned cache is fed in one forward (no token-by-token stepping) and equals the
+    no-cache reference; with the engine switched off it is stepped, as before."""
+    from conftest import TEXT_CONFIGS, prompt, tiny_model
+
+    from hybrid_vlm.modeling_hybrid_vlm import HybridVLMModel
+
+    text = TEXT_CONFIGS.get(lm) or dict(LM_CONFIGS["mamba"], model_type="mamba")
+    model = tiny_model(text)
+    ids = torch.tensor([prompt(5, "img", 6, 7, 8, 9)])
+    pixel_values = torch.randn(1, 3, 28, 28)
+    stepped = []
+    original = HybridVLMModel._continue_token_by_token
+    monkeypatch.setattr(
+        HybridVLMModel, "_continue_token_by_token", lambda self, *a: stepped.append(1) or original(self, *a)
+    )
+    with torch.no_grad():
+        reference = model(input_ids=ids, pixel_values=pixel_values, use_cache=False).logits
+        for enabled in (True, False):
+            set_ssm_engine(model, enabled)
+            first = model(input_ids=ids[:, :-4], pixel_values=pixel_values, use_cache=True)
+            cache = output_cache(first)
+            second = model(input_ids=ids[:, -4:], **cache_kwargs(model.forward, cache), use_cache=True)
+            torch.testing.assert_close(second.logits, reference[:, -4:], atol=1e-5, rtol=1e-5)
+            assert stepped == ([] if enabled else [1])

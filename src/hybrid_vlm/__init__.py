@@ -10,8 +10,8 @@ from .kernels import compute_paths, install_kernel_fallback_filter
 from .modeling_hybrid_vlm import HybridVLMForConditionalGeneration, HybridVLMModel, HybridVLMPreTrainedModel
 from .presets import from_preset, list_presets, preset_config
 from .processing_hybrid_vlm import HybridVLMProcessor
-from .ssm_engine import install_ssm_engine, set_ssm_engine
 from .registration import register_auto_classes
+from .ssm_engine import install_ssm_engine, set_ssm_engine
 from .token_counts import VisualTokenSpec, count_image_tokens, count_video_tokens
 from .tokenization_utils import load_tiny_tokenizer
 from .training import (
