@@ -295,6 +295,11 @@ def ssd_chunked_scan(
     state = x.new_zeros(batch, heads, head_dim, d_state) if initial_state is None else initial_state.to(x.dtype)
     if length == 0:
         return x.new_zeros(batch, 0, heads, head_dim), state
+    if length == 1:  # a decode step: the recurrence itself
+        B1, C1 = _expand_groups(B[:, 0], heads), _expand_groups(C[:, 0], heads)  # (b, h, n)
+        state = state * torch.exp(dt[:, 0] * A)[..., None, None]
+        state = state + (dt[:, 0, :, None] * x[:, 0])[..., None] * B1[:, :, None, :]
+        return torch.einsum("bhpn,bhn->bhp", state, C1)[:, None], state
     chunk = max(1, min(chunk_size, length))
     pad = (-length) % chunk
     if pad:  # trailing steps with dt = 0 and zero inputs leave the state untouched; their outputs are dropped
@@ -368,15 +373,19 @@ def _selective_scan_block(
 
     # 1. Every chunk scanned at once from a zero state: `chunk` steps over (b, n_chunks, d, n). The steps are split
     #    once with unbind: indexing a full tensor inside the loop makes every backward step write a full-size gradient.
+    #    The decay from each chunk's start is the running product of the same factors (a strided cumsum over the
+    #    chunk axis costs more than the whole loop).
     decays, steps = decay.unbind(2), inputs.unbind(2)
-    h = steps[0]
-    local = [h]
+    h, product = steps[0], decays[0]
+    local, products = [h], [product]
     for k in range(1, chunk):
         h = decays[k] * h + steps[k]
+        product = product * decays[k]
         local.append(h)
+        products.append(product)
     local = torch.stack(local, dim=2)
     # 2. The state handed from chunk to chunk: `n_chunks` steps over (b, d, n). Decays are only multiplied (<= 1).
-    decay_from_start = torch.exp(torch.cumsum(log_decay, dim=2))
+    decay_from_start = torch.stack(products, dim=2)
     chunk_decays, chunk_ends = decay_from_start[:, :, -1].unbind(1), local[:, :, -1].unbind(1)
     entering = []
     for k in range(n_chunks):
@@ -410,6 +419,9 @@ def selective_scan_blocked(
     state = u.new_zeros(batch, channels, d_state) if initial_state is None else initial_state.to(u.dtype)
     if length == 0:
         return u.new_zeros(batch, 0, channels), state
+    if length == 1:  # a decode step: the recurrence itself
+        state = state * torch.exp(delta[:, 0, :, None] * A) + (delta[:, 0] * u[:, 0])[..., None] * B[:, 0, None, :]
+        return torch.einsum("bdn,bn->bd", state, C[:, 0])[:, None], state
     block = max(1, min(length, TORCH_PATH_ELEMENTS_PER_PASS // (4 * batch * channels * d_state)))
     outputs = []
     for first in range(0, length, block):
