@@ -347,8 +347,9 @@ def _sync(device: torch.device) -> None:
 
 
 def _ssm_path(model: Any) -> str:
-    """Which SSM implementation the model's recurrent layers take on its device ("-" for none): "kernels",
-    "engine" (hybrid_vlm.ssm_engine), "transformers-torch" or "torch" (our own mixers) per kind of SSM module (`kernels.compute_paths` has the full report with reasons)."""
+    """Which SSM implementation the model's recurrent layers take on its device ("-" for none), per kind of SSM
+    module: "kernels", "engine" (hybrid_vlm.ssm_engine), "transformers-torch" or "torch" (our own mixers).
+    `kernels.compute_paths` has the full report with reasons."""
     from .kernels import compute_paths
 
     def short(path: str) -> str:
