@@ -104,12 +104,20 @@ def test_mambavlm_report_has_projector_ssm_and_transformers_mamba(monkeypatch):
     assert projector.modules >= 1 and "multi_modal_projector" in projector.example
     lm = rows["LM SSM layers (MambaMixer)"]
     assert lm.modules == model.config.text_config.num_hidden_layers
-    assert lm.path == "transformers torch reference" and "not installed" in lm.reason
+    assert lm.path == "hybrid_vlm engine (torch blocked scan)" and "tensors on cpu" in lm.reason
+    hybrid_vlm.set_ssm_engine(model, False)  # transformers' own path, and its reason
+    lm = paths_by_component(model)["LM SSM layers (MambaMixer)"]
+    assert lm.path == "transformers torch reference" and "ssm_engine=False" in lm.reason
 
 
 def test_transformers_ssm_path_rules(monkeypatch):
     model, _ = hybrid_vlm.from_preset("jamba-llava-tiny")
     mixer = next(m for m in model.modules() if type(m).__name__ == "JambaMambaMixer")
+    # On CUDA without importable kernels our engine runs; with them (faked here) transformers keeps its own path.
+    assert kernels.transformers_ssm_path(mixer, CUDA)[0] == "hybrid_vlm engine (torch blocked scan)"
+    monkeypatch.setattr(ssm, "kernels_available", lambda kind="mamba2": {"scan": True, "causal_conv1d": True})
+    assert kernels.transformers_ssm_path(mixer, CUDA)[0] == "mamba-ssm kernels (transformers)"
+    del mixer._hybrid_vlm_ssm_engine  # transformers' own rules, as for a mixer outside our model
     mixer.use_fast_kernels = True  # (4.x: built here without kernels, so switched off; 5.x: no such flag)
     fake_installed(monkeypatch, mamba_ssm=True)
     assert kernels.transformers_ssm_path(mixer, CUDA) == ("transformers torch reference", "causal-conv1d not installed")
@@ -237,7 +245,7 @@ def test_torch_fallback_on_cuda_is_announced_as_a_warning(caplog):
         assert kernels.announce_compute_paths(model, CUDA)
         assert not kernels.announce_compute_paths(model, CUDA)
     [record] = [r for r in caplog.records if "compute paths on cuda" in r.getMessage()]
-    assert record.levelno == logging.WARNING and "transformers torch reference" in record.getMessage()
+    assert record.levelno == logging.WARNING and "hybrid_vlm engine" in record.getMessage()
 
 
 def test_transformers_kernel_fallback_lines_become_one_note(monkeypatch, caplog):

@@ -12,6 +12,7 @@ from .modeling_hybrid_vlm import HybridVLMForConditionalGeneration, HybridVLMMod
 from .presets import from_preset, list_presets, preset_config
 from .processing_hybrid_vlm import HybridVLMProcessor
 from .registration import register_auto_classes
+from .ssm_engine import install_ssm_engine, set_ssm_engine
 from .token_counts import VisualTokenSpec, count_image_tokens, count_video_tokens
 from .tokenization_utils import load_tiny_tokenizer
 from .training import (
@@ -48,6 +49,7 @@ __all__ = [
     "freeze_for_stage",
     "from_preset",
     "fsdp_wrap_classes",
+    "install_ssm_engine",
     "list_presets",
     "load_tiny_tokenizer",
     "lora_config",
@@ -56,5 +58,6 @@ __all__ = [
     "preset_config",
     "qlora_config",
     "register_auto_classes",
+    "set_ssm_engine",
     "topk_distillation_loss",
 ]

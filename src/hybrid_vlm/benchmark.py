@@ -347,12 +347,20 @@ def _sync(device: torch.device) -> None:
 
 
 def _ssm_path(model: Any) -> str:
-    """Which SSM implementation the model's recurrent layers take on its device ("-" for none): "kernels" or
-    "torch" per kind of SSM module (`kernels.compute_paths` has the full report with reasons)."""
+    """Which SSM implementation the model's recurrent layers take on its device ("-" for none), per kind of SSM
+    module: "kernels", "engine" (hybrid_vlm.ssm_engine), "transformers-torch" or "torch" (our own mixers).
+    `kernels.compute_paths` has the full report with reasons."""
     from .kernels import compute_paths
 
+    def short(path: str) -> str:
+        if "kernels" in path:
+            return "kernels"
+        if path.startswith("hybrid_vlm engine"):
+            return "engine"  # our torch paths under the LM's SSM layers (hybrid_vlm.ssm_engine)
+        return "transformers-torch" if path.startswith("transformers") else "torch"
+
     paths = {
-        "kernels" if "kernels" in p.path else "torch"
+        short(p.path)
         for p in compute_paths(model)
         if "SSM" in p.component and "projector" not in p.component  # (the projector is not timed here)
     }

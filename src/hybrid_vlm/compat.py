@@ -291,6 +291,113 @@ def disable_unusable_mixer_kernels(language_model: nn.Module) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# SSM mixers of transformers' LMs (what `ssm_engine` needs to run in their place). 5.x mixers take
+# `(hidden_states, cache, attention_mask, **kwargs)` and keep their states in `LinearAttentionLayer`s of the standard
+# cache (`get_conv_state` / `update_conv_state` / ...); 4.x mixers take `cache_params` (and some `cache_position`) and
+# keep `conv_states` / `ssm_states` tensors on per-model cache classes, with "has a previous state" told by a
+# `has_previous_state` flag, by `cache_position[0] > 0`, or both.
+
+
+@dataclasses.dataclass
+class MixerCall:
+    """What a transformers SSM mixer's forward was called with, whatever the line names it."""
+
+    cache: Any
+    attention_mask: torch.Tensor | None
+    cache_position: torch.Tensor | None
+    packed_sequences: bool  # seq_idx / cu_seqlens given: only transformers' kernels keep packed sequences apart
+
+
+@functools.lru_cache(maxsize=64)
+def _mixer_signature(function: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(function)
+
+
+def mixer_call(forward: Callable[..., Any], module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> MixerCall:
+    """Read a mixer call `forward(module, *args, **kwargs)` (`forward` the class's own, unbound)."""
+    bound = _mixer_signature(forward).bind(module, *args, **kwargs)
+    values = dict(bound.arguments)
+    for name, parameter in _mixer_signature(forward).parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            values.update(values.pop(name, {}))
+    cache = next((values[name] for name in CACHE_NAMES if values.get(name) is not None), None)
+    packed = any(values.get(name) is not None for name in ("seq_idx", "cu_seqlens"))
+    return MixerCall(cache, values.get("attention_mask"), values.get("cache_position"), packed)
+
+
+def mixer_dt_limits(mixer: nn.Module) -> tuple[float, float]:
+    """The range a Mamba-2 mixer's torch path clamps `softplus(dt + dt_bias)` to.
+
+    `time_step_limit` everywhere, except 4.x Zamba2, whose torch path (`torch_forward`) clamps at `time_step_min`
+    from below only, whatever its `time_step_limit` says (its kernel path reads the limit).
+    """
+    if type(mixer).__name__ == "Zamba2MambaMixer" and hasattr(type(mixer), "torch_forward"):
+        return float(mixer.time_step_min), float("inf")
+    limit = getattr(mixer, "time_step_limit", None)
+    return (0.0, float("inf")) if limit is None else (float(limit[0]), float(limit[1]))
+
+
+CACHE_HAS_LINEAR_ATTENTION_LAYERS = hasattr(DynamicCache, "get_conv_state")
+"""The standard cache holds the SSM layers' states itself (5.x) rather than per-model cache classes (4.x)."""
+
+
+def read_mixer_state(
+    cache: Any, layer_idx: int, cache_position: torch.Tensor | None, batch_size: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(conv state, SSM state) a mixer continues from, or Nones when the cache holds no previous state for it.
+
+    The conv state comes as stored: a 5.x cache that records its past (for `crop`) keeps more than the conv width.
+    """
+    if hasattr(cache, "get_conv_state"):
+        return cache.get_conv_state(layer_idx), cache.get_recurrent_state(layer_idx)
+    flag = getattr(cache, "has_previous_state", None)
+    if flag is not None and not flag:
+        return None, None
+    if cache_position is not None:
+        if int(cache_position[0]) == 0:
+            return None, None
+    elif flag is None:
+        return None, None
+    conv, ssm = cache.conv_states[layer_idx], cache.ssm_states[layer_idx]
+    if conv.dim() < 3 or conv.shape[0] != batch_size or ssm.shape[0] != batch_size:
+        return None, None  # (4.x Jamba ignores a cache of another batch size too)
+    return conv, ssm
+
+
+def cache_records_past(cache: Any, layer_idx: int) -> bool:
+    """Whether the cache keeps every conv input so it can be cropped (5.x assisted decoding)."""
+    recording = getattr(cache, "is_recording_past", None)
+    return bool(recording(layer_idx)) if recording is not None else False
+
+
+def write_mixer_state(
+    cache: Any,
+    layer_idx: int,
+    conv_window: torch.Tensor,
+    conv_inputs: torch.Tensor,
+    ssm_state: torch.Tensor,
+    conv_kernel_size: int,
+) -> None:
+    """Store a mixer's states after a forward, as transformers' own path stores them.
+
+    conv_window: the last `conv_kernel_size` conv inputs (what a cache keeps); conv_inputs: this call's conv inputs,
+    which a 5.x cache recording its past appends instead.
+    """
+    if hasattr(cache, "update_conv_state") and hasattr(cache, "get_conv_state"):
+        recording = cache_records_past(cache, layer_idx)
+        cache.update_conv_state(
+            conv_inputs if recording else conv_window, layer_idx, conv_kernel_size=conv_kernel_size
+        )
+        cache.update_recurrent_state(ssm_state, layer_idx)
+        return
+    for states, new in ((cache.conv_states, conv_window), (cache.ssm_states, ssm_state)):
+        if isinstance(states, torch.Tensor):  # one stacked tensor for all layers (4.x Mamba-2)
+            states[layer_idx] = new
+        else:  # a list: replaced, as 4.x Jamba does (an in-place copy would drag the cache into autograd)
+            states[layer_idx] = new
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Auto classes.
 
 AUTO_MODEL_FOR_VISION2SEQ = getattr(transformers, "AutoModelForVision2Seq", None)
@@ -415,6 +522,7 @@ def feature_report() -> list[tuple[str, str]]:
         ("AutoModelForVision2Seq", str(AUTO_MODEL_FOR_VISION2SEQ is not None)),
         ("unnamed extra special tokens key", _UNNAMED_EXTRAS_KEY),
         ("configs take rope_parameters", str(CONFIGS_TAKE_ROPE_PARAMETERS)),
+        ("standard cache holds SSM layers", str(CACHE_HAS_LINEAR_ATTENTION_LAYERS)),
     ]
 
 

@@ -120,6 +120,9 @@ class HybridVLMConfig(PretrainedConfig):
         projector_scan_fusion: `mamba`: `"cross_stitch"` (interleave the encoders' maps) or `"cross_cat"`.
         projector_scan_merge: `mamba`: merge of the four scan directions, `"sum"` or `"mean"`.
         projector_ssm: `mamba`: `hybrid_vlm.ssm.SSMBlock` options (`mixer`, `d_state`, `expand`, `head_dim`, ...).
+        ssm_engine: run `hybrid_vlm.ssm`'s PyTorch paths in the SSM layers of the language model wherever the
+            mamba-ssm CUDA kernels do not run (`hybrid_vlm.ssm_engine`); False keeps transformers' own PyTorch path.
+            The environment variable `HYBRID_VLM_SSM_ENGINE=0` switches it off for every model.
         vamba_options: settings of the Vamba decoder (`hybrid_vlm.vamba.VambaOptions` fields), only with
             `decoder_type="vamba"`.
     """
@@ -159,6 +162,7 @@ class HybridVLMConfig(PretrainedConfig):
         video_newline: bool = False,
         extra_vision_configs: list[PretrainedConfig | dict] | None = None,
         image_grid_pinpoints: list[list[int]] | None = None,
+        ssm_engine: bool = True,
         **kwargs: Any,
     ) -> None:
         # TRL reads `auto_map`; transformers breaks on None. Keep it a dict.
@@ -208,6 +212,7 @@ class HybridVLMConfig(PretrainedConfig):
         self.projector_scan_fusion = projector_scan_fusion
         self.projector_scan_merge = projector_scan_merge
         self.projector_ssm = projector_ssm
+        self.ssm_engine = bool(ssm_engine)
         # transformers 4.x ties lm_head by the *text* config's flag (Mamba's defaults to True), 5.x by this one: keep
         # them equal so both lines build and load the same model.
         self.text_config.tie_word_embeddings = tie_word_embeddings

@@ -7,7 +7,9 @@ Three kinds of modules choose a path:
   causal-conv1d kernels when they import and the tensors are on CUDA, else the chunked PyTorch path;
 * attention, through transformers' attention interface (``config._attn_implementation``: sdpa by default,
   flash_attention_2 or eager when asked for), including Vamba's cross-attention;
-* the SSM layers of language models transformers owns (Jamba, Mamba, Mamba-2): its own kernel or reference path.
+* the SSM layers of language models transformers owns (Jamba, Mamba, Mamba-2, Bamba, Zamba2, NemotronH, FalconH1):
+  transformers' kernel path where the kernels run, else this package's engine (:mod:`hybrid_vlm.ssm_engine`, the
+  torch paths of :mod:`hybrid_vlm.ssm` on the layer's weights), or transformers' reference path when switched off.
 
 :func:`compute_paths` reports all three for a model; :func:`format_compute_paths` renders it (``hybrid-vlm env``
 prints it for a tiny preset), and a language model prepared by :func:`use_torch_ssm_path_where_needed` logs it once
@@ -95,7 +97,16 @@ def own_ssm_path(mixer: nn.Module, device: torch.device | None = None) -> tuple[
 
 
 # transformers' SSM mixers: Jamba's, Mamba's and Mamba-2's (and their relatives that share the kernel packages).
-_TRANSFORMERS_SSM_CLASSES = ("JambaMambaMixer", "MambaMixer", "Mamba2Mixer", "FalconMambaMixer", "BambaMixer")
+_TRANSFORMERS_SSM_CLASSES = (
+    "JambaMambaMixer",
+    "MambaMixer",
+    "Mamba2Mixer",
+    "FalconMambaMixer",
+    "BambaMixer",
+    "Zamba2MambaMixer",
+    "NemotronHMamba2Mixer",
+    "FalconH1Mixer",
+)
 
 
 def transformers_ssm_path(mixer: nn.Module, device: torch.device | None = None) -> tuple[str, str]:
@@ -105,6 +116,18 @@ def transformers_ssm_path(mixer: nn.Module, device: torch.device | None = None) 
     also needs `use_mamba_kernels`); 5.x binds each kernel function at import when its package is installed.
     """
     device = device or _device_of(mixer)
+    from .ssm_engine import engine_path, mixer_kind
+
+    engine = engine_path(mixer, device)  # ssm.lm_mixer_path decides, where our engine is installed
+    if engine is not None:
+        path, reason = engine
+        if path == "engine":
+            kind = mixer_kind(mixer)
+            label = "torch chunked (SSD matmul form)" if kind == "mamba2" else "torch blocked scan"
+            return f"hybrid_vlm engine ({label})", reason
+        if path == "transformers":
+            return "transformers torch reference", reason
+        return "mamba-ssm kernels (transformers)", reason
     missing = _missing(("mamba_ssm", "causal_conv1d"))
     reference = "transformers torch reference"
     if missing:
@@ -199,7 +222,9 @@ def announce_compute_paths(model: nn.Module, device: torch.device | None = None)
     seen.add(device.type)
     paths = compute_paths(model)
     summary = "; ".join(f"{p.component}: {p.path} ({p.reason})" for p in paths)
-    slow = device.type == "cuda" and any(p.path.startswith(("torch", "transformers torch")) for p in paths)
+    slow = device.type == "cuda" and any(
+        p.path.startswith(("torch", "transformers torch", "hybrid_vlm engine")) for p in paths
+    )
     (logger.warning if slow else logger.info)(f"hybrid_vlm: compute paths on {device.type}: {summary}")
     return True
 

@@ -57,6 +57,7 @@ from .projectors import build_projector, init_projector_module
 from .qwen2vl_vision import Qwen2VLVisionEncoder  # noqa: F401 (direct import: 4.x remote code copies it)
 from .remote_code import write_model_remote_code
 from .ssm import SSM_FP32_PARAMETERS  # (also a direct import so transformers 4.x remote code copies ssm.py)
+from .ssm_engine import engine_serves_every_ssm_layer, install_ssm_engine
 from .token_counts import VisualTokenSpec, count_image_tokens, count_video_tokens, video_groups
 from .vision_encoders import (  # noqa: F401 (UnwrappedVisionModel: public name kept here)
     UnwrappedVisionModel,
@@ -204,6 +205,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         else:
             self.language_model = AutoModel.from_config(config.text_config)
         use_torch_ssm_path_where_needed(self.language_model)
+        install_ssm_engine(self.language_model, enabled=getattr(config, "ssm_engine", True))
         self._is_stateful = has_ssm_layers(config.text_config)
         vision_no_split = vision_no_split_modules(config.vision_configs)
         vision_no_split |= set(getattr(self.vision_tower, "_no_split_modules", None) or [])  # seam towers (Qwen2-VL)
@@ -641,7 +643,9 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
                 lm_kwargs["cache_position"] = legacy_position
 
         seq_len = inputs_embeds.shape[1]
-        if use_cache and past_length > 0 and seq_len > 1 and self._is_stateful:
+        if use_cache and past_length > 0 and seq_len > 1 and self._is_stateful and not self._continues_in_one_forward(
+            attention_mask, seq_len
+        ):
             outputs = self._continue_token_by_token(inputs_embeds, lm_kwargs, past_length)
         else:
             outputs = self._call_language_model(inputs_embeds, lm_kwargs)
@@ -657,6 +661,15 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             router_logits=getattr(outputs, "router_logits", None),
             image_hidden_states=image_features,
         )
+
+    def _continues_in_one_forward(self, attention_mask: torch.Tensor | None, seq_len: int) -> bool:
+        """Several new tokens on a recurrent cache go in one forward when our SSM engine runs every SSM layer (it
+        starts from the cached conv + SSM states) and the new tokens hold no padding; else they are stepped."""
+        if not engine_serves_every_ssm_layer(self.language_model, self.config.text_config.model_type):
+            return False
+        if attention_mask is None:
+            return True
+        return attention_mask.dim() == 2 and bool(attention_mask[:, -seq_len:].all())
 
     def _call_language_model(self, inputs_embeds: torch.Tensor, lm_kwargs: dict[str, Any]) -> Any:
         attention_mask = lm_kwargs.get("attention_mask")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -53,7 +54,12 @@ __all__ = [
     "RMSNorm",
     "SSMBlock",
     "SSMState",
+    "ENGINE_ENV_VAR",
+    "LM_MIXER_PATHS",
+    "causal_conv",
+    "conv_window",
     "kernels_available",
+    "lm_mixer_path",
     "reference_scan",
     "reference_selective_scan",
     "selective_scan_blocked",
@@ -138,6 +144,41 @@ def _announce(kind: str, path: str, device: torch.device) -> None:
     else:
         why = "forced with compute_path" if path == "reference" or device.type == "cuda" else "kernels are CUDA-only"
         logger.info(f"hybrid_vlm.ssm: {kind} mixers run the {path} path on {device.type} ({why}).")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The SSM layers of transformers' language models
+# ---------------------------------------------------------------------------------------------------------------
+
+ENGINE_ENV_VAR = "HYBRID_VLM_SSM_ENGINE"
+"""Set to 0 / false / off to keep transformers' own PyTorch path in the LM's SSM layers (the config's
+``ssm_engine=False`` does the same for one model)."""
+
+LM_MIXER_PATHS = ("kernels", "engine", "transformers")
+"""What an SSM layer of a transformers LM runs: transformers' own path with the mamba-ssm kernels, this module's
+torch paths on the layer's weights (`hybrid_vlm.ssm_engine`), or transformers' own PyTorch path (switched off)."""
+
+
+def engine_switched_off_by_environment() -> bool:
+    return os.environ.get(ENGINE_ENV_VAR, "").strip().lower() in ("0", "false", "off", "no")
+
+
+def lm_mixer_path(kind: str, device: torch.device, enabled: bool = True) -> tuple[str, str]:
+    """(path, reason) for an SSM layer of `kind` ("mamba1" / "mamba2") of a transformers LM on `device`.
+
+    The CUDA kernels win wherever they run (transformers calls them itself); elsewhere this module's torch paths
+    replace transformers' reference path (a Python loop over tokens for Mamba-1), unless switched off.
+    """
+    if not enabled:
+        return "transformers", "engine switched off (config ssm_engine=False)"
+    if engine_switched_off_by_environment():
+        return "transformers", f"engine switched off ({ENGINE_ENV_VAR}={os.environ[ENGINE_ENV_VAR]})"
+    if device.type == "cuda":
+        available = kernels_available(kind)
+        if available["scan"] and available["causal_conv1d"]:
+            return "kernels", "CUDA tensors, mamba-ssm and causal-conv1d import (transformers calls them)"
+        return "engine", "CUDA tensors but mamba-ssm / causal-conv1d do not import"
+    return "engine", f"tensors on {device.type} (the mamba-ssm kernels are CUDA-only)"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -254,6 +295,11 @@ def ssd_chunked_scan(
     state = x.new_zeros(batch, heads, head_dim, d_state) if initial_state is None else initial_state.to(x.dtype)
     if length == 0:
         return x.new_zeros(batch, 0, heads, head_dim), state
+    if length == 1:  # a decode step: the recurrence itself
+        B1, C1 = _expand_groups(B[:, 0], heads), _expand_groups(C[:, 0], heads)  # (b, h, n)
+        state = state * torch.exp(dt[:, 0] * A)[..., None, None]
+        state = state + (dt[:, 0, :, None] * x[:, 0])[..., None] * B1[:, :, None, :]
+        return torch.einsum("bhpn,bhn->bhp", state, C1)[:, None], state
     chunk = max(1, min(chunk_size, length))
     pad = (-length) % chunk
     if pad:  # trailing steps with dt = 0 and zero inputs leave the state untouched; their outputs are dropped
@@ -327,15 +373,19 @@ def _selective_scan_block(
 
     # 1. Every chunk scanned at once from a zero state: `chunk` steps over (b, n_chunks, d, n). The steps are split
     #    once with unbind: indexing a full tensor inside the loop makes every backward step write a full-size gradient.
+    #    The decay from each chunk's start is the running product of the same factors (a strided cumsum over the
+    #    chunk axis costs more than the whole loop).
     decays, steps = decay.unbind(2), inputs.unbind(2)
-    h = steps[0]
-    local = [h]
+    h, product = steps[0], decays[0]
+    local, products = [h], [product]
     for k in range(1, chunk):
         h = decays[k] * h + steps[k]
+        product = product * decays[k]
         local.append(h)
+        products.append(product)
     local = torch.stack(local, dim=2)
     # 2. The state handed from chunk to chunk: `n_chunks` steps over (b, d, n). Decays are only multiplied (<= 1).
-    decay_from_start = torch.exp(torch.cumsum(log_decay, dim=2))
+    decay_from_start = torch.stack(products, dim=2)
     chunk_decays, chunk_ends = decay_from_start[:, :, -1].unbind(1), local[:, :, -1].unbind(1)
     entering = []
     for k in range(n_chunks):
@@ -369,6 +419,9 @@ def selective_scan_blocked(
     state = u.new_zeros(batch, channels, d_state) if initial_state is None else initial_state.to(u.dtype)
     if length == 0:
         return u.new_zeros(batch, 0, channels), state
+    if length == 1:  # a decode step: the recurrence itself
+        state = state * torch.exp(delta[:, 0, :, None] * A) + (delta[:, 0] * u[:, 0])[..., None] * B[:, 0, None, :]
+        return torch.einsum("bdn,bn->bd", state, C[:, 0])[:, None], state
     block = max(1, min(length, TORCH_PATH_ELEMENTS_PER_PASS // (4 * batch * channels * d_state)))
     outputs = []
     for first in range(0, length, block):
@@ -480,6 +533,36 @@ def _split_initial_state(
     return conv_state, ssm_state
 
 
+def causal_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv_state: torch.Tensor | None
+) -> torch.Tensor:
+    """Causal depthwise conv of ``x (b, channels, l)`` (no activation); `conv_state` ``(b, channels, width)``
+    supplies the inputs before x (its last ``width - 1`` are used), zeros when None."""
+    width = weight.shape[-1]
+    if conv_state is not None:
+        x = torch.cat([conv_state[..., -(width - 1) :].to(x.dtype), x], dim=-1) if width > 1 else x
+        return F.conv1d(x.to(weight.dtype), weight, bias, groups=weight.shape[0])
+    out = F.conv1d(x.to(weight.dtype), weight, bias, padding=width - 1, groups=weight.shape[0])
+    return out[..., : x.shape[-1]]
+
+
+def conv_window(
+    x: torch.Tensor, conv_state: torch.Tensor | None, lengths: torch.Tensor | None, width: int
+) -> torch.Tensor:
+    """The last `width` conv inputs up to each row's last real token: the conv state a cache stores.
+
+    x ``(b, channels, l)`` with real tokens first (packed); `conv_state` the inputs before x (None: zeros);
+    `lengths` real tokens per row (None: all of them).
+    """
+    if conv_state is None:
+        conv_state = x.new_zeros(x.shape[0], x.shape[1], width)
+    history = torch.cat([conv_state[..., -width:].to(x.dtype), x], dim=-1)  # real token t sits at t + width
+    if lengths is None:
+        return history[..., -width:].clone()  # a copy: a view would keep the whole sequence's history alive
+    index = lengths[:, None] + torch.arange(width, device=x.device)  # (b, width)
+    return history.gather(-1, index[:, None, :].expand(-1, x.shape[1], -1))
+
+
 class _SSMMixerBase(nn.Module):
     """Shared plumbing: path choice and reporting, the fp32 parameter guard, masked causal conv, state gathering."""
 
@@ -551,14 +634,7 @@ class _SSMMixerBase(nn.Module):
         self, x: torch.Tensor, conv_state: torch.Tensor | None, lengths: torch.Tensor | None
     ) -> torch.Tensor:
         """The last `d_conv` conv inputs up to each row's last real token (x packed, ``(b, channels, l)``)."""
-        width = self.d_conv
-        if conv_state is None:
-            conv_state = x.new_zeros(x.shape[0], x.shape[1], width)
-        history = torch.cat([conv_state.to(x.dtype), x], dim=-1)  # real token t sits at t + width
-        if lengths is None:
-            return history[..., -width:].clone()  # a copy: a view would keep the whole sequence's history alive
-        index = lengths[:, None] + torch.arange(width, device=x.device)  # (b, width)
-        return history.gather(-1, index[:, None, :].expand(-1, x.shape[1], -1))
+        return conv_window(x, conv_state, lengths, self.d_conv)
 
     def _step_conv(self, x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One token through the conv: shift the window, append x ``(b, channels)``, return silu(conv), window."""
