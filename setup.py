@@ -35,7 +35,7 @@ setup(
     extras_require={
         "train": ["trl>=1.0", "peft>=0.17", "accelerate>=1.0", "datasets>=3"],
         "kernels": ["mamba-ssm>=2.2", "causal-conv1d>=1.4", "flash-attn>=2.6"],
-        "test": ["pytest>=8", "ruff>=0.6", "hypothesis>=6", "matplotlib>=3.7"],
+        "test": ["pytest>=8", "ruff>=0.6", "hypothesis>=6", "matplotlib>=3.7", "parameterized>=0.9"],
         "bench": ["matplotlib>=3.7"],
     },
     # The launcher refuses a mistyped model argument before importing torch, then runs hybrid_vlm.cli.main.

@@ -106,3 +106,11 @@ def other_python(request: pytest.FixtureRequest) -> str:
     if not path or not Path(path).exists():
         pytest.skip("set HYBRID_VLM_OTHER_PYTHON to the other transformers releases' pythons (.ci/run does)")
     return path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The marks transformers' own test files use (tests/test_transformers_common.py imports them); transformers
+    registers them in a conftest.py its sdist does not ship."""
+    for mark in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test",
+                 "torch_compile_test", "torch_export_test"):
+        config.addinivalue_line("markers", f"{mark}: a mark of transformers' common tests")
