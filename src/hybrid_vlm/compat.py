@@ -232,6 +232,17 @@ TIED_WEIGHTS_AS_MAPPING = hasattr(PreTrainedModel, "get_expanded_tied_weights_ke
 """`_tied_weights_keys` maps target -> source (5.x) rather than listing the tied targets (4.x)."""
 
 
+def _lm_head_tp_style() -> str:
+    from transformers import LlamaForCausalLM
+
+    return dict(getattr(LlamaForCausalLM, "_tp_plan", None) or {}).get("lm_head", "colwise_rep")
+
+
+LM_HEAD_TP_STYLE = _lm_head_tp_style()
+"""The tensor-parallel style transformers' own causal LMs give their `lm_head` (`colwise_gather_output` on 5.x,
+`colwise_rep` where that style does not exist)."""
+
+
 def tied_weights_keys(mapping: Mapping[str, str]) -> dict[str, str] | list[str]:
     """`_tied_weights_keys` in the form the installed transformers reads."""
     return dict(mapping) if TIED_WEIGHTS_AS_MAPPING else list(mapping)
@@ -411,6 +422,7 @@ def feature_report() -> list[tuple[str, str]]:
         ("generate drops visual inputs after prefill", str(GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL)),
         ("per-model SSM cache classes", str(legacy_cache_class("jamba") is not None)),
         ("tied weights as mapping", str(TIED_WEIGHTS_AS_MAPPING)),
+        ("lm_head tensor-parallel style", LM_HEAD_TP_STYLE),
         ("processor attributes from signature", str(PROCESSOR_ATTRIBUTES_FROM_SIGNATURE)),
         ("AutoModelForVision2Seq", str(AUTO_MODEL_FOR_VISION2SEQ is not None)),
         ("unnamed extra special tokens key", _UNNAMED_EXTRAS_KEY),

@@ -31,6 +31,7 @@ from .compat import (
     CACHE_NAMES,
     GENERATE_CACHE_NAME,
     GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL,
+    LM_HEAD_TP_STYLE,
     cache_argument,
     cache_output_kwargs,
     continuation_length,
@@ -152,8 +153,9 @@ class HybridVLMPreTrainedModel(PreTrainedModel):
         # transformers keeps these in fp32 when loading in fp16 (DESIGN 5.6). Only names the model really has are
         # listed: transformers 4.x rejects names that match no parameter.
         names = {part for name, _ in self.named_parameters() for part in name.split(".")}
+        # A set, as transformers 5 keeps it (it combines it with the strict set); transformers 4.x iterates it.
         keep = set(self._keep_in_fp32_modules or []) | {name for name in SSM_FP32_PARAMETERS if name in names}
-        self._keep_in_fp32_modules = sorted(keep) or None
+        self._keep_in_fp32_modules = keep
 
     def _init_weights(self, module: nn.Module) -> None:
         """Our own layers (projector, Vamba's cross-attention and visual mixers) are initialised here.
@@ -663,6 +665,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
     """HybridVLM with a language-modelling head; what `AutoModelForImageTextToText` returns."""
 
     _tied_weights_keys = tied_weights_keys({"lm_head.weight": "model.language_model.embed_tokens.weight"})
+    _tp_plan = {"lm_head": LM_HEAD_TP_STYLE}  # the tied head is sharded by columns as in transformers' causal LMs
 
     def __init__(self, config: HybridVLMConfig) -> None:
         super().__init__(config)
