@@ -6,7 +6,9 @@ cache length, class attributes, feature API, assisted generation, fp16 loading, 
 
 from __future__ import annotations
 
-from conftest import tiny_model
+import pytest
+import torch
+from conftest import CORE_LMS, prompt, tiny_model
 
 from hybrid_vlm import compat
 
@@ -27,3 +29,51 @@ def test_lm_head_has_the_tensor_parallel_style_of_transformers_causal_lms():
     assert type(model)._tp_plan == {"lm_head": compat.LM_HEAD_TP_STYLE}
     assert compat.LM_HEAD_TP_STYLE == LlamaForCausalLM._tp_plan["lm_head"]
     assert model.supports_tp_plan
+
+
+def _bare_causal_lm(model):
+    """The model's LM as transformers' own causal-LM class, with the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    from hybrid_vlm.compat import disable_unusable_mixer_kernels
+
+    bare = AutoModelForCausalLM.from_config(model.config.text_config)
+    bare.base_model.load_state_dict(model.model.language_model.state_dict())
+    bare.lm_head.load_state_dict(model.lm_head.state_dict())
+    disable_unusable_mixer_kernels(bare)  # as HybridVLM does (4.x Jamba's kernels need CUDA)
+    return bare.train(model.training)
+
+
+@pytest.mark.parametrize("lm", CORE_LMS)
+def test_output_flags_reach_the_language_model(lm):
+    """LMs that read output_attentions / output_hidden_states from **kwargs (Llama; Jamba on 5.x) return them too."""
+    model = tiny_model(lm)
+    model.set_attn_implementation("eager")
+    bare = _bare_causal_lm(model)
+    bare.set_attn_implementation("eager")
+    ids = torch.tensor([prompt(5, 6, 7, 8)])
+    with torch.no_grad():
+        out = model(input_ids=ids, output_attentions=True, output_hidden_states=True)
+        ref = bare(input_ids=ids, output_attentions=True, output_hidden_states=True)
+    assert out.hidden_states is not None and len(out.hidden_states) == len(ref.hidden_states)
+    torch.testing.assert_close(out.hidden_states[-1], ref.hidden_states[-1])
+    if lm == "mamba2":
+        assert not out.attentions
+    else:
+        assert len([a for a in out.attentions if a is not None]) == len([a for a in ref.attentions if a is not None])
+        assert len(out.attentions) > 0
+
+
+@pytest.mark.parametrize("from_config", [False, True])
+def test_moe_aux_loss_in_training_matches_the_bare_causal_lm(from_config):
+    """Jamba's load-balancing loss is part of the training loss, asked for by argument or by the LM config."""
+    model = tiny_model("jamba", text={"output_router_logits": from_config}).train()
+    bare = _bare_causal_lm(model)
+    ids = torch.tensor([prompt(5, 6, 7, 8, 9, 10)])
+    flag = None if from_config else True
+    out = model(input_ids=ids, labels=ids, output_router_logits=flag)
+    ref = bare(input_ids=ids, labels=ids, output_router_logits=flag)
+    assert ref.aux_loss is not None and out.aux_loss is not None
+    torch.testing.assert_close(out.aux_loss, ref.aux_loss)
+    torch.testing.assert_close(out.loss, ref.loss)
+    assert len(out.router_logits) == len([r for r in ref.router_logits if r is not None])

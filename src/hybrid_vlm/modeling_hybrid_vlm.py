@@ -202,7 +202,10 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         vision_no_split = vision_no_split_modules(config.vision_configs)
         vision_no_split |= set(getattr(self.vision_tower, "_no_split_modules", None) or [])  # seam towers (Qwen2-VL)
         self._no_split_modules = sorted(set(self._no_split_modules or []) | vision_no_split)
-        self._lm_arguments = frozenset(inspect.signature(self.language_model.forward).parameters)
+        lm_parameters = inspect.signature(self.language_model.forward).parameters
+        self._lm_arguments = frozenset(lm_parameters)
+        # LMs that read output_attentions & co. from `**kwargs` (transformers' output-capturing decorators)
+        self._lm_takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in lm_parameters.values())
         self._cache_argument = cache_argument(self.language_model.forward, default=GENERATE_CACHE_NAME)
         self.post_init()
 
@@ -588,7 +591,9 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             "output_hidden_states": output_hidden_states,
             "output_router_logits": output_router_logits,
         }
-        lm_kwargs.update({k: v for k, v in optional.items() if v is not None and k in self._lm_arguments})
+        lm_kwargs.update(
+            {k: v for k, v in optional.items() if v is not None and (k in self._lm_arguments or self._lm_takes_kwargs)}
+        )
         if "cache_position" in self._lm_arguments and use_cache:
             legacy_position = legacy_cache_position(
                 text_config, past_length, inputs_embeds.shape[1], cache_position, inputs_embeds.device
