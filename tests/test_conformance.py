@@ -77,3 +77,26 @@ def test_moe_aux_loss_in_training_matches_the_bare_causal_lm(from_config):
     torch.testing.assert_close(out.aux_loss, ref.aux_loss)
     torch.testing.assert_close(out.loss, ref.loss)
     assert len(out.router_logits) == len([r for r in ref.router_logits if r is not None])
+
+
+@pytest.mark.parametrize("where", ["argument", "config"])
+def test_return_dict_false_gives_tuples_of_the_set_fields(where):
+    model = tiny_model("llama")
+    ids = torch.tensor([prompt(5, "img", 7, 8)])
+    pixel_values = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        reference = model(input_ids=ids, pixel_values=pixel_values, labels=ids)
+        base_reference = model.model(input_ids=ids, pixel_values=pixel_values)
+        if where == "config":
+            model.config.return_dict = False
+            kwargs = {}
+        else:
+            kwargs = {"return_dict": False}
+        full = model(input_ids=ids, pixel_values=pixel_values, labels=ids, **kwargs)
+        base = model.model(input_ids=ids, pixel_values=pixel_values, **kwargs)
+    for output, expected in ((full, reference), (base, base_reference)):
+        assert isinstance(output, tuple)
+        assert len(output) == len(expected.to_tuple())
+        torch.testing.assert_close(output[0], expected[0])
+    torch.testing.assert_close(full[1], reference.logits)
+    torch.testing.assert_close(base[0], base_reference.last_hidden_state)

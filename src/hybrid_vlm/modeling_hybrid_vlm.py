@@ -542,7 +542,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         num_patches: torch.LongTensor | None = None,
         cache: Any = None,
         **kwargs: Any,
-    ) -> HybridVLMModelOutputWithPast:
+    ) -> HybridVLMModelOutputWithPast | tuple:
         """The cache may come as `past_key_values`, `cache` or `cache_params` (transformers has used all three)."""
         past_key_values = take_cache(kwargs, past_key_values=past_key_values, cache=cache)
         if (input_ids is None) == (inputs_embeds is None):
@@ -610,7 +610,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         if use_cache and cache is None:
             cache = past_key_values
         note_tokens_seen(cache, past_length, seq_len)
-        return HybridVLMModelOutputWithPast(
+        result = HybridVLMModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
             **cache_output_kwargs(cache if use_cache else None),
             hidden_states=getattr(outputs, "hidden_states", None),
@@ -618,6 +618,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             router_logits=getattr(outputs, "router_logits", None),
             image_hidden_states=image_features,
         )
+        return result if _wants_dict(self.config, return_dict) else result.to_tuple()
 
     def _call_language_model(self, inputs_embeds: torch.Tensor, lm_kwargs: dict[str, Any]) -> Any:
         attention_mask = lm_kwargs.get("attention_mask")
@@ -763,6 +764,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
             pixel_values_videos=pixel_values_videos,
             image_grids=image_grids,
             num_patches=num_patches,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -793,9 +795,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
             router_logits=outputs.router_logits,
             image_hidden_states=outputs.image_hidden_states,
         )
-        if return_dict is False:
-            return result.to_tuple()
-        return result
+        return result if _wants_dict(self.config, return_dict) else result.to_tuple()
 
     def prepare_inputs_for_generation(
         self,
@@ -886,6 +886,12 @@ def _video_list(pixel_values_videos: torch.FloatTensor | list[torch.FloatTensor]
                 f"got an item of shape {tuple(video.shape)}."
             )
     return videos
+
+
+def _wants_dict(config: HybridVLMConfig, return_dict: bool | None) -> bool:
+    """An output object, or (`return_dict=False`, by argument or by `config.return_dict`) a tuple of its set fields,
+    as transformers' models return."""
+    return bool(return_dict if return_dict is not None else getattr(config, "return_dict", True))
 
 
 def _input_embedding_name(language_model: nn.Module) -> str:
