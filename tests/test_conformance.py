@@ -100,3 +100,40 @@ def test_return_dict_false_gives_tuples_of_the_set_fields(where):
         torch.testing.assert_close(output[0], expected[0])
     torch.testing.assert_close(full[1], reference.logits)
     torch.testing.assert_close(base[0], base_reference.last_hidden_state)
+
+
+@pytest.mark.parametrize("lm", CORE_LMS)
+def test_generate_runs_the_prompt_in_one_forward_pass(lm):
+    """A fresh cache holds no tokens, so the prompt is a prefill (one LM call), not a token-by-token continuation."""
+    from hybrid_vlm.caching import cache_seq_length, new_language_model_cache
+
+    model = tiny_model(lm)
+    text_config = model.config.text_config
+    for batch in (1, 3):
+        fresh = new_language_model_cache(text_config, batch, torch.float32, torch.device("cpu"))
+        assert cache_seq_length(fresh) == 0
+    ids = torch.tensor([prompt(5, 6, "img", 7, 8)] * 3)
+    calls = []
+    hook = model.model.language_model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    generated = model.generate(
+        input_ids=ids, pixel_values=torch.randn(3, 3, 28, 28), max_new_tokens=3, min_new_tokens=3, do_sample=False
+    )
+    hook.remove()
+    assert generated.shape[1] == ids.shape[1] + 3
+    assert len(calls) == 3  # the prefill and two decode steps
+
+
+@pytest.mark.parametrize(
+    "model_type,extra", [("jamba", {"attn_layer_period": 2, "attn_layer_offset": 1}), ("zamba", {})]
+)
+def test_a_fresh_hybrid_cache_holds_no_tokens(model_type, extra):
+    from transformers import AutoConfig
+
+    from hybrid_vlm.caching import cache_seq_length, new_language_model_cache
+
+    text_config = AutoConfig.for_model(
+        model_type, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=100, **extra,
+    )
+    cache = new_language_model_cache(text_config, 3, torch.float32, torch.device("cpu"))
+    assert cache_seq_length(cache) == 0

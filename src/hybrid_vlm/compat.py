@@ -196,12 +196,44 @@ def standard_cache_holds_ssm_state(model_type: str) -> bool:
 def build_legacy_cache(
     cache_class: type, text_config: Any, batch_size: int, dtype: torch.dtype, device: torch.device
 ) -> Any:
-    """Construct a transformers 4.x per-model cache; their constructors disagree on arguments."""
+    """Construct a transformers 4.x per-model cache; their constructors disagree on arguments.
+
+    A fresh cache must report length 0. Some of these classes (4.x Jamba, Zamba, ...) start every attention layer's
+    keys as an empty `(batch, 0)` tensor and report `shape[-2]`, the batch size, until the first update, so a prompt
+    would look like a continuation; where the fresh cache says so, it is rebuilt with `_EmptyKeysHaveNoLength`.
+    """
+    cache = _construct_legacy_cache(cache_class, text_config, batch_size, dtype, device)
+    if cache.get_seq_length() != 0 and hasattr(cache, "key_cache"):
+        cache = _construct_legacy_cache(_empty_keys_have_no_length(cache_class), text_config, batch_size, dtype, device)
+    return cache
+
+
+def _construct_legacy_cache(
+    cache_class: type, text_config: Any, batch_size: int, dtype: torch.dtype, device: torch.device
+) -> Any:
     if text_config.model_type in ("mamba", "falcon_mamba"):
         return cache_class(text_config, max_batch_size=batch_size, dtype=dtype, device=device)
     if text_config.model_type == "falcon_h1":
         return cache_class(text_config, batch_size, dtype, devices=[device] * text_config.num_hidden_layers)
     return cache_class(text_config, batch_size, dtype=dtype, device=device)
+
+
+class _EmptyKeysHaveNoLength:
+    """Mixin: the length of a layer whose keys hold no elements is 0 (not the batch size of its empty tensor)."""
+
+    def get_seq_length(self, layer_idx: int | None = 0) -> int:
+        attention_layers = list(getattr(self, "transformer_layers", None) or [])
+        if layer_idx not in attention_layers and attention_layers:
+            layer_idx = attention_layers[0]
+        keys = self.key_cache
+        if layer_idx is not None and layer_idx < len(keys) and keys[layer_idx].numel() == 0:
+            return 0
+        return super().get_seq_length(layer_idx)
+
+
+@functools.cache
+def _empty_keys_have_no_length(cache_class: type) -> type:
+    return type(cache_class.__name__, (_EmptyKeysHaveNoLength, cache_class), {})
 
 
 def new_standard_cache(text_config: Any, cache_class: type = DynamicCache) -> Any:
