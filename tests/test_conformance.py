@@ -137,3 +137,24 @@ def test_a_fresh_hybrid_cache_holds_no_tokens(model_type, extra):
     )
     cache = new_language_model_cache(text_config, 3, torch.float32, torch.device("cpu"))
     assert cache_seq_length(cache) == 0
+
+
+@pytest.mark.parametrize("lm", ["jamba", "mamba2"])
+def test_a_model_loaded_in_fp16_runs_with_its_ssm_parameters_in_fp32(lm, tmp_path):
+    """The SSM parameters stay fp32 (the scan's precision); every other layer, the mixers' projections included,
+    runs in fp16 as in the bare LM loaded the same way."""
+    from hybrid_vlm.modeling_hybrid_vlm import HybridVLMForConditionalGeneration
+
+    model = tiny_model(lm)
+    model.save_pretrained(tmp_path)
+    loaded = HybridVLMForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float16).eval()
+    assert loaded.model.language_model.get_input_embeddings().weight.dtype == torch.float16
+    assert {p.dtype for n, p in loaded.named_parameters() if n.endswith(".A_log")} == {torch.float32}
+    ids = torch.tensor([prompt(5, 6, 7, 8)])
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+        logits = loaded(input_ids=ids).logits
+        generated = loaded.generate(input_ids=ids, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert logits.dtype == torch.float16
+    torch.testing.assert_close(logits.float(), reference, atol=2e-2, rtol=2e-2)
+    assert generated.shape[1] == ids.shape[1] + 3

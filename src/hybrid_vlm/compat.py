@@ -333,6 +333,32 @@ def disable_unusable_mixer_kernels(language_model: nn.Module) -> bool:
     return switched
 
 
+def _cast_to_weight_dtype(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    hidden = args[0] if args else None
+    weight = getattr(module, "weight", None)
+    if isinstance(hidden, torch.Tensor) and weight is not None and hidden.dtype != weight.dtype:
+        return (hidden.to(weight.dtype), *args[1:])
+    return None
+
+
+def cast_mixer_outputs_to_projection_dtype(language_model: nn.Module) -> int:
+    """Let transformers' SSM mixers run in a half model whose SSM parameters are kept in fp32.
+
+    4.x Jamba's mixer feeds its scan output, which the fp32 `D` makes fp32, straight into the half `out_proj` and
+    raises; 5.x casts it back itself. A pre-hook casts `out_proj`'s input to its weight dtype (a no-op wherever the
+    dtypes already agree, so it is registered on every mixer that has an `out_proj`). Returns how many were hooked.
+    """
+    hooked = 0
+    for module in language_model.modules():
+        projection = getattr(module, "out_proj", None)
+        owns_ssm_state = "A_log" in dict(module.named_parameters(recurse=False))
+        if owns_ssm_state and isinstance(projection, nn.Linear) and not getattr(projection, "_hybrid_vlm_casts", False):
+            projection.register_forward_pre_hook(_cast_to_weight_dtype)
+            projection._hybrid_vlm_casts = True
+            hooked += 1
+    return hooked
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Auto classes.
 

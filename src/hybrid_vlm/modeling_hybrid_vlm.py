@@ -34,6 +34,7 @@ from .compat import (
     LM_HEAD_TP_STYLE,
     cache_argument,
     cache_output_kwargs,
+    cast_mixer_outputs_to_projection_dtype,
     continuation_length,
     legacy_cache_position,
     model_output,
@@ -198,6 +199,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         else:
             self.language_model = AutoModel.from_config(config.text_config)
         use_torch_ssm_path_where_needed(self.language_model)
+        cast_mixer_outputs_to_projection_dtype(self.language_model)  # its SSM parameters stay fp32 in a half model
         self._is_stateful = has_ssm_layers(config.text_config)
         vision_no_split = vision_no_split_modules(config.vision_configs)
         vision_no_split |= set(getattr(self.vision_tower, "_no_split_modules", None) or [])  # seam towers (Qwen2-VL)
