@@ -158,3 +158,25 @@ def test_a_model_loaded_in_fp16_runs_with_its_ssm_parameters_in_fp32(lm, tmp_pat
     assert logits.dtype == torch.float16
     torch.testing.assert_close(logits.float(), reference, atol=2e-2, rtol=2e-2)
     assert generated.shape[1] == ids.shape[1] + 3
+
+
+@pytest.mark.parametrize("lm", ["mamba2", "jamba"])
+def test_padding_inside_a_cache_continuation_leaves_no_trace(lm):
+    """A new turn whose rows are left-padded to one length: the padded tokens must not reach the recurrent state,
+    so every row's logits equal that row's own full forward (no padding, no cache)."""
+    from conftest import PAD_ID
+
+    model = tiny_model(lm)
+    first = [[5, 6, 7, 8], [12, 13, 14, 15]]
+    second = [[9, 10, 11], [16]]
+    width = max(len(r) for r in second)
+    turn_ids = torch.tensor([[PAD_ID] * (width - len(r)) + r for r in second])
+    turn_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in second])
+    with torch.no_grad():
+        prefill = model(input_ids=torch.tensor(first), use_cache=True)
+        mask = torch.cat([torch.ones(2, 4, dtype=torch.long), turn_mask], dim=1)
+        cache = {compat.GENERATE_CACHE_NAME: compat.output_cache(prefill)}
+        turn = model(input_ids=turn_ids, attention_mask=mask, use_cache=True, **cache)
+        for row in range(2):
+            alone = model(input_ids=torch.tensor([first[row] + second[row]])).logits[0, len(first[row]) :]
+            torch.testing.assert_close(turn.logits[row, width - len(second[row]) :], alone, atol=1e-5, rtol=1e-5)

@@ -241,6 +241,44 @@ def new_standard_cache(text_config: Any, cache_class: type = DynamicCache) -> An
     return cache_class(config=text_config)
 
 
+def _recurrent_state_slots(cache: Any) -> list[tuple[Any, Any, int]]:
+    """(holder, key, batch dim) of every recurrent-state tensor a cache holds: the `conv_states` / `recurrent_states`
+    dicts of the standard cache's linear-attention layers (5.x), or the per-model caches' `conv_states` /
+    `ssm_states` (4.x): per-layer lists, or one `(layers, batch, ...)` tensor (4.x Mamba-2)."""
+    slots: list[tuple[Any, Any, int]] = []
+    for layer in getattr(cache, "layers", None) or []:
+        for name in ("conv_states", "recurrent_states"):
+            states = getattr(layer, name, None)
+            if isinstance(states, dict):
+                slots += [(states, key, 0) for key, value in states.items() if isinstance(value, torch.Tensor)]
+    for name in ("conv_states", "ssm_states"):
+        states = getattr(cache, name, None)
+        if isinstance(states, torch.Tensor):
+            slots.append((cache, name, 1))
+        elif isinstance(states, list):
+            slots += [(states, index, 0) for index, value in enumerate(states) if isinstance(value, torch.Tensor)]
+    return slots
+
+
+def _slot_value(holder: Any, key: Any) -> Any:
+    return getattr(holder, key) if isinstance(key, str) and not isinstance(holder, dict) else holder[key]
+
+
+def snapshot_recurrent_states(cache: Any) -> list[tuple[Any, Any, int, torch.Tensor]]:
+    """Copies of a cache's recurrent states, for `restore_recurrent_states`."""
+    return [(holder, key, dim, _slot_value(holder, key).clone()) for holder, key, dim in _recurrent_state_slots(cache)]
+
+
+def restore_recurrent_states(snapshot: list[tuple[Any, Any, int, torch.Tensor]], rows: torch.Tensor) -> None:
+    """Put the snapshot's states back, in place, for the batch rows `rows` (a bool mask) only."""
+    for holder, key, dim, saved in snapshot:
+        current = _slot_value(holder, key)
+        if not isinstance(current, torch.Tensor) or current.shape != saved.shape:
+            continue
+        index = rows.to(current.device).nonzero().squeeze(-1)
+        current.index_copy_(dim, index, saved.index_select(dim, index.to(saved.device)).to(current.dtype))
+
+
 def legacy_cache_position(
     text_config: Any, past_length: int, new_tokens: int, cache_position: torch.Tensor | None, device: torch.device
 ) -> torch.LongTensor | None:

@@ -39,6 +39,8 @@ from .compat import (
     legacy_cache_position,
     model_output,
     output_cache,
+    restore_recurrent_states,
+    snapshot_recurrent_states,
     standard_cache_holds_ssm_state,
     take_cache,
     tied_weights_keys,
@@ -640,7 +642,8 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
 
         The SSM layers of transformers' hybrid LMs start a multi-token forward from a zero state, so a
         multi-token continuation (a new conversation turn on a returned cache) would silently drop the
-        history. Single-token steps read the cached state correctly.
+        history. Single-token steps read the cached state correctly; they do not mask, so the recurrent state of
+        a row whose token is padding is put back after its step (the padded token leaves no trace).
         """
         attention_mask = lm_kwargs.pop("attention_mask", None)
         position_ids = lm_kwargs.pop("position_ids", None)
@@ -658,7 +661,14 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
                 step_kwargs["position_ids"] = position_ids[..., step : step + 1]
             if cache_position is not None:
                 step_kwargs["cache_position"] = cache_position[step : step + 1]
+            saved = padded = None
+            if attention_mask is not None and attention_mask.dim() == 2:
+                padded = attention_mask[:, attention_mask.shape[1] - seq_len + step] == 0
+                if bool(padded.any()):
+                    saved = snapshot_recurrent_states(lm_kwargs[self._cache_argument])
             outputs = self._call_language_model(inputs_embeds[:, step : step + 1], step_kwargs)
+            if saved is not None:
+                restore_recurrent_states(saved, padded)
             cache = output_cache(outputs)
             if cache is not None:
                 lm_kwargs[self._cache_argument] = cache
