@@ -180,3 +180,23 @@ def test_padding_inside_a_cache_continuation_leaves_no_trace(lm):
         for row in range(2):
             alone = model(input_ids=torch.tensor([first[row] + second[row]])).logits[0, len(first[row]) :]
             torch.testing.assert_close(turn.logits[row, width - len(second[row]) :], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("assistant_lm", ["llama", "jamba"])
+def test_assisted_generation_with_a_hybrid_vlm_assistant_equals_greedy(assistant_lm):
+    """The assistant's first forward of a prompt carries the images, though generate() marks it as a later
+    iteration; greedy assisted decoding then gives the main model's greedy tokens."""
+    from conftest import GREEDY
+
+    cache_class = compat.legacy_cache_class(assistant_lm)
+    if cache_class is not None and not hasattr(cache_class, "crop"):
+        pytest.skip("this transformers' own cache class for the LM cannot be cropped (nor assist for the bare LM)")
+    model = tiny_model("llama")
+    assistant = tiny_model(assistant_lm, seed=1)
+    ids = torch.tensor([prompt(5, 6, "img", 7, 8)])
+    pixel_values = torch.randn(1, 3, 28, 28)
+    greedy = model.generate(input_ids=ids, pixel_values=pixel_values, max_new_tokens=8, **GREEDY)
+    assisted = model.generate(
+        input_ids=ids, pixel_values=pixel_values, max_new_tokens=8, assistant_model=assistant, **GREEDY
+    )
+    assert assisted.tolist() == greedy.tolist()

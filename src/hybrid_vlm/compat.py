@@ -157,6 +157,17 @@ def continuation_length(
         kwargs["next_sequence_length"] = length - past_length
 
 
+def prefill_of_an_empty_cache(past_length: int | None, kwargs: dict[str, Any]) -> None:
+    """Treat a forward on a cache that holds nothing as the first iteration, so the visual inputs go with it.
+
+    An assistant model's generate() runs its very first forward with `is_first_iteration=False` (assisted decoding
+    calls it again for every candidate round), and generate()'s `prepare_inputs_for_generation` would drop
+    `pixel_values` & co. from a prompt that still carries their placeholders.
+    """
+    if kwargs.get("is_first_iteration", True) is False and past_length == 0:
+        kwargs["is_first_iteration"] = True
+
+
 # model_type -> (module, class) of the language models whose modeling file defines its own cache class (transformers
 # 4.x). Where the class is absent the standard `DynamicCache(config=...)` holds the SSM layers itself.
 _OWN_CACHE_CLASSES = {

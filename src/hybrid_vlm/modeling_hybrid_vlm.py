@@ -39,6 +39,7 @@ from .compat import (
     legacy_cache_position,
     model_output,
     output_cache,
+    prefill_of_an_empty_cache,
     restore_recurrent_states,
     snapshot_recurrent_states,
     standard_cache_holds_ssm_state,
@@ -842,8 +843,10 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
     ) -> dict[str, Any]:
         if GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL:
             # generate() forwards pixel_values & co. only with the prefill by itself (known multimodal inputs).
+            past_length = cache_seq_length(past_key_values)
+            prefill_of_an_empty_cache(past_length, kwargs)
             if inputs_embeds is None:
-                continuation_length(input_ids, cache_seq_length(past_key_values), attention_mask, kwargs)
+                continuation_length(input_ids, past_length, attention_mask, kwargs)
             return super().prepare_inputs_for_generation(
                 input_ids,
                 inputs_embeds=inputs_embeds,
