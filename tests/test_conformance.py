@@ -200,3 +200,66 @@ def test_assisted_generation_with_a_hybrid_vlm_assistant_equals_greedy(assistant
         input_ids=ids, pixel_values=pixel_values, max_new_tokens=8, assistant_model=assistant, **GREEDY
     )
     assert assisted.tolist() == greedy.tolist()
+
+
+def _tiny_video_model():
+    return tiny_model("llama", video_token_id=98)
+
+
+@pytest.mark.parametrize("return_dict", [True, False, None])
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_feature_getters_answer_as_transformers_vlms_do(kind, return_dict):
+    """5.x: a BaseModelOutputWithPooling (pooler_output = the projected features per item, last_hidden_state = the
+    tower's), a tuple for return_dict=False (argument or config). 4.x: the features themselves, as LLaVA-NeXT."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    model = _tiny_video_model()
+    pixels = torch.randn(2, 3, 28, 28) if kind == "image" else torch.randn(2, 3, 3, 28, 28)
+    getter = getattr(model, f"get_{kind}_features")
+    internal = getattr(model.model, f"_{kind}_features")
+    with torch.no_grad():
+        expected = internal(pixels)
+        if return_dict is not None:
+            model.config.return_dict = return_dict
+        output = getter(pixels)
+        by_argument = getter(pixels, return_dict=False)
+    vision_width = model.config.vision_config.hidden_size
+    if not compat.FEATURE_GETTERS_RETURN_MODEL_OUTPUT:
+        for features in (output, by_argument):
+            assert len(features) == 2
+            torch.testing.assert_close(torch.stack(list(features)), torch.stack(list(expected)))
+        return
+    assert isinstance(by_argument, tuple)
+    if return_dict is False:
+        assert isinstance(output, tuple)
+        output = BaseModelOutputWithPooling(last_hidden_state=output[0], pooler_output=output[1])
+    else:
+        assert isinstance(output, BaseModelOutputWithPooling)
+        assert output.hidden_states is None and output.attentions is None  # only on request
+    frames = 1 if kind == "image" else 3
+    assert output.last_hidden_state.shape[0] == 2 * frames and output.last_hidden_state.shape[-1] == vision_width
+    assert len(output.pooler_output) == 2 and output.pooler_output[0].ndim == 2
+    torch.testing.assert_close(torch.stack(list(output.pooler_output)), torch.stack(list(expected)))
+    torch.testing.assert_close(compat.projected_features(by_argument), output.pooler_output)
+
+
+@pytest.mark.skipif(not compat.FEATURE_GETTERS_RETURN_MODEL_OUTPUT, reason="4.x feature getters return features")
+@pytest.mark.parametrize("where", ["argument", "config"])
+def test_feature_getters_return_the_towers_hidden_states_and_attentions_on_request(where):
+    model = _tiny_video_model()
+    model.set_attn_implementation("eager")
+    pixels = torch.randn(2, 3, 28, 28)
+    layers = model.config.vision_config.num_hidden_layers
+    with torch.no_grad():
+        plain = model.get_image_features(pixels)
+        if where == "config":
+            model.config.output_hidden_states = model.config.output_attentions = True
+            output = model.get_image_features(pixels)
+        else:
+            output = model.get_image_features(pixels, output_hidden_states=True, output_attentions=True)
+        video = model.get_video_features(pixels[:, None], output_hidden_states=True, output_attentions=True)
+    for result in (output, video):
+        assert len(result.hidden_states) == layers + 1
+        assert len(result.attentions) == layers and result.attentions[0].shape[0] == 2
+    torch.testing.assert_close(output.pooler_output, plain.pooler_output)
+    torch.testing.assert_close(output.hidden_states[-1], plain.last_hidden_state)

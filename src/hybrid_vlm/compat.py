@@ -408,6 +408,24 @@ def cast_mixer_outputs_to_projection_dtype(language_model: nn.Module) -> int:
     return hooked
 
 
+def _feature_getters_return_model_output() -> bool:
+    from transformers.models.llava.modeling_llava import LlavaModel
+
+    return "BaseModelOutputWithPooling" in str(inspect.signature(LlavaModel.get_image_features).return_annotation)
+
+
+FEATURE_GETTERS_RETURN_MODEL_OUTPUT = _feature_getters_return_model_output()
+"""transformers' VLMs answer `get_image_features` / `get_video_features` with a `BaseModelOutputWithPooling` whose
+`pooler_output` holds the projected features (5.x), rather than with the features themselves (4.x)."""
+
+
+def projected_features(output: Any) -> Any:
+    """The projected visual features of a `get_image_features` / `get_video_features` answer, on either line."""
+    if isinstance(output, tuple) and FEATURE_GETTERS_RETURN_MODEL_OUTPUT:
+        return output[1]  # (last_hidden_state, pooler_output, ...)
+    return getattr(output, "pooler_output", output)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Auto classes.
 
@@ -530,6 +548,7 @@ def feature_report() -> list[tuple[str, str]]:
         ("per-model SSM cache classes", str(legacy_cache_class("jamba") is not None)),
         ("tied weights as mapping", str(TIED_WEIGHTS_AS_MAPPING)),
         ("lm_head tensor-parallel style", LM_HEAD_TP_STYLE),
+        ("feature getters return model outputs", str(FEATURE_GETTERS_RETURN_MODEL_OUTPUT)),
         ("processor attributes from signature", str(PROCESSOR_ATTRIBUTES_FROM_SIGNATURE)),
         ("AutoModelForVision2Seq", str(AUTO_MODEL_FOR_VISION2SEQ is not None)),
         ("unnamed extra special tokens key", _UNNAMED_EXTRAS_KEY),

@@ -15,7 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPast,
+    BaseModelOutputWithPooling,
+    ModelOutput,
+)
 from transformers.utils import logging
 
 from .anyres import anyres_token_count, pack_anyres_features, pool_2d, select_real_views, view_feature_grid
@@ -29,6 +34,7 @@ from .caching import (
 )
 from .compat import (
     CACHE_NAMES,
+    FEATURE_GETTERS_RETURN_MODEL_OUTPUT,
     GENERATE_CACHE_NAME,
     GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL,
     LM_HEAD_TP_STYLE,
@@ -242,8 +248,14 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         vision_feature_layer: Any = None,
         strategy: str | None = None,
         frames_per_patch: int = 1,
+        tower_outputs: list | None = None,
+        output_attentions: bool = False,
     ) -> torch.FloatTensor:
-        """Vision tower -> chosen layers -> prefix selection -> optional 2-D pooling -> projector, per view."""
+        """Vision tower -> chosen layers -> prefix selection -> optional 2-D pooling -> projector, per view.
+
+        `tower_outputs`, when given, receives the vision tower's own output (see `encode_patch_maps`), or, for
+        towers that are not one transformers encoder, a `BaseModelOutput` of the patch maps the projector reads.
+        """
         if pixel_values.dim() != 4:
             raise ValueError(
                 f"pixel_values must have shape (num_images, channels, height, width), got {tuple(pixel_values.shape)}."
@@ -252,9 +264,13 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
         strategy = strategy or self.config.vision_feature_select_strategy
         spec = dataclasses.replace(self.visual_token_spec, vision_feature_select_strategy=strategy)
+        collected: list = []
         maps, prefix = encode_patch_maps(
-            self.vision_tower, pixel_values, layers, spec.num_prefix_tokens, frames_per_patch=frames_per_patch
+            self.vision_tower, pixel_values, layers, spec.num_prefix_tokens, frames_per_patch=frames_per_patch,
+            tower_outputs=collected, output_attentions=output_attentions,
         )
+        if tower_outputs is not None:
+            tower_outputs.extend(collected or [BaseModelOutput(last_hidden_state=torch.cat(maps, dim=-1))])
         if spec.vision_feature_select_strategy != "full":
             prefix = None
         height, width = (int(v) for v in pixel_values.shape[-2:])
@@ -283,7 +299,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             )
         return projected
 
-    def get_image_features(
+    def _image_features(
         self,
         pixel_values: torch.FloatTensor,
         vision_feature_layer: int | list[int] | None = None,
@@ -291,9 +307,11 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         image_sizes: torch.Tensor | None = None,
         image_grids: torch.Tensor | None = None,
         num_patches: torch.Tensor | None = None,
+        tower_outputs: list | None = None,
+        output_attentions: bool = False,
         **kwargs: Any,
     ) -> torch.FloatTensor | list[torch.FloatTensor]:
-        """Encode and project images.
+        """Encode and project images (what `get_image_features` returns on transformers 4.x).
 
         Single resolution (`pixel_values` of shape (num_images, 3, H, W)): `(num_images, tokens, hidden)`.
         AnyRes (`(num_images, max_views, 3, H, W)` with `image_sizes`, `image_grids`, `num_patches` from the
@@ -301,7 +319,10 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         """
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
         if pixel_values.dim() != 5:
-            return self._encode_views(pixel_values, vision_feature_layer, strategy)
+            return self._encode_views(
+                pixel_values, vision_feature_layer, strategy, tower_outputs=tower_outputs,
+                output_attentions=output_attentions,
+            )
         if image_sizes is None or image_grids is None or num_patches is None:
             raise ValueError(
                 "AnyRes pixel_values (num_images, views, 3, H, W) need image_sizes, image_grids and num_patches "
@@ -312,7 +333,10 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
                 "AnyRes tiles cannot be stitched when several encoders are fused along the sequence "
                 "(vision_fusion='sequence'); use vision_fusion='channel' or a processor without AnyRes (anyres=False)."
             )
-        views = self._encode_views(select_real_views(pixel_values, num_patches), vision_feature_layer, strategy)
+        views = self._encode_views(
+            select_real_views(pixel_values, num_patches), vision_feature_layer, strategy,
+            tower_outputs=tower_outputs, output_attentions=output_attentions,
+        )
         spec = dataclasses.replace(self.visual_token_spec, vision_feature_select_strategy=strategy)
         tile = tuple(int(v) for v in pixel_values.shape[-2:])
         prefix, feature_grid = view_feature_grid(spec, tile)
@@ -333,28 +357,100 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             packed.append(tokens)
         return packed
 
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> torch.FloatTensor | list[torch.FloatTensor] | BaseModelOutputWithPooling | tuple:
+        """Encode and project images, answering as transformers' VLMs do on the installed line.
+
+        Single resolution (`pixel_values` of shape (num_images, 3, H, W)): `(num_images, tokens, hidden)`.
+        AnyRes (`(num_images, max_views, 3, H, W)` with `image_sizes`, `image_grids`, `num_patches` from the
+        processor): one `(tokens_i, hidden)` tensor per image, views packed as `anyres.pack_anyres_features` says.
+        Where transformers' VLMs return a `BaseModelOutputWithPooling` (5.x), so does this: `pooler_output` holds
+        those features, `last_hidden_state` the vision tower's (one row per encoded view or frame), `hidden_states`
+        and `attentions` the tower's on request, and `return_dict=False` gives a tuple. `compat.projected_features`
+        reads the features on either line.
+        """
+        return self._visual_output(
+            self._image_features, dict(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy, **kwargs),
+            output_hidden_states, output_attentions, return_dict,
+        )
+
+    def _visual_output(
+        self,
+        encode: Any,
+        inputs: dict[str, Any],
+        output_hidden_states: bool | None,
+        output_attentions: bool | None,
+        return_dict: bool | None,
+    ) -> Any:
+        if not FEATURE_GETTERS_RETURN_MODEL_OUTPUT:
+            return encode(**inputs)
+        if output_hidden_states is None:
+            output_hidden_states = bool(getattr(self.config, "output_hidden_states", False))
+        if output_attentions is None:
+            output_attentions = bool(getattr(self.config, "output_attentions", False))
+        tower_outputs: list = []
+        features = encode(**inputs, tower_outputs=tower_outputs, output_attentions=output_attentions)
+        tower = tower_outputs[0]
+        result = BaseModelOutputWithPooling(
+            last_hidden_state=tower.last_hidden_state,
+            pooler_output=features,
+            hidden_states=getattr(tower, "hidden_states", None) if output_hidden_states else None,
+            attentions=getattr(tower, "attentions", None) if output_attentions else None,
+        )
+        return result if _wants_dict(self.config, return_dict) else result.to_tuple()
+
     def _anyres_count(self, spec: VisualTokenSpec, size: Any, grid: Any, tile: Any) -> int:
         return anyres_token_count(
             spec, tuple(size), tuple(grid), tuple(tile), newline=self.config.image_newline,
             unpad=self.config.anyres_unpad,
         )
 
-    def get_video_features(self, pixel_values_videos: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.Tensor | list[torch.Tensor],
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> list[torch.Tensor] | BaseModelOutputWithPooling | tuple:
         """Encode every frame like an image: one `(frames * tokens_per_frame, hidden)` tensor per video.
 
         With `video_pool_stride` each frame's projected grid is pooled first, and with `video_newline` the learned
-        newline follows each video (LLaVA-OneVision).
+        newline follows each video (LLaVA-OneVision). On 5.x a `BaseModelOutputWithPooling` holding them, as
+        `get_image_features` says (the tower's outputs have one row per encoded frame, as in LLaVA-OneVision).
         """
+        return self._visual_output(
+            self._video_features, {"pixel_values_videos": pixel_values_videos},
+            output_hidden_states, output_attentions, return_dict,
+        )
+
+    def _video_features(
+        self,
+        pixel_values_videos: torch.Tensor | list[torch.Tensor],
+        tower_outputs: list | None = None,
+        output_attentions: bool = False,
+    ) -> list[torch.Tensor]:
         videos = _video_list(pixel_values_videos)
         frames = torch.cat(videos, dim=0)
         patch = self.visual_token_spec.video_temporal_patch
         if patch > 1:  # Qwen2-VL: consecutive frames form one temporal patch, one token grid per group
             for video in videos:
                 video_groups(self.visual_token_spec, int(video.shape[0]))  # a clear error for an odd frame count
-            features = self._encode_views(frames, frames_per_patch=patch)
+            features = self._encode_views(
+                frames, frames_per_patch=patch, tower_outputs=tower_outputs, output_attentions=output_attentions
+            )
             videos = [video[::patch] for video in videos]  # one row of features per group from here on
         else:
-            features = self.get_image_features(frames)
+            features = self._image_features(frames, tower_outputs=tower_outputs, output_attentions=output_attentions)
         stride = self.config.video_pool_stride
         if stride is not None:
             height, width = (int(v) // self.visual_token_spec.patch_size for v in frames.shape[-2:])
@@ -513,10 +609,10 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
                 if embedded is not None:
                     embedded[kind] = values
                 if kind == "image":
-                    image_features = self.get_image_features(**image_inputs)
+                    image_features = self._image_features(**image_inputs)
                     features = list(image_features)
                 else:
-                    features = self.get_video_features(values)
+                    features = self._video_features(values)
                 inputs_embeds = self._merge_visual_features(input_ids, inputs_embeds, features, kind)
             elif input_ids is not None and token_id is not None and input_ids.shape[1] > 1:
                 # (a single decode step may carry a generated placeholder id; it is embedded as text)
@@ -730,8 +826,11 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
     def multi_modal_projector(self) -> nn.Module:
         return self.model.multi_modal_projector
 
-    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs: Any) -> torch.FloatTensor:
+    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs: Any) -> Any:
         return self.model.get_image_features(pixel_values, **kwargs)
+
+    def get_video_features(self, pixel_values_videos: Any, **kwargs: Any) -> Any:
+        return self.model.get_video_features(pixel_values_videos, **kwargs)
 
     def forward(
         self,
