@@ -263,3 +263,20 @@ def test_feature_getters_return_the_towers_hidden_states_and_attentions_on_reque
         assert len(result.attentions) == layers and result.attentions[0].shape[0] == 2
     torch.testing.assert_close(output.pooler_output, plain.pooler_output)
     torch.testing.assert_close(output.hidden_states[-1], plain.last_hidden_state)
+
+
+def test_assisted_generation_returns_attentions_and_hidden_states():
+    """generate() reads the candidates' attentions back (4.57 crashed when the LM never received the flag)."""
+    from conftest import GREEDY
+
+    model, assistant = tiny_model("llama"), tiny_model("llama", seed=1)
+    for m in (model, assistant):
+        m.set_attn_implementation("eager")
+    ids = torch.tensor([prompt(5, 6, "img", 7, 8)])
+    out = model.generate(
+        input_ids=ids, pixel_values=torch.randn(1, 3, 28, 28), max_new_tokens=4, assistant_model=assistant,
+        output_attentions=True, output_hidden_states=True, return_dict_in_generate=True, **GREEDY,
+    )
+    layers = model.config.text_config.num_hidden_layers
+    assert len(out.attentions) == 4 and len(out.attentions[0]) == layers
+    assert len(out.hidden_states[0]) == layers + 1
