@@ -8,6 +8,7 @@ from conftest import GREEDY, IMAGE_TOKEN_ID, tiny_model
 from PIL import Image
 
 from hybrid_vlm.anyres import anyres_token_count
+from hybrid_vlm.compat import projected_features
 from hybrid_vlm.image_processing_hybrid_vlm import HybridVLMImageProcessor
 from hybrid_vlm.token_counts import VisualTokenSpec, count_image_tokens
 
@@ -37,7 +38,7 @@ def _anyres_inputs(model, max_tiles=4):
 def test_anyres_features_have_the_counted_length_and_generate_with_cache(layout):
     model = tiny_model("jamba", **LAYOUTS[layout])
     ids, inputs, counts = _anyres_inputs(model)
-    features = model.get_image_features(**inputs)
+    features = projected_features(model.get_image_features(**inputs))
     assert [f.shape[0] for f in features] == counts
     cached = model.generate(input_ids=ids, **inputs, max_new_tokens=4, **GREEDY)
     reference = model.generate(input_ids=ids, **inputs, max_new_tokens=4, use_cache=False, **GREEDY)
@@ -54,7 +55,7 @@ def test_newline_embedding_is_learned_and_used():
 
 def test_pooling_reduces_single_resolution_images_and_counts_agree():
     model = tiny_model("llama", vision_pooled_grid=1)
-    features = model.get_image_features(torch.randn(2, 3, 28, 28))
+    features = projected_features(model.get_image_features(torch.randn(2, 3, 28, 28)))
     assert features.shape[1] == count_image_tokens(VisualTokenSpec.from_config(model.config), 28, 28) == 1
     torch.manual_seed(0)
     grid = torch.randn(1, 4, 3)  # a 2x2 grid pooled to 1x1 is its mean (bilinear, no corner alignment)
@@ -67,10 +68,10 @@ def test_anyres_without_metadata_is_a_clear_error():
     model = tiny_model("llama")
     _, inputs, _ = _anyres_inputs(model)
     with pytest.raises(ValueError, match="need image_sizes"):
-        model.get_image_features(inputs["pixel_values"])
+        projected_features(model.get_image_features(inputs["pixel_values"]))
     # sizes alone are enough only with the config's pinpoints (LLaVA-NeXT's rule); this model has none
     with pytest.raises(ValueError, match="set config.image_grid_pinpoints"):
-        model.get_image_features(inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+        projected_features(model.get_image_features(inputs["pixel_values"], image_sizes=inputs["image_sizes"]))
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -99,10 +100,10 @@ def test_processor_expands_anyres_images_the_way_the_model_packs_them(layout):
     images = [Image.new("RGB", (120, 50), (200, 10, 10)), Image.new("RGB", (40, 150), (10, 200, 10))]
     inputs = anyres_processor(text=["<image>Left?", "Right? <image>"], images=[[images[0]], [images[1]]],
                               padding=True, return_tensors="pt")
-    features = model.get_image_features(
+    features = projected_features(model.get_image_features(
         inputs["pixel_values"], image_sizes=inputs["image_sizes"], image_grids=inputs["image_grids"],
         num_patches=inputs["num_patches"],
-    )
+    ))
     placeholders = (inputs["input_ids"] == model.config.image_token_id).sum(dim=1).tolist()
     assert placeholders == [f.shape[0] for f in features]
     assert set(anyres_processor.model_input_names) >= {"image_grids", "num_patches"}

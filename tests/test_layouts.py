@@ -18,6 +18,7 @@ from transformers import AutoProcessor, PreTrainedTokenizerFast
 
 import hybrid_vlm
 from hybrid_vlm import HybridVLMImageProcessor, HybridVLMProcessor, HybridVLMVideoProcessor
+from hybrid_vlm.compat import projected_features
 from hybrid_vlm.processing_hybrid_vlm import CHAT_TEMPLATES
 from hybrid_vlm.token_counts import (
     TokenLayout,
@@ -188,12 +189,12 @@ def test_model_fills_each_run_with_the_features_of_that_run(layout, clip):
     model, processor = build(layout, tokenizer, num_frames=3)
     inputs = processor(text="Look: <image> and <video>?", images=[WIDE], videos=[str(clip)], return_tensors="pt")
     with torch.no_grad():
-        features = model.model.get_image_features(
+        features = projected_features(model.model.get_image_features(
             inputs["pixel_values"], image_sizes=inputs["image_sizes"], image_grids=inputs["image_grids"],
             num_patches=inputs["num_patches"],
-        )[0]
-        views = model.model.get_image_features(inputs["pixel_values"][0])  # each view encoded alone: (3, 16, D)
-        video = model.model.get_video_features(inputs["pixel_values_videos"])[0]
+        ))[0]
+        views = projected_features(model.model.get_image_features(inputs["pixel_values"][0]))  # each view encoded alone: (3, 16, D)
+        video = projected_features(model.model.get_video_features(inputs["pixel_values_videos"]))[0]
         embeds = model.model.get_input_embeddings()(inputs["input_ids"])
         merged = model.model._merge_visual_features(inputs["input_ids"], embeds, [features], "image")
         merged = model.model._merge_visual_features(inputs["input_ids"], merged, [video], "video")

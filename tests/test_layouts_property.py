@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import hybrid_vlm
 from hybrid_vlm import HybridVLMImageProcessor, HybridVLMProcessor
+from hybrid_vlm.compat import projected_features
 from hybrid_vlm.token_counts import count_layout_tokens
 from hybrid_vlm.tokenization_utils import load_tiny_tokenizer
 
@@ -79,7 +80,7 @@ def test_processor_counts_equal_model_features(built, size, tiling, case):
         pixel_values = torch.randn(1, 3, *tile)
         image_inputs: dict[str, Any] = {"pixel_values": pixel_values}
         with torch.no_grad():
-            features = model.model.get_image_features(pixel_values)[0]
+            features = projected_features(model.model.get_image_features(pixel_values))[0]
     else:
         views = layout.num_patches
         pixel_values = torch.randn(1, views, 3, *layout.tile_size)
@@ -90,7 +91,7 @@ def test_processor_counts_equal_model_features(built, size, tiling, case):
             "num_patches": torch.tensor([views]),
         }
         with torch.no_grad():
-            features = model.model.get_image_features(**image_inputs)[0]
+            features = projected_features(model.model.get_image_features(**image_inputs))[0]
     # the processor's counts, without and with markers
     assert processor.image_token_count(height, width, include_markers=False, **tiling) == features.shape[0]
     with_markers = processor.image_token_count(height, width, **tiling)

@@ -17,6 +17,7 @@ from conftest import (
     tokens_per_image,
 )
 
+from hybrid_vlm.compat import projected_features
 from hybrid_vlm.modeling_hybrid_vlm import HybridVLMForConditionalGeneration
 from hybrid_vlm.token_counts import VisualTokenSpec, count_image_tokens
 
@@ -35,7 +36,7 @@ def test_image_features_replace_placeholders_and_nothing_else():
     )
     with torch.no_grad():
         model(input_ids=ids, pixel_values=pixel_values)
-        features = model.get_image_features(pixel_values)
+        features = projected_features(model.get_image_features(pixel_values))
     hook.remove()
     embeds = captured["embeds"][0]
     text_embeds = model.get_input_embeddings()(ids)[0]
@@ -58,7 +59,7 @@ def test_labels_give_shifted_cross_entropy():
 @pytest.mark.parametrize("strategy,extra", [("default", 0), ("full", 1)])
 def test_feature_count_matches_token_count_function(strategy, extra):
     model = tiny_model("llama", vision_feature_select_strategy=strategy)
-    features = model.get_image_features(_images(2))
+    features = projected_features(model.get_image_features(_images(2)))
     spec = VisualTokenSpec.from_config(model.config)
     assert features.shape == (2, count_image_tokens(spec, 28, 28), model.config.text_config.hidden_size)
     assert features.shape[1] == tokens_per_image() + extra
@@ -72,7 +73,7 @@ def test_siglip_has_no_cls_token_to_drop():
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28, patch_size=14
     )
     model = HybridVLMForConditionalGeneration(config)
-    assert model.get_image_features(_images(1)).shape[1] == tokens_per_image()
+    assert projected_features(model.get_image_features(_images(1))).shape[1] == tokens_per_image()
 
 
 def test_placeholder_mismatch_error_states_both_numbers():
@@ -222,7 +223,7 @@ def test_video_frames_fill_video_placeholders_in_order():
     )
     with torch.no_grad():
         model(input_ids=ids, pixel_values_videos=video)
-        frames = model.get_image_features(video[0])
+        frames = projected_features(model.get_image_features(video[0]))
     hook.remove()
     torch.testing.assert_close(captured["embeds"][0, 1:-1], frames.reshape(-1, frames.shape[-1]))
     with pytest.raises(ValueError, match=f"give {3 * frame_tokens} feature tokens"):

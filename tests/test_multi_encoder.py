@@ -14,6 +14,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import hybrid_vlm
 from hybrid_vlm import HybridVLMConfig
+from hybrid_vlm.compat import projected_features
 from hybrid_vlm.image_processing_hybrid_vlm import HybridVLMImageProcessor
 from hybrid_vlm.presets import TINY_DINOV2, TINY_MAMBA, TINY_SIGLIP
 from hybrid_vlm.projectors import MambaProjector, MLP3xGeluProjector
@@ -94,7 +95,7 @@ def test_fusion_token_counts_shapes_and_projector_widths(preset, fusion, tokens,
     inputs = _inputs(processor, [_image()])
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == tokens
     with torch.no_grad():
-        features = model.model.get_image_features(inputs["pixel_values"])
+        features = projected_features(model.model.get_image_features(inputs["pixel_values"]))
     assert features.shape == (1, tokens, model.config.text_config.hidden_size)
 
 
@@ -105,10 +106,10 @@ def test_sequence_fusion_keeps_each_encoders_tokens_in_order():
                                       vision_config=[{}, {"hidden_size": 32, "intermediate_size": 64}])
     pixels = torch.randn(1, 6, 56, 56)
     with torch.no_grad():
-        before = model.model.get_image_features(pixels)
+        before = projected_features(model.model.get_image_features(pixels))
         for p in model.model.vision_tower.encoders[1].parameters():
             p.add_(0.1)
-        after = model.model.get_image_features(pixels)
+        after = projected_features(model.model.get_image_features(pixels))
     torch.testing.assert_close(before[:, :GRID], after[:, :GRID])
     assert (before[:, GRID:] - after[:, GRID:]).abs().max() > 1e-3
 
@@ -123,7 +124,7 @@ def test_each_encoder_reads_its_own_channels():
     torch.testing.assert_close(maps[1], alone)  # SigLIP: no prefix tokens
     assert maps[0].shape == (1, GRID, 32)  # DINOv2: CLS + 2 registers dropped
     with pytest.raises(ValueError, match="needs pixel_values with 6 channels"):
-        model.model.get_image_features(torch.randn(1, 3, 56, 56))
+        projected_features(model.model.get_image_features(torch.randn(1, 3, 56, 56)))
 
 
 @pytest.mark.parametrize("preset", ["mambavlm-tiny", "cobra-tiny"])

@@ -29,6 +29,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from hybrid_vlm.compat import projected_features
 from hybrid_vlm.configuration_hybrid_vlm import HybridVLMConfig
 from hybrid_vlm.image_processing_hybrid_vlm import HybridVLMImageProcessor
 from hybrid_vlm.modeling_hybrid_vlm import HybridVLMForConditionalGeneration
@@ -159,7 +160,7 @@ def test_expansion_matches_token_count_and_model_features(vision, strategy):
     torch.manual_seed(0)
     model = HybridVLMForConditionalGeneration(config).eval()
     with torch.no_grad():
-        features = model.get_image_features(out["pixel_values"])
+        features = projected_features(model.get_image_features(out["pixel_values"]))
         model(**out)  # the model's own placeholder check passes
     assert image_token_counts(processor, out["input_ids"]) == [expected]
     assert features.shape[1] == expected

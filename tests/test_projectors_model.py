@@ -8,6 +8,7 @@ from conftest import GREEDY, IMAGE_TOKEN_ID, tiny_config, tiny_model
 from PIL import Image
 
 from hybrid_vlm.anyres import anyres_token_count
+from hybrid_vlm.compat import projected_features
 from hybrid_vlm.image_processing_hybrid_vlm import HybridVLMImageProcessor
 from hybrid_vlm.projectors import PROJECTOR_CLASSES, init_projector_module
 from hybrid_vlm.token_counts import VisualTokenSpec, count_image_tokens
@@ -39,7 +40,7 @@ def test_projector_in_the_model_counts_and_generates(name, lm):
     spec = VisualTokenSpec.from_config(model.config)
     assert count_image_tokens(spec, 56, 56) == tokens
     pixels = torch.randn(2, 3, 56, 56)
-    assert model.get_image_features(pixels).shape == (2, tokens, 32)
+    assert projected_features(model.get_image_features(pixels)).shape == (2, tokens, 32)
     ids = torch.tensor([[5] + [IMAGE_TOKEN_ID] * tokens + [6], [7] + [IMAGE_TOKEN_ID] * tokens + [8]])
     out = model(input_ids=ids, pixel_values=pixels, labels=ids)
     out.loss.backward()
@@ -54,14 +55,14 @@ def test_pool_projector_does_not_pool_twice_and_matches_model_side_pooling():
     in_projector = tiny_model("llama", vision=VISION_56, projector_type="pool2d_mlp", projector_pooled_grid=2)
     in_projector.load_state_dict(model_side.state_dict())
     pixels = torch.randn(2, 3, 56, 56)
-    torch.testing.assert_close(in_projector.get_image_features(pixels), model_side.get_image_features(pixels))
+    torch.testing.assert_close(projected_features(in_projector.get_image_features(pixels)), projected_features(model_side.get_image_features(pixels)))
 
 
 def test_mismatched_projector_is_caught_with_the_numbers():
     model = tiny_model("llama", vision=VISION_56, projector_type="pool2d_mlp", projector_pooled_grid=2)
     model.model.multi_modal_projector.pooled_grid = 1  # the module no longer matches the config
     with pytest.raises(ValueError, match="projector produced 1 tokens .* expects 4"):
-        model.get_image_features(torch.randn(1, 3, 56, 56))
+        projected_features(model.get_image_features(torch.randn(1, 3, 56, 56)))
 
 
 @pytest.mark.parametrize(("fields", "message"), [
@@ -85,7 +86,7 @@ def test_config_round_trips_and_reloads(tmp_path, name):
 
     loaded = HybridVLMForConditionalGeneration.from_pretrained(tmp_path).eval()
     pixels = torch.randn(1, 3, 56, 56)
-    torch.testing.assert_close(loaded.get_image_features(pixels), model.get_image_features(pixels))
+    torch.testing.assert_close(projected_features(loaded.get_image_features(pixels)), projected_features(model.get_image_features(pixels)))
 
 
 @pytest.mark.parametrize("name", ["pool2d_mlp", "conv2d_adapter"])
@@ -100,7 +101,7 @@ def test_anyres_counts_with_reducing_projectors(name):
     counts = [anyres_token_count(spec, tuple(s), tuple(g), tile, newline=model.config.image_newline,
                                  unpad=model.config.anyres_unpad)
               for s, g in zip(inputs["image_sizes"].tolist(), inputs["image_grids"].tolist())]
-    assert [f.shape[0] for f in model.get_image_features(**inputs)] == counts
+    assert [f.shape[0] for f in projected_features(model.get_image_features(**inputs))] == counts
 
 
 def test_init_weights_initialises_the_mamba_projector():

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 
+from hybrid_vlm.compat import projected_features
 from hybrid_vlm.qwen2vl_vision import (
     Qwen2VLVisionEncoder,
     is_qwen2vl_vision_config,
@@ -163,7 +164,7 @@ def test_token_spec_processor_and_identity_projector(tiny_preset):
     assert list(image_processor.image_std) == pytest.approx(hf.image_std)
     pixels = torch.randn(2, 3, 56, 84)
     with torch.no_grad():
-        features = model.model.get_image_features(pixels)
+        features = projected_features(model.model.get_image_features(pixels))
         (tower,) = model.model.vision_tower.encode_patch_maps(pixels, [-1])
     features = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
     torch.testing.assert_close(features.reshape(tower.shape), tower, rtol=0, atol=0)
@@ -183,7 +184,7 @@ def test_processor_and_model_equal_transformers_pipeline(tiny_preset):
     reference.load_state_dict(model.model.vision_tower.state_dict())
     with torch.no_grad():
         expected = merged_output(reference, hf["pixel_values"], hf["image_grid_thw"])
-        got = model.model.get_image_features(ours)
+        got = projected_features(model.model.get_image_features(ours))
     got = torch.cat(list(got)) if isinstance(got, (list, tuple)) else got
     torch.testing.assert_close(got.reshape(expected.shape), expected, rtol=0, atol=1e-5)
 
@@ -324,7 +325,7 @@ def test_build_vamba_from_qwen2vl(tmp_path, from_folder):
     with torch.no_grad():  # the tower + merger are Qwen2-VL's: same image features as the source model
         reference = merged_output(source.model.visual if hasattr(source.model, "visual") else source.visual,
                                   *patchify(pixels))
-        features = built.model.get_image_features(pixels)
+        features = projected_features(built.model.get_image_features(pixels))
     features = torch.cat(list(features)) if isinstance(features, (list, tuple)) else features
     torch.testing.assert_close(features.reshape(reference.shape), reference, rtol=0, atol=1e-6)
 
@@ -381,9 +382,9 @@ def test_video_token_counts_follow_the_pairs(tiny_preset):
     inputs = processor(text="<video>what happens?", videos=[frames], return_tensors="pt")
     assert int((inputs["input_ids"] == model.config.video_token_id).sum()) == 2 * grid
     with torch.no_grad():
-        features = model.model.get_video_features(inputs["pixel_values_videos"])
+        features = projected_features(model.model.get_video_features(inputs["pixel_values_videos"]))
         assert features[0].shape[0] == 2 * grid
         logits = model(**inputs).logits
     assert torch.isfinite(logits).all()
     with pytest.raises(ValueError, match="multiple of 2 frames"):
-        model.model.get_video_features(inputs["pixel_values_videos"][:, :3])
+        projected_features(model.model.get_video_features(inputs["pixel_values_videos"][:, :3]))

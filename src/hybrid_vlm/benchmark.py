@@ -334,11 +334,11 @@ def _fixed_visual_features(model: Any, features: torch.Tensor) -> Iterator[None]
     something else.
     """
     inner = model.model
-    inner.get_image_features = lambda *args, **kwargs: [features]
+    inner._image_features = lambda *args, **kwargs: [features]
     try:
         yield
     finally:
-        del inner.get_image_features
+        del inner._image_features
 
 
 def _sync(device: torch.device) -> None:

@@ -157,6 +157,17 @@ def continuation_length(
         kwargs["next_sequence_length"] = length - past_length
 
 
+def prefill_of_an_empty_cache(past_length: int | None, kwargs: dict[str, Any]) -> None:
+    """Treat a forward on a cache that holds nothing as the first iteration, so the visual inputs go with it.
+
+    An assistant model's generate() runs its very first forward with `is_first_iteration=False` (assisted decoding
+    calls it again for every candidate round), and generate()'s `prepare_inputs_for_generation` would drop
+    `pixel_values` & co. from a prompt that still carries their placeholders.
+    """
+    if kwargs.get("is_first_iteration", True) is False and past_length == 0:
+        kwargs["is_first_iteration"] = True
+
+
 # model_type -> (module, class) of the language models whose modeling file defines its own cache class (transformers
 # 4.x). Where the class is absent the standard `DynamicCache(config=...)` holds the SSM layers itself.
 _OWN_CACHE_CLASSES = {
@@ -196,7 +207,21 @@ def standard_cache_holds_ssm_state(model_type: str) -> bool:
 def build_legacy_cache(
     cache_class: type, text_config: Any, batch_size: int, dtype: torch.dtype, device: torch.device
 ) -> Any:
-    """Construct a transformers 4.x per-model cache; their constructors disagree on arguments."""
+    """Construct a transformers 4.x per-model cache; their constructors disagree on arguments.
+
+    A fresh cache must report length 0. Some of these classes (4.x Jamba, Zamba, ...) start every attention layer's
+    keys as an empty `(batch, 0)` tensor and report `shape[-2]`, the batch size, until the first update, so a prompt
+    would look like a continuation; where the fresh cache says so, it is rebuilt with `_EmptyKeysHaveNoLength`.
+    """
+    cache = _construct_legacy_cache(cache_class, text_config, batch_size, dtype, device)
+    if cache.get_seq_length() != 0 and hasattr(cache, "key_cache"):
+        cache = _construct_legacy_cache(_empty_keys_have_no_length(cache_class), text_config, batch_size, dtype, device)
+    return cache
+
+
+def _construct_legacy_cache(
+    cache_class: type, text_config: Any, batch_size: int, dtype: torch.dtype, device: torch.device
+) -> Any:
     if text_config.model_type in ("mamba", "falcon_mamba"):
         return cache_class(text_config, max_batch_size=batch_size, dtype=dtype, device=device)
     if text_config.model_type == "falcon_h1":
@@ -204,9 +229,65 @@ def build_legacy_cache(
     return cache_class(text_config, batch_size, dtype=dtype, device=device)
 
 
+class _EmptyKeysHaveNoLength:
+    """Mixin: the length of a layer whose keys hold no elements is 0 (not the batch size of its empty tensor)."""
+
+    def get_seq_length(self, layer_idx: int | None = 0) -> int:
+        attention_layers = list(getattr(self, "transformer_layers", None) or [])
+        if layer_idx not in attention_layers and attention_layers:
+            layer_idx = attention_layers[0]
+        keys = self.key_cache
+        if layer_idx is not None and layer_idx < len(keys) and keys[layer_idx].numel() == 0:
+            return 0
+        return super().get_seq_length(layer_idx)
+
+
+@functools.cache
+def _empty_keys_have_no_length(cache_class: type) -> type:
+    return type(cache_class.__name__, (_EmptyKeysHaveNoLength, cache_class), {})
+
+
 def new_standard_cache(text_config: Any, cache_class: type = DynamicCache) -> Any:
     """A standard cache built from the LM's config (its `layer_types` decide which layers hold SSM state)."""
     return cache_class(config=text_config)
+
+
+def _recurrent_state_slots(cache: Any) -> list[tuple[Any, Any, int]]:
+    """(holder, key, batch dim) of every recurrent-state tensor a cache holds: the `conv_states` / `recurrent_states`
+    dicts of the standard cache's linear-attention layers (5.x), or the per-model caches' `conv_states` /
+    `ssm_states` (4.x): per-layer lists, or one `(layers, batch, ...)` tensor (4.x Mamba-2)."""
+    slots: list[tuple[Any, Any, int]] = []
+    for layer in getattr(cache, "layers", None) or []:
+        for name in ("conv_states", "recurrent_states"):
+            states = getattr(layer, name, None)
+            if isinstance(states, dict):
+                slots += [(states, key, 0) for key, value in states.items() if isinstance(value, torch.Tensor)]
+    for name in ("conv_states", "ssm_states"):
+        states = getattr(cache, name, None)
+        if isinstance(states, torch.Tensor):
+            slots.append((cache, name, 1))
+        elif isinstance(states, list):
+            slots += [(states, index, 0) for index, value in enumerate(states) if isinstance(value, torch.Tensor)]
+    return slots
+
+
+def _slot_value(holder: Any, key: Any) -> Any:
+    return getattr(holder, key) if isinstance(key, str) and not isinstance(holder, dict) else holder[key]
+
+
+def snapshot_recurrent_states(cache: Any) -> list[tuple[Any, Any, int, torch.Tensor]]:
+    """Copies of a cache's recurrent states, for `restore_recurrent_states`."""
+    return [(holder, key, dim, _slot_value(holder, key).clone()) for holder, key, dim in _recurrent_state_slots(cache)]
+
+
+def restore_recurrent_states(snapshot: list[tuple[Any, Any, int, torch.Tensor]], rows: torch.Tensor) -> None:
+    """Put the snapshot's states back, in place, for the batch rows `rows` (a bool mask) only."""
+    for holder, key, dim, saved in snapshot:
+        current = _slot_value(holder, key)
+        if not isinstance(current, torch.Tensor) or current.shape != saved.shape:
+            continue
+        index = rows.to(current.device).nonzero().squeeze(-1)
+        current.index_copy_(dim, index, saved.index_select(dim, index.to(saved.device)).to(current.dtype))
 
 
 def legacy_cache_position(
@@ -230,6 +311,17 @@ def legacy_cache_position(
 
 TIED_WEIGHTS_AS_MAPPING = hasattr(PreTrainedModel, "get_expanded_tied_weights_keys")
 """`_tied_weights_keys` maps target -> source (5.x) rather than listing the tied targets (4.x)."""
+
+
+def _lm_head_tp_style() -> str:
+    from transformers import LlamaForCausalLM
+
+    return dict(getattr(LlamaForCausalLM, "_tp_plan", None) or {}).get("lm_head", "colwise_rep")
+
+
+LM_HEAD_TP_STYLE = _lm_head_tp_style()
+"""The tensor-parallel style transformers' own causal LMs give their `lm_head` (`colwise_gather_output` on 5.x,
+`colwise_rep` where that style does not exist)."""
 
 
 def tied_weights_keys(mapping: Mapping[str, str]) -> dict[str, str] | list[str]:
@@ -288,6 +380,50 @@ def disable_unusable_mixer_kernels(language_model: nn.Module) -> bool:
             module.use_fast_kernels = False
             switched = True
     return switched
+
+
+def _cast_to_weight_dtype(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    hidden = args[0] if args else None
+    weight = getattr(module, "weight", None)
+    if isinstance(hidden, torch.Tensor) and weight is not None and hidden.dtype != weight.dtype:
+        return (hidden.to(weight.dtype), *args[1:])
+    return None
+
+
+def cast_mixer_outputs_to_projection_dtype(language_model: nn.Module) -> int:
+    """Let transformers' SSM mixers run in a half model whose SSM parameters are kept in fp32.
+
+    4.x Jamba's mixer feeds its scan output, which the fp32 `D` makes fp32, straight into the half `out_proj` and
+    raises; 5.x casts it back itself. A pre-hook casts `out_proj`'s input to its weight dtype (a no-op wherever the
+    dtypes already agree, so it is registered on every mixer that has an `out_proj`). Returns how many were hooked.
+    """
+    hooked = 0
+    for module in language_model.modules():
+        projection = getattr(module, "out_proj", None)
+        owns_ssm_state = "A_log" in dict(module.named_parameters(recurse=False))
+        if owns_ssm_state and isinstance(projection, nn.Linear) and not getattr(projection, "_hybrid_vlm_casts", False):
+            projection.register_forward_pre_hook(_cast_to_weight_dtype)
+            projection._hybrid_vlm_casts = True
+            hooked += 1
+    return hooked
+
+
+def _feature_getters_return_model_output() -> bool:
+    from transformers.models.llava.modeling_llava import LlavaModel
+
+    return "BaseModelOutputWithPooling" in str(inspect.signature(LlavaModel.get_image_features).return_annotation)
+
+
+FEATURE_GETTERS_RETURN_MODEL_OUTPUT = _feature_getters_return_model_output()
+"""transformers' VLMs answer `get_image_features` / `get_video_features` with a `BaseModelOutputWithPooling` whose
+`pooler_output` holds the projected features (5.x), rather than with the features themselves (4.x)."""
+
+
+def projected_features(output: Any) -> Any:
+    """The projected visual features of a `get_image_features` / `get_video_features` answer, on either line."""
+    if isinstance(output, tuple) and FEATURE_GETTERS_RETURN_MODEL_OUTPUT:
+        return output[1]  # (last_hidden_state, pooler_output, ...)
+    return getattr(output, "pooler_output", output)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -518,6 +654,8 @@ def feature_report() -> list[tuple[str, str]]:
         ("generate drops visual inputs after prefill", str(GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL)),
         ("per-model SSM cache classes", str(legacy_cache_class("jamba") is not None)),
         ("tied weights as mapping", str(TIED_WEIGHTS_AS_MAPPING)),
+        ("lm_head tensor-parallel style", LM_HEAD_TP_STYLE),
+        ("feature getters return model outputs", str(FEATURE_GETTERS_RETURN_MODEL_OUTPUT)),
         ("processor attributes from signature", str(PROCESSOR_ATTRIBUTES_FROM_SIGNATURE)),
         ("AutoModelForVision2Seq", str(AUTO_MODEL_FOR_VISION2SEQ is not None)),
         ("unnamed extra special tokens key", _UNNAMED_EXTRAS_KEY),

@@ -15,7 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPast,
+    BaseModelOutputWithPooling,
+    ModelOutput,
+)
 from transformers.utils import logging
 
 from .anyres import (
@@ -37,14 +42,20 @@ from .caching import (
 from .chunked_prefill import generate_with_chunked_prefill
 from .compat import (
     CACHE_NAMES,
+    FEATURE_GETTERS_RETURN_MODEL_OUTPUT,
     GENERATE_CACHE_NAME,
     GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL,
+    LM_HEAD_TP_STYLE,
     cache_argument,
     cache_output_kwargs,
+    cast_mixer_outputs_to_projection_dtype,
     continuation_length,
     legacy_cache_position,
     model_output,
     output_cache,
+    prefill_of_an_empty_cache,
+    restore_recurrent_states,
+    snapshot_recurrent_states,
     standard_cache_holds_ssm_state,
     take_cache,
     tied_weights_keys,
@@ -161,8 +172,9 @@ class HybridVLMPreTrainedModel(PreTrainedModel):
         # transformers keeps these in fp32 when loading in fp16 (DESIGN 5.6). Only names the model really has are
         # listed: transformers 4.x rejects names that match no parameter.
         names = {part for name, _ in self.named_parameters() for part in name.split(".")}
+        # A set, as transformers 5 keeps it (it combines it with the strict set); transformers 4.x iterates it.
         keep = set(self._keep_in_fp32_modules or []) | {name for name in SSM_FP32_PARAMETERS if name in names}
-        self._keep_in_fp32_modules = sorted(keep) or None
+        self._keep_in_fp32_modules = keep
 
     def _init_weights(self, module: nn.Module) -> None:
         """Our own layers (projector, Vamba's cross-attention and visual mixers) are initialised here.
@@ -206,11 +218,15 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             self.language_model = AutoModel.from_config(config.text_config)
         use_torch_ssm_path_where_needed(self.language_model)
         install_ssm_engine(self.language_model, enabled=getattr(config, "ssm_engine", True))
+        cast_mixer_outputs_to_projection_dtype(self.language_model)  # its SSM parameters stay fp32 in a half model
         self._is_stateful = has_ssm_layers(config.text_config)
         vision_no_split = vision_no_split_modules(config.vision_configs)
         vision_no_split |= set(getattr(self.vision_tower, "_no_split_modules", None) or [])  # seam towers (Qwen2-VL)
         self._no_split_modules = sorted(set(self._no_split_modules or []) | vision_no_split)
-        self._lm_arguments = frozenset(inspect.signature(self.language_model.forward).parameters)
+        lm_parameters = inspect.signature(self.language_model.forward).parameters
+        self._lm_arguments = frozenset(lm_parameters)
+        # LMs that read output_attentions & co. from `**kwargs` (transformers' output-capturing decorators)
+        self._lm_takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in lm_parameters.values())
         self._cache_argument = cache_argument(self.language_model.forward, default=GENERATE_CACHE_NAME)
         self.post_init()
 
@@ -242,8 +258,14 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         vision_feature_layer: Any = None,
         strategy: str | None = None,
         frames_per_patch: int = 1,
+        tower_outputs: list | None = None,
+        output_attentions: bool = False,
     ) -> torch.FloatTensor:
-        """Vision tower -> chosen layers -> prefix selection -> optional 2-D pooling -> projector, per view."""
+        """Vision tower -> chosen layers -> prefix selection -> optional 2-D pooling -> projector, per view.
+
+        `tower_outputs`, when given, receives the vision tower's own output (see `encode_patch_maps`), or, for
+        towers that are not one transformers encoder, a `BaseModelOutput` of the patch maps the projector reads.
+        """
         if pixel_values.dim() != 4:
             raise ValueError(
                 f"pixel_values must have shape (num_images, channels, height, width), got {tuple(pixel_values.shape)}."
@@ -252,9 +274,13 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
         strategy = strategy or self.config.vision_feature_select_strategy
         spec = dataclasses.replace(self.visual_token_spec, vision_feature_select_strategy=strategy)
+        collected: list = []
         maps, prefix = encode_patch_maps(
-            self.vision_tower, pixel_values, layers, spec.num_prefix_tokens, frames_per_patch=frames_per_patch
+            self.vision_tower, pixel_values, layers, spec.num_prefix_tokens, frames_per_patch=frames_per_patch,
+            tower_outputs=collected, output_attentions=output_attentions,
         )
+        if tower_outputs is not None:
+            tower_outputs.extend(collected or [BaseModelOutput(last_hidden_state=torch.cat(maps, dim=-1))])
         if spec.vision_feature_select_strategy != "full":
             prefix = None
         height, width = (int(v) for v in pixel_values.shape[-2:])
@@ -283,7 +309,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             )
         return projected
 
-    def get_image_features(
+    def _image_features(
         self,
         pixel_values: torch.FloatTensor,
         vision_feature_layer: int | list[int] | None = None,
@@ -291,9 +317,11 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         image_sizes: torch.Tensor | None = None,
         image_grids: torch.Tensor | None = None,
         num_patches: torch.Tensor | None = None,
+        tower_outputs: list | None = None,
+        output_attentions: bool = False,
         **kwargs: Any,
     ) -> torch.FloatTensor | list[torch.FloatTensor]:
-        """Encode and project images.
+        """Encode and project images (what `get_image_features` returns on transformers 4.x).
 
         Single resolution (`pixel_values` of shape (num_images, 3, H, W)): `(num_images, tokens, hidden)`.
         AnyRes (`(num_images, max_views, 3, H, W)` with `image_sizes`, `image_grids`, `num_patches` from the
@@ -301,14 +329,21 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         """
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
         if pixel_values.dim() != 5:
-            return self._encode_views(pixel_values, vision_feature_layer, strategy)
+            return self._encode_views(
+                pixel_values, vision_feature_layer, strategy, tower_outputs=tower_outputs,
+                output_attentions=output_attentions,
+            )
         image_grids, num_patches = self._anyres_layouts(pixel_values, image_sizes, image_grids, num_patches)
+        image_sizes = torch.as_tensor(image_sizes)
         if self.visual_token_spec.num_maps > 1:
             raise ValueError(
                 "AnyRes tiles cannot be stitched when several encoders are fused along the sequence "
                 "(vision_fusion='sequence'); use vision_fusion='channel' or a processor without AnyRes (anyres=False)."
             )
-        views = self._encode_views(select_real_views(pixel_values, num_patches), vision_feature_layer, strategy)
+        views = self._encode_views(
+            select_real_views(pixel_values, num_patches), vision_feature_layer, strategy,
+            tower_outputs=tower_outputs, output_attentions=output_attentions,
+        )
         spec = dataclasses.replace(self.visual_token_spec, vision_feature_select_strategy=strategy)
         tile = tuple(int(v) for v in pixel_values.shape[-2:])
         prefix, feature_grid = view_feature_grid(spec, tile)
@@ -370,28 +405,100 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             num_patches = 1 + image_grids[:, 0] * image_grids[:, 1]
         return image_grids, torch.as_tensor(num_patches)
 
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> torch.FloatTensor | list[torch.FloatTensor] | BaseModelOutputWithPooling | tuple:
+        """Encode and project images, answering as transformers' VLMs do on the installed line.
+
+        Single resolution (`pixel_values` of shape (num_images, 3, H, W)): `(num_images, tokens, hidden)`.
+        AnyRes (`(num_images, max_views, 3, H, W)` with `image_sizes`, `image_grids`, `num_patches` from the
+        processor): one `(tokens_i, hidden)` tensor per image, views packed as `anyres.pack_anyres_features` says.
+        Where transformers' VLMs return a `BaseModelOutputWithPooling` (5.x), so does this: `pooler_output` holds
+        those features, `last_hidden_state` the vision tower's (one row per encoded view or frame), `hidden_states`
+        and `attentions` the tower's on request, and `return_dict=False` gives a tuple. `compat.projected_features`
+        reads the features on either line.
+        """
+        return self._visual_output(
+            self._image_features, dict(pixel_values=pixel_values, vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy, **kwargs),
+            output_hidden_states, output_attentions, return_dict,
+        )
+
+    def _visual_output(
+        self,
+        encode: Any,
+        inputs: dict[str, Any],
+        output_hidden_states: bool | None,
+        output_attentions: bool | None,
+        return_dict: bool | None,
+    ) -> Any:
+        if not FEATURE_GETTERS_RETURN_MODEL_OUTPUT:
+            return encode(**inputs)
+        if output_hidden_states is None:
+            output_hidden_states = bool(getattr(self.config, "output_hidden_states", False))
+        if output_attentions is None:
+            output_attentions = bool(getattr(self.config, "output_attentions", False))
+        tower_outputs: list = []
+        features = encode(**inputs, tower_outputs=tower_outputs, output_attentions=output_attentions)
+        tower = tower_outputs[0]
+        result = BaseModelOutputWithPooling(
+            last_hidden_state=tower.last_hidden_state,
+            pooler_output=features,
+            hidden_states=getattr(tower, "hidden_states", None) if output_hidden_states else None,
+            attentions=getattr(tower, "attentions", None) if output_attentions else None,
+        )
+        return result if _wants_dict(self.config, return_dict) else result.to_tuple()
+
     def _anyres_count(self, spec: VisualTokenSpec, size: Any, grid: Any, tile: Any) -> int:
         return anyres_token_count(
             spec, tuple(size), tuple(grid), tuple(tile), newline=self.config.image_newline,
             unpad=self.config.anyres_unpad,
         )
 
-    def get_video_features(self, pixel_values_videos: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.Tensor | list[torch.Tensor],
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> list[torch.Tensor] | BaseModelOutputWithPooling | tuple:
         """Encode every frame like an image: one `(frames * tokens_per_frame, hidden)` tensor per video.
 
         With `video_pool_stride` each frame's projected grid is pooled first, and with `video_newline` the learned
-        newline follows each video (LLaVA-OneVision).
+        newline follows each video (LLaVA-OneVision). On 5.x a `BaseModelOutputWithPooling` holding them, as
+        `get_image_features` says (the tower's outputs have one row per encoded frame, as in LLaVA-OneVision).
         """
+        return self._visual_output(
+            self._video_features, {"pixel_values_videos": pixel_values_videos},
+            output_hidden_states, output_attentions, return_dict,
+        )
+
+    def _video_features(
+        self,
+        pixel_values_videos: torch.Tensor | list[torch.Tensor],
+        tower_outputs: list | None = None,
+        output_attentions: bool = False,
+    ) -> list[torch.Tensor]:
         videos = _video_list(pixel_values_videos)
         frames = torch.cat(videos, dim=0)
         patch = self.visual_token_spec.video_temporal_patch
         if patch > 1:  # Qwen2-VL: consecutive frames form one temporal patch, one token grid per group
             for video in videos:
                 video_groups(self.visual_token_spec, int(video.shape[0]))  # a clear error for an odd frame count
-            features = self._encode_views(frames, frames_per_patch=patch)
+            features = self._encode_views(
+                frames, frames_per_patch=patch, tower_outputs=tower_outputs, output_attentions=output_attentions
+            )
             videos = [video[::patch] for video in videos]  # one row of features per group from here on
         else:
-            features = self.get_image_features(frames)
+            features = self._image_features(frames, tower_outputs=tower_outputs, output_attentions=output_attentions)
         stride = self.config.video_pool_stride
         if stride is not None:
             height, width = (int(v) // self.visual_token_spec.patch_size for v in frames.shape[-2:])
@@ -550,10 +657,10 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
                 if embedded is not None:
                     embedded[kind] = values
                 if kind == "image":
-                    image_features = self.get_image_features(**image_inputs)
+                    image_features = self._image_features(**image_inputs)
                     features = list(image_features)
                 else:
-                    features = self.get_video_features(values)
+                    features = self._video_features(values)
                 inputs_embeds = self._merge_visual_features(input_ids, inputs_embeds, features, kind)
             elif input_ids is not None and token_id is not None and input_ids.shape[1] > 1:
                 # (a single decode step may carry a generated placeholder id; it is embedded as text)
@@ -584,7 +691,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         num_patches: torch.LongTensor | None = None,
         cache: Any = None,
         **kwargs: Any,
-    ) -> HybridVLMModelOutputWithPast:
+    ) -> HybridVLMModelOutputWithPast | tuple:
         """The cache may come as `past_key_values`, `cache` or `cache_params` (transformers has used all three)."""
         past_key_values = take_cache(kwargs, past_key_values=past_key_values, cache=cache)
         if (input_ids is None) == (inputs_embeds is None):
@@ -634,7 +741,9 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             "output_hidden_states": output_hidden_states,
             "output_router_logits": output_router_logits,
         }
-        lm_kwargs.update({k: v for k, v in optional.items() if v is not None and k in self._lm_arguments})
+        lm_kwargs.update(
+            {k: v for k, v in optional.items() if v is not None and (k in self._lm_arguments or self._lm_takes_kwargs)}
+        )
         if "cache_position" in self._lm_arguments and use_cache:
             legacy_position = legacy_cache_position(
                 text_config, past_length, inputs_embeds.shape[1], cache_position, inputs_embeds.device
@@ -653,7 +762,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         if use_cache and cache is None:
             cache = past_key_values
         note_tokens_seen(cache, past_length, seq_len)
-        return HybridVLMModelOutputWithPast(
+        result = HybridVLMModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
             **cache_output_kwargs(cache if use_cache else None),
             hidden_states=getattr(outputs, "hidden_states", None),
@@ -661,6 +770,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             router_logits=getattr(outputs, "router_logits", None),
             image_hidden_states=image_features,
         )
+        return result if _wants_dict(self.config, return_dict) else result.to_tuple()
 
     def _continues_in_one_forward(self, attention_mask: torch.Tensor | None, seq_len: int) -> bool:
         """Several new tokens on a recurrent cache go in one forward when our SSM engine runs every SSM layer (it
@@ -689,7 +799,8 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
 
         The SSM layers of transformers' hybrid LMs start a multi-token forward from a zero state, so a
         multi-token continuation (a new conversation turn on a returned cache) would silently drop the
-        history. Single-token steps read the cached state correctly.
+        history. Single-token steps read the cached state correctly; they do not mask, so the recurrent state of
+        a row whose token is padding is put back after its step (the padded token leaves no trace).
         """
         attention_mask = lm_kwargs.pop("attention_mask", None)
         position_ids = lm_kwargs.pop("position_ids", None)
@@ -707,7 +818,14 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
                 step_kwargs["position_ids"] = position_ids[..., step : step + 1]
             if cache_position is not None:
                 step_kwargs["cache_position"] = cache_position[step : step + 1]
+            saved = padded = None
+            if attention_mask is not None and attention_mask.dim() == 2:
+                padded = attention_mask[:, attention_mask.shape[1] - seq_len + step] == 0
+                if bool(padded.any()):
+                    saved = snapshot_recurrent_states(lm_kwargs[self._cache_argument])
             outputs = self._call_language_model(inputs_embeds[:, step : step + 1], step_kwargs)
+            if saved is not None:
+                restore_recurrent_states(saved, padded)
             cache = output_cache(outputs)
             if cache is not None:
                 lm_kwargs[self._cache_argument] = cache
@@ -722,6 +840,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
     """HybridVLM with a language-modelling head; what `AutoModelForImageTextToText` returns."""
 
     _tied_weights_keys = tied_weights_keys({"lm_head.weight": "model.language_model.embed_tokens.weight"})
+    _tp_plan = {"lm_head": LM_HEAD_TP_STYLE}  # the tied head is sharded by columns as in transformers' causal LMs
 
     def __init__(self, config: HybridVLMConfig) -> None:
         super().__init__(config)
@@ -767,8 +886,11 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
     def multi_modal_projector(self) -> nn.Module:
         return self.model.multi_modal_projector
 
-    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs: Any) -> torch.FloatTensor:
+    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs: Any) -> Any:
         return self.model.get_image_features(pixel_values, **kwargs)
+
+    def get_video_features(self, pixel_values_videos: Any, **kwargs: Any) -> Any:
+        return self.model.get_video_features(pixel_values_videos, **kwargs)
 
     def forward(
         self,
@@ -814,6 +936,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
             pixel_values_videos=pixel_values_videos,
             image_grids=image_grids,
             num_patches=num_patches,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -844,9 +967,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
             router_logits=outputs.router_logits,
             image_hidden_states=outputs.image_hidden_states,
         )
-        if return_dict is False:
-            return result.to_tuple()
-        return result
+        return result if _wants_dict(self.config, return_dict) else result.to_tuple()
 
     def generate(self, *args: Any, prefill_chunk_frames: int | None = None, **kwargs: Any) -> Any:
         """GenerationMixin's `generate`; with `prefill_chunk_frames=n` a video prompt is prefilled n frames at a
@@ -889,8 +1010,10 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
     ) -> dict[str, Any]:
         if GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL:
             # generate() forwards pixel_values & co. only with the prefill by itself (known multimodal inputs).
+            past_length = cache_seq_length(past_key_values)
+            prefill_of_an_empty_cache(past_length, kwargs)
             if inputs_embeds is None:
-                continuation_length(input_ids, cache_seq_length(past_key_values), attention_mask, kwargs)
+                continuation_length(input_ids, past_length, attention_mask, kwargs)
             return super().prepare_inputs_for_generation(
                 input_ids,
                 inputs_embeds=inputs_embeds,
@@ -945,6 +1068,12 @@ def _video_list(pixel_values_videos: torch.FloatTensor | list[torch.FloatTensor]
                 f"got an item of shape {tuple(video.shape)}."
             )
     return videos
+
+
+def _wants_dict(config: HybridVLMConfig, return_dict: bool | None) -> bool:
+    """An output object, or (`return_dict=False`, by argument or by `config.return_dict`) a tuple of its set fields,
+    as transformers' models return."""
+    return bool(return_dict if return_dict is not None else getattr(config, "return_dict", True))
 
 
 def _input_embedding_name(language_model: nn.Module) -> str:

@@ -35,11 +35,23 @@ def build_single_encoder(vision_config: PretrainedConfig) -> nn.Module:
 
 
 def hidden_state_maps(
-    encoder: nn.Module, pixel_values: torch.Tensor, layers: Sequence[int], num_prefix_tokens: int
+    encoder: nn.Module,
+    pixel_values: torch.Tensor,
+    layers: Sequence[int],
+    num_prefix_tokens: int,
+    tower_outputs: list | None = None,
+    output_attentions: bool = False,
 ) -> torch.Tensor:
-    """The chosen hidden states of one ViT, concatenated on channels, without its CLS/register tokens."""
+    """The chosen hidden states of one ViT, concatenated on channels, without its CLS/register tokens.
+
+    `tower_outputs`, when given, receives the encoder's own output (`last_hidden_state`, `hidden_states`, and
+    `attentions` with `output_attentions`).
+    """
     dtype = next(encoder.parameters()).dtype
-    outputs = encoder(pixel_values.to(dtype), output_hidden_states=True)
+    extra = {"output_attentions": True} if output_attentions else {}
+    outputs = encoder(pixel_values.to(dtype), output_hidden_states=True, **extra)
+    if tower_outputs is not None:
+        tower_outputs.append(outputs)
     features = torch.cat([outputs.hidden_states[i] for i in layers], dim=-1)
     return features[:, num_prefix_tokens:]
 
@@ -127,11 +139,14 @@ def encode_patch_maps(
     layers: Sequence[int],
     num_prefix_tokens: int,
     frames_per_patch: int = 1,
+    tower_outputs: list | None = None,
+    output_attentions: bool = False,
 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """Patch maps of any tower, plus the prefix tokens of a single ViT (for `vision_feature_select_strategy="full"`).
 
     Towers with their own `encode_patch_maps` (several encoders, Qwen2-VL) never return a prefix.
     `frames_per_patch > 1`: video frames that the tower encodes in groups (Qwen2-VL's temporal patches).
+    `tower_outputs` / `output_attentions`: see `hidden_state_maps` (a single ViT only; other towers add nothing).
     """
     if frames_per_patch > 1:
         return tower.encode_patch_maps(pixel_values, layers, frames_per_patch=frames_per_patch), None
@@ -142,7 +157,7 @@ def encode_patch_maps(
             f"pixel_values must have 3 channels for this model's single vision encoder, got {pixel_values.shape[1]} "
             "(a processor for a several-encoder model writes one RGB copy per encoder)."
         )
-    features = hidden_state_maps(tower, pixel_values, layers, 0)
+    features = hidden_state_maps(tower, pixel_values, layers, 0, tower_outputs, output_attentions)
     prefix = features[:, :num_prefix_tokens] if num_prefix_tokens else None
     return [features[:, num_prefix_tokens:]], prefix
 
