@@ -46,7 +46,7 @@ from torch.utils._pytree import tree_leaves
 
 from .anyres import anyres_token_count
 from .caching import SSM_ONLY_MODEL_TYPES
-from .compat import TRANSFORMERS_VERSION, output_cache
+from .compat import GENERATE_CACHE_NAME, TRANSFORMERS_VERSION, output_cache
 from .presets import preset_config
 from .token_counts import VisualTokenSpec
 
@@ -454,7 +454,7 @@ class BenchModel:
             cache = output_cache(out)
             token = out.logits[:, -1:].argmax(-1)
             for _ in range(decode_tokens):
-                out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                out = model(input_ids=token, **{GENERATE_CACHE_NAME: cache}, use_cache=True, logits_to_keep=1)
                 cache = output_cache(out)
                 token = out.logits[:, -1:].argmax(-1)
             _sync(self.device)

@@ -191,7 +191,7 @@ def prefill_in_chunks(
         out = model(
             input_ids=chunk.input_ids.to(model.device),
             pixel_values_videos=chunk.videos or None,
-            past_key_values=cache,
+            **{GENERATE_CACHE_NAME: cache},
             use_cache=True,
             logits_to_keep=logits_to_keep if last else 1,
             **extra,

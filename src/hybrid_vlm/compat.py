@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -96,6 +97,21 @@ def take_cache(kwargs: dict[str, Any], **explicit: Any) -> Any:
             f"(`{GENERATE_CACHE_NAME}` on this transformers)."
         )
     return next(iter(given.values()), None)
+
+
+def warn_if_old_cache_name(given: dict[str, Any]) -> None:
+    """Where transformers has renamed the cache argument to `cache`, its models warn when a caller still passes
+    an older name; ours do the same (`given`: a forward's cache parameters and keyword arguments)."""
+    if GENERATE_CACHE_NAME != CACHE_NAMES[0]:
+        return
+    for name in CACHE_NAMES[1:]:
+        if given.get(name) is not None:
+            warnings.warn(
+                f"`{name}` is deprecated and will be removed in a future version of transformers; pass the cache as "
+                f"`{CACHE_NAMES[0]}` instead.",
+                FutureWarning,
+                stacklevel=3,
+            )
 
 
 def output_cache(outputs: Any) -> Any:
@@ -356,6 +372,14 @@ class UnwrappedVisionModel(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.wrapped(*args, **kwargs)
+
+    @property
+    def _supports_sdpa(self) -> bool:  # what transformers asks a composite model's towers
+        return bool(getattr(self.wrapped, "_supports_sdpa", False))
+
+    @property
+    def _supports_flash_attn(self) -> bool:
+        return bool(getattr(self.wrapped, "_supports_flash_attn", False))
 
 
 def unwrap_vision_model(encoder: nn.Module) -> nn.Module:

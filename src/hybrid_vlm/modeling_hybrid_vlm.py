@@ -59,6 +59,7 @@ from .compat import (
     standard_cache_holds_ssm_state,
     take_cache,
     tied_weights_keys,
+    warn_if_old_cache_name,
 )
 from .configuration_hybrid_vlm import HybridVLMConfig
 from .hub import write_model_card
@@ -87,6 +88,7 @@ class HybridVLMModelOutputWithPast(BaseModelOutputWithPast):
 
     router_logits: tuple[torch.FloatTensor, ...] | None = None
     image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: Any = None  # transformers 5.x VLMs: the image encoder's BaseModelOutputWithPooling
 
 
 @model_output
@@ -102,6 +104,7 @@ class HybridVLMCausalLMOutputWithPast(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
     router_logits: tuple[torch.FloatTensor, ...] | None = None
     image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: Any = None
 
 
 class HybridVLMPreTrainedModel(PreTrainedModel):
@@ -175,6 +178,16 @@ class HybridVLMPreTrainedModel(PreTrainedModel):
         # A set, as transformers 5 keeps it (it combines it with the strict set); transformers 4.x iterates it.
         keep = set(self._keep_in_fp32_modules or []) | {name for name in SSM_FP32_PARAMETERS if name in names}
         self._keep_in_fp32_modules = keep
+        # Our own SSM mixers (Vamba's visual stream, the Mamba projector) keep those parameters in fp32 under any
+        # cast, bf16 included: transformers' strict list says so (by full path, so the LM's own are not affected).
+        parameters = dict(self.named_parameters())
+        self._keep_in_fp32_modules_strict = {
+            f"{module_name}.{name}"
+            for module_name, module in self.named_modules()
+            if getattr(module, "keep_fp32_parameters", False)
+            for name in SSM_FP32_PARAMETERS
+            if f"{module_name}.{name}" in parameters
+        }
 
     def _init_weights(self, module: nn.Module) -> None:
         """Our own layers (projector, Vamba's cross-attention and visual mixers) are initialised here.
@@ -628,11 +641,15 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         pixel_values_videos: Any,
         past_length: int,
         embedded: dict[str, Any] | None = None,
+        encoder_outputs: dict[str, Any] | None = None,
+        output_flags: tuple[bool | None, bool | None] = (None, None),
     ) -> tuple[torch.FloatTensor, Any]:
         """Encode images and videos whose placeholders are in this chunk and scatter them in.
 
         `image_inputs` holds `pixel_values` and, for AnyRes, `image_sizes`, `image_grids`, `num_patches`.
         `embedded`, when given, receives the pixels of the items scattered in, per kind ("image", "video").
+        `encoder_outputs`, when given, receives the image encoder's output as `get_image_features` returns it on
+        transformers 5.x (with hidden states / attentions per `output_flags`), which 5.x VLM outputs carry.
         """
         image_features = None
         for kind in ("image", "video"):
@@ -656,7 +673,13 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             if values is not None:
                 if embedded is not None:
                     embedded[kind] = values
-                if kind == "image":
+                if kind == "image" and encoder_outputs is not None and FEATURE_GETTERS_RETURN_MODEL_OUTPUT:
+                    encoder_outputs["image"] = self._visual_output(
+                        self._image_features, image_inputs, *output_flags, True
+                    )
+                    image_features = encoder_outputs["image"].pooler_output
+                    features = list(image_features)
+                elif kind == "image":
                     image_features = self._image_features(**image_inputs)
                     features = list(image_features)
                 else:
@@ -693,6 +716,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         **kwargs: Any,
     ) -> HybridVLMModelOutputWithPast | tuple:
         """The cache may come as `past_key_values`, `cache` or `cache_params` (transformers has used all three)."""
+        warn_if_old_cache_name({**kwargs, "past_key_values": past_key_values})
         past_key_values = take_cache(kwargs, past_key_values=past_key_values, cache=cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
@@ -724,8 +748,10 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             image_grids, num_patches = self._anyres_layouts(pixel_values, image_sizes, image_grids, num_patches)
             image_inputs.update(image_sizes=image_sizes, image_grids=image_grids, num_patches=num_patches)
         embedded: dict[str, Any] = {}
+        encoder_outputs: dict[str, Any] = {}
         inputs_embeds, image_features = self._embed_visual_inputs(
-            input_ids, inputs_embeds, image_inputs, pixel_values_videos, past_length, embedded
+            input_ids, inputs_embeds, image_inputs, pixel_values_videos, past_length, embedded, encoder_outputs,
+            (output_hidden_states, output_attentions),
         )
 
         lm_kwargs = dict(kwargs)
@@ -735,6 +761,11 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             lm_kwargs["visual_mask"] = visual_mask
             if getattr(getattr(self.language_model, "options", None), "cross_attention_key_positions", None) == "grid":
                 lm_kwargs["visual_positions"] = self._visual_grid_positions(input_ids, inputs_embeds, embedded)
+        # transformers 5.x takes a list of layer indices to capture; LMs that only know a flag return every layer,
+        # so all are asked for and the others are dropped below
+        selected_layers = output_hidden_states if isinstance(output_hidden_states, (list, tuple)) else None
+        if selected_layers is not None:
+            output_hidden_states = True
         optional = {
             "position_ids": position_ids,
             "output_attentions": output_attentions,
@@ -765,10 +796,11 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         result = HybridVLMModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
             **cache_output_kwargs(cache if use_cache else None),
-            hidden_states=getattr(outputs, "hidden_states", None),
+            hidden_states=_select_layers(getattr(outputs, "hidden_states", None), selected_layers),
             attentions=getattr(outputs, "attentions", None),
             router_logits=getattr(outputs, "router_logits", None),
             image_hidden_states=image_features,
+            image_outputs=encoder_outputs.get("image"),
         )
         return result if _wants_dict(self.config, return_dict) else result.to_tuple()
 
@@ -858,6 +890,11 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         tied = {"lm_head.weight": f"model.language_model.{embed_name}.weight"}
         self._tied_weights_keys = tied_weights_keys(tied)
         self.post_init()
+        plan = getattr(self, "_tp_plan", None) or {}
+        if "lm_head" in plan and f"model.language_model.{embed_name}" not in plan:
+            # a tied head is sharded only where the LM's own plan shards its embedding (Mamba LMs and Vamba's
+            # decoder have none): the two are one parameter
+            self._tp_plan = {name: style for name, style in plan.items() if name != "lm_head"}
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -915,6 +952,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         **kwargs: Any,
     ) -> HybridVLMCausalLMOutputWithPast | tuple:
         """The cache may come as `past_key_values`, `cache` or `cache_params` (transformers has used all three)."""
+        warn_if_old_cache_name({**kwargs, "past_key_values": past_key_values})
         past_key_values = take_cache(kwargs, past_key_values=past_key_values, cache=cache)
         if self.training:
             warn_if_fp16_with_ssm(self)  # once per model: fp16 overflows the SSM scan (DESIGN 5.6)
@@ -926,7 +964,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            **{GENERATE_CACHE_NAME: past_key_values},
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -966,6 +1004,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
             attentions=outputs.attentions,
             router_logits=outputs.router_logits,
             image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
         )
         return result if _wants_dict(self.config, return_dict) else result.to_tuple()
 
@@ -1056,6 +1095,14 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
     def _reorder_cache(self, past_key_values: Any, beam_idx: torch.LongTensor) -> Any:
         """transformers 4.x beam search hook; its Mamba caches have no `reorder_cache` of their own."""
         return reorder_state_cache(past_key_values, beam_idx)
+
+
+def _select_layers(hidden_states: tuple | None, selected: list[int] | tuple[int, ...] | None) -> tuple | None:
+    """Hidden states of the `selected` layers only (others None), as transformers 5.x returns a capture list."""
+    if hidden_states is None or selected is None:
+        return hidden_states
+    keep = {index % len(hidden_states) for index in selected}
+    return tuple(state if index in keep else None for index, state in enumerate(hidden_states))
 
 
 def _video_list(pixel_values_videos: torch.FloatTensor | list[torch.FloatTensor]) -> list[torch.FloatTensor]:

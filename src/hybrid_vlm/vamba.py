@@ -786,6 +786,14 @@ class VambaLanguageModel(nn.Module):
                 self.add_module(name, value)
 
     @property
+    def _supports_sdpa(self) -> bool:  # the LM's self-attention decides; the cross-attention runs sdpa or eager
+        return bool(getattr(self._base, "_supports_sdpa", False))
+
+    @property
+    def _supports_flash_attn(self) -> bool:
+        return bool(getattr(self._base, "_supports_flash_attn", False))
+
+    @property
     def num_layers(self) -> int:
         return len(self.layers)
 
@@ -829,6 +837,8 @@ class VambaLanguageModel(nn.Module):
         visual_mask = visual_mask.to(device=device, dtype=torch.bool)
         if kwargs.get("output_attentions"):
             logger.warning_once("hybrid_vlm.vamba: output_attentions is not supported; attentions are not returned.")
+        if output_hidden_states is None:
+            output_hidden_states = bool(getattr(self.config, "output_hidden_states", False))
 
         training_checkpointed = self.training and any(
             getattr(layer, "gradient_checkpointing", False) for layer in self.layers
