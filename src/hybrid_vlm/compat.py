@@ -336,6 +336,21 @@ def _lm_head_tp_style() -> str:
 
 
 LM_HEAD_TP_STYLE = _lm_head_tp_style()
+
+
+def _embedding_tp_style() -> str | None:
+    """The style transformers shards an input embedding with (by vocabulary rows), where it has one."""
+    for module in ("transformers.distributed.mixin", "transformers.integrations.tensor_parallel"):
+        try:
+            styles = importlib.import_module(module).ALL_PARALLEL_STYLES
+            return "embedding_rowwise" if "embedding_rowwise" in styles else None
+        except (ImportError, AttributeError, TypeError):
+            continue
+    return None
+
+
+EMBEDDING_TP_STYLE = _embedding_tp_style()
+"""How a tied embedding is sharded when the head it shares a weight with is (None where the line has no style)."""
 """The tensor-parallel style transformers' own causal LMs give their `lm_head` (`colwise_gather_output` on 5.x,
 `colwise_rep` where that style does not exist)."""
 

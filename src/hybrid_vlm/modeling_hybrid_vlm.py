@@ -42,6 +42,7 @@ from .caching import (
 from .chunked_prefill import generate_with_chunked_prefill
 from .compat import (
     CACHE_NAMES,
+    EMBEDDING_TP_STYLE,
     FEATURE_GETTERS_RETURN_MODEL_OUTPUT,
     GENERATE_CACHE_NAME,
     GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL,
@@ -891,10 +892,14 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         self._tied_weights_keys = tied_weights_keys(tied)
         self.post_init()
         plan = getattr(self, "_tp_plan", None) or {}
-        if "lm_head" in plan and f"model.language_model.{embed_name}" not in plan:
-            # a tied head is sharded only where the LM's own plan shards its embedding (Mamba LMs and Vamba's
-            # decoder have none): the two are one parameter
-            self._tp_plan = {name: style for name, style in plan.items() if name != "lm_head"}
+        embedding = f"model.language_model.{embed_name}"
+        if "lm_head" in plan and embedding not in plan:
+            # The tied head and the embedding are one parameter: shard both or neither. Vamba's decoder wraps an LM
+            # that has a plan but exposes none (its embedding is then planned here); Mamba LMs have no plan at all.
+            if EMBEDDING_TP_STYLE and getattr(text_config, "base_model_tp_plan", None):
+                self._tp_plan = {**plan, embedding: EMBEDDING_TP_STYLE}
+            else:
+                self._tp_plan = {name: style for name, style in plan.items() if name != "lm_head"}
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
