@@ -182,7 +182,7 @@ def test_generation_speed_is_consistent_with_its_timings():
     assert (result.visual_tokens, result.output_tokens, result.seq_len) == (12, 4, 12 + bm._prompt_length(bench))
     assert result.decode_tok_s == pytest.approx(3 / result.decode_s)
     assert result.e2e_tok_s == pytest.approx(4 / (result.prefill_s + result.decode_s))
-    assert bench.describe()["lm_type"] == "mamba" and bench.describe()["ssm_path"] == "torch"
+    assert bench.describe()["lm_type"] == "mamba" and bench.describe()["ssm_path"] == "engine"
     with pytest.raises(ValueError, match="output_tokens"):
         bm.measure_generation(bench, 12, output_tokens=1)
 

@@ -95,8 +95,8 @@ def test_compat_imports_only_torch_and_transformers():
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0, "compat.py must not import the package's other modules"
             roots.add((node.module or "").split(".")[0])
-    assert roots <= {"__future__", "dataclasses", "functools", "importlib", "inspect", "collections", "typing", "torch",
-                     "transformers"}
+    assert roots <= {"__future__", "dataclasses", "functools", "importlib", "inspect", "warnings", "collections",
+                     "typing", "torch", "transformers"}
 
 
 def test_modules_import_compat_so_remote_code_copies_it():

@@ -34,6 +34,7 @@ from transformers import (
 import hybrid_vlm  # noqa: F401  (registers the Auto classes)
 from hybrid_vlm import convert as convert_module
 from hybrid_vlm.anyres import anyres_token_count, best_grid_pinpoints
+from hybrid_vlm.compat import projected_features
 from hybrid_vlm.configuration_hybrid_vlm import HybridVLMConfig
 from hybrid_vlm.convert import (
     ConversionError,
@@ -236,7 +237,9 @@ def test_converted_llava_next_takes_llava_next_processor_output(tmp_path, lm):
         expected = source.generate(**inputs, max_new_tokens=3, do_sample=False)
         assert ours.generate(**inputs, max_new_tokens=3, do_sample=False).tolist() == expected.tolist()
     # get_image_features takes the same inputs
-    features = ours.model.get_image_features(pixel_values=two["pixel_values"], image_sizes=two["image_sizes"])
+    features = projected_features(
+        ours.model.get_image_features(pixel_values=two["pixel_values"], image_sizes=two["image_sizes"])
+    )
     assert [len(f) for f in features] == [int((row == ours.config.image_token_id).sum()) for row in two["input_ids"]]
 
 

@@ -99,11 +99,12 @@ def take_cache(kwargs: dict[str, Any], **explicit: Any) -> Any:
     return next(iter(given.values()), None)
 
 
-def warn_if_old_cache_name(given: dict[str, Any]) -> None:
+def warn_if_old_cache_name(kwargs: dict[str, Any], **explicit: Any) -> None:
     """Where transformers has renamed the cache argument to `cache`, its models warn when a caller still passes
-    an older name; ours do the same (`given`: a forward's cache parameters and keyword arguments)."""
+    an older name; ours do the same (`kwargs` and `explicit`: a forward's keyword arguments and cache parameters)."""
     if GENERATE_CACHE_NAME != CACHE_NAMES[0]:
         return
+    given = {**kwargs, **explicit}
     for name in CACHE_NAMES[1:]:
         if given.get(name) is not None:
             warnings.warn(

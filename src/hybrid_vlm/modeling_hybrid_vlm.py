@@ -461,9 +461,9 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
             output_attentions = bool(getattr(self.config, "output_attentions", False))
         tower_outputs: list = []
         features = encode(**inputs, tower_outputs=tower_outputs, output_attentions=output_attentions)
-        tower = tower_outputs[0]
+        tower = tower_outputs[0] if tower_outputs else None  # (none when the encoder is replaced, as benchmarks do)
         result = BaseModelOutputWithPooling(
-            last_hidden_state=tower.last_hidden_state,
+            last_hidden_state=getattr(tower, "last_hidden_state", None),
             pooler_output=features,
             hidden_states=getattr(tower, "hidden_states", None) if output_hidden_states else None,
             attentions=getattr(tower, "attentions", None) if output_attentions else None,
@@ -717,7 +717,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         **kwargs: Any,
     ) -> HybridVLMModelOutputWithPast | tuple:
         """The cache may come as `past_key_values`, `cache` or `cache_params` (transformers has used all three)."""
-        warn_if_old_cache_name({**kwargs, "past_key_values": past_key_values})
+        warn_if_old_cache_name(kwargs, past_key_values=past_key_values)
         past_key_values = take_cache(kwargs, past_key_values=past_key_values, cache=cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
@@ -957,7 +957,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         **kwargs: Any,
     ) -> HybridVLMCausalLMOutputWithPast | tuple:
         """The cache may come as `past_key_values`, `cache` or `cache_params` (transformers has used all three)."""
-        warn_if_old_cache_name({**kwargs, "past_key_values": past_key_values})
+        warn_if_old_cache_name(kwargs, past_key_values=past_key_values)
         past_key_values = take_cache(kwargs, past_key_values=past_key_values, cache=cache)
         if self.training:
             warn_if_fp16_with_ssm(self)  # once per model: fp16 overflows the SSM scan (DESIGN 5.6)
