@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 from transformers.utils import logging
 
@@ -287,7 +288,8 @@ def ssd_chunked_scan(
 
     Inside a chunk the recurrence is a masked (decay-weighted) attention-like matmul; chunks exchange only their
     states. All chunks of a pass are computed in parallel; passes hold at most ~`TORCH_PATH_ELEMENTS_PER_PASS`
-    elements in their largest intermediates and hand the state on, so memory does not grow with the length.
+    elements in their largest intermediates and hand the state on, so memory does not grow with the length (with
+    gradients, each pass is recomputed in backward rather than kept).
     Positions with ``dt == 0`` neither decay nor update the state (that is how padding is masked).
     """
     batch, length, heads, head_dim = x.shape
@@ -310,10 +312,17 @@ def ssd_chunked_scan(
     n_chunks = (length + pad) // chunk
     per_chunk = batch * heads * (chunk * chunk + 2 * chunk * head_dim + head_dim * d_state)
     chunks_per_pass = max(1, TORCH_PATH_ELEMENTS_PER_PASS // per_chunk)
+    # In training, autograd would keep every pass's (chunk x chunk) decay and score tensors until backward, so
+    # memory would grow with the length after all: each pass is recomputed in backward instead (same gradients).
+    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, A, B, C, state))
     outputs = []
     for first in range(0, n_chunks, chunks_per_pass):
         part = slice(first * chunk, min(n_chunks, first + chunks_per_pass) * chunk)
-        y, state = _ssd_pass(x[:, part], dt[:, part], A, B[:, part], C[:, part], chunk, state)
+        args = (x[:, part], dt[:, part], A, B[:, part], C[:, part], chunk, state)
+        if recompute:
+            y, state = torch.utils.checkpoint.checkpoint(_ssd_pass, *args, use_reentrant=False)
+        else:
+            y, state = _ssd_pass(*args)
         outputs.append(y)
     y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
     return y[:, :length], state
