@@ -226,7 +226,7 @@ def test_anyres_pixels_equal_transformers_llava_next_image_processor():
 
 
 def test_seed_token_numbers_are_reproduced():
-    """MMJamba (seed 000): 672^2 -> 2304 in training; 672^2 / 1344^2 / 2688^2 -> 2880 / 9792 / 37440 at inference."""
+    """MMJamba (MMJamba: "Multimodal Instruction Tuning with Hybrid State Space Models"): 672^2 -> 2304 in training; 672^2 / 1344^2 / 2688^2 -> 2880 / 9792 / 37440 at inference."""
     flat = {"newline": False, "unpad": True}
     assert anyres_token_count(CLIP_L_336, (672, 672), (2, 2), 336, base_view=False, **flat) == 2304
     for side, max_tiles, expected in ((672, 4, 2880), (1344, 16, 9792), (2688, 64, 37440)):

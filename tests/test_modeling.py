@@ -94,7 +94,7 @@ def test_placeholders_without_images_are_rejected():
 
 @pytest.mark.parametrize("lm", CORE_LMS)
 def test_left_padded_batch_equals_one_by_one(lm):
-    """Padding must not leak into recurrent state (DESIGN 5.1): same tokens and logits as each prompt alone."""
+    """Padding must not leak into recurrent state: same tokens and logits as each prompt alone."""
     model = tiny_model(lm)
     rows = [prompt(5, 6, "img", 7, 8, 9, 10, 11), prompt(12, "img", 13)]
     pixel_values = _images(2)

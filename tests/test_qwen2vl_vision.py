@@ -261,7 +261,7 @@ def test_vamba_10b_shape_on_meta():
     vision = sum(p.numel() for n, p in model.named_parameters() if ".vision_tower." in n)
     added = sum(p.numel() for n, p in model.named_parameters() if any(k in n for k in (".cross_attn.", ".vision_mixer.",
                                                                                           ".alpha")))
-    # Qwen2-VL-7B: 675.8M vision tower (ViT + merger) + 7.6B LM (untied head); Vamba adds ~3.0B (seed 003, sec. 4.3).
+    # Qwen2-VL-7B: 675.8M vision tower (ViT + merger) + 7.6B LM (untied head); Vamba adds ~3.0B (Vamba, arXiv:2503.11579, sec. 4.3).
     assert vision == 675_759_104
     assert total - added == 8_291_375_616  # Qwen2-VL-7B's parameter count
     assert added == 3_018_461_404

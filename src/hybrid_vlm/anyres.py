@@ -1,7 +1,7 @@
 """AnyRes: a high-resolution image as one global view plus a grid of tiles at the vision encoder's resolution.
 
 Everything AnyRes needs lives here as plain functions, so that the image processor (pixels, placeholder counts)
-and the model (feature packing) share one copy of each piece of arithmetic (DESIGN 3, trap 5.4):
+and the model (feature packing) share one copy of each piece of arithmetic:
 
 - grid choice, for the two policies the papers use: LLaVA-NeXT's ``image_grid_pinpoints`` (a list of allowed
   resolutions, best fit by transformers' ``select_best_resolution``) and MMJamba's "at most N tiles" (every grid with

@@ -1,9 +1,9 @@
 """Build a model of one family from a trained model of another: `build_vamba` turns a LLaVA-style VLM or Qwen2-VL
 into Vamba.
 
-Vamba's ablation (seed 003, Table 2) shows the initialisation is what matters: every pretrained weight is carried
-over unchanged, the cross-attention of each layer starts as a copy of that layer's self-attention, the visual SSM
-blocks start as mamba-ssm initialises them, and the mixing weight `alpha` starts at 0.5.
+Vamba's ablation (arXiv:2503.11579, Table 2) shows the initialisation is what matters: every pretrained weight is
+carried over unchanged, the cross-attention of each layer starts as a copy of that layer's self-attention, the
+visual SSM blocks start as mamba-ssm initialises them, and the mixing weight `alpha` starts at 0.5.
 """
 
 from __future__ import annotations

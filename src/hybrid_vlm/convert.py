@@ -1,7 +1,7 @@
 """Convert released checkpoints into native HybridVLM folders (`hybrid-vlm convert SRC DST --from KIND`).
 
 Why a converter and not a loader hook: the papers' checkpoints use names from vendored 2024 code (LongLLaVA's Jamba),
-declare a model type that stock transformers loads *silently wrong* (Vamba, DESIGN 5.8), or come from transformers'
+declare a model type that stock transformers loads *silently wrong* (Vamba), or come from transformers'
 own LLaVA classes whose layout changed between releases. Converting once into our layout gives a folder that loads
 with the Auto classes on both transformers lines, and lets us check every tensor on the way.
 
@@ -1438,7 +1438,7 @@ class _ShardWriter:
 
 
 def _cast(name: str, tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    """Cast floating tensors to `dtype`; fp32 SSM parameters (A_log, D, dt_bias) stay fp32 (DESIGN 5.6)."""
+    """Cast floating tensors to `dtype`; fp32 SSM parameters (A_log, D, dt_bias) stay fp32."""
     if dtype is None or not tensor.is_floating_point() or tensor.dtype == dtype:
         return tensor
     if name.rsplit(".", 1)[-1] in SSM_FP32_PARAMETERS and tensor.dtype == torch.float32:

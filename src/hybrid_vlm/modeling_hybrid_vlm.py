@@ -173,7 +173,7 @@ class HybridVLMPreTrainedModel(PreTrainedModel):
 
     def post_init(self) -> None:
         super().post_init()
-        # transformers keeps these in fp32 when loading in fp16 (DESIGN 5.6). Only names the model really has are
+        # transformers keeps these in fp32 when loading in fp16. Only names the model really has are
         # listed: transformers 4.x rejects names that match no parameter.
         names = {part for name, _ in self.named_parameters() for part in name.split(".")}
         # A set, as transformers 5 keeps it (it combines it with the strict set); transformers 4.x iterates it.
@@ -960,7 +960,7 @@ class HybridVLMForConditionalGeneration(HybridVLMPreTrainedModel, GenerationMixi
         warn_if_old_cache_name(kwargs, past_key_values=past_key_values)
         past_key_values = take_cache(kwargs, past_key_values=past_key_values, cache=cache)
         if self.training:
-            warn_if_fp16_with_ssm(self)  # once per model: fp16 overflows the SSM scan (DESIGN 5.6)
+            warn_if_fp16_with_ssm(self)  # once per model: fp16 overflows the SSM scan
         text_config = self.config.text_config
         if output_router_logits is None:
             output_router_logits = getattr(text_config, "output_router_logits", None)

@@ -1,8 +1,8 @@
 """HybridVLMProcessor: tokenizer + image processor, with `<image>` placeholders expanded to the model's token count.
 
 The number of tokens an image becomes comes from `token_counts.count_image_tokens`, the same function the model uses
-to check its features, so processor and model cannot disagree (DESIGN 5.4). Truncation that would cut into visual
-tokens is an error here, with the numbers, instead of a shape mismatch deep inside the model (DESIGN 5.3).
+to check its features, so processor and model cannot disagree. Truncation that would cut into visual
+tokens is an error here, with the numbers, instead of a shape mismatch deep inside the model.
 
 One class serves transformers 4.57 and 5.x. The two `ProcessorMixin`s differ in how they find the sub-processors
 (4.x: the `attributes` list and `*_class` names; 5.x: the parameter names of `__init__`) and in how they save

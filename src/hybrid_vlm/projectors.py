@@ -12,7 +12,7 @@ Every projector is built as ``cls(vision_hidden_size, text_hidden_size, **option
 
 ``output_tokens(in_tokens)`` gives the output length from the input length, and :func:`projector_output_grid` is the
 pure arithmetic behind it (no tensors): the token-count function uses it, so the model and the processor never keep
-a second copy (DESIGN 3, trap 5.4).
+a second copy.
 
 ``build_projector(config, vision_hidden_size)`` is the seam the model calls; ``vision_hidden_size`` is an int, or a
 tuple of per-encoder widths for sequence fusion. The four cross-scan orders of the Mamba projector are plain
@@ -286,7 +286,8 @@ class MLP3xGeluProjector(MLP2xGeluProjector):
 
 
 class Pool2dMLPProjector(MLP2xGeluProjector):
-    """LongLLaVA (seed 001, §3.1 and Table 4): bilinear 2-D pooling of each view's patch grid, then ``mlp2x_gelu``.
+    """LongLLaVA (arXiv:2409.02889, §3.1 and Table 4): bilinear 2-D pooling of each view's patch grid, then
+    ``mlp2x_gelu``.
 
     24x24 -> 12x12 (576 -> 144 tokens per view) with ``pooled_grid=12``; pooling runs before the MLP, as in the
     paper, through :func:`hybrid_vlm.anyres.pool_2d` (the same function the model's ``vision_pooled_grid`` uses).
@@ -326,8 +327,8 @@ class Pool2dMLPProjector(MLP2xGeluProjector):
 
 
 class Pool1dMLPProjector(Pool2dMLPProjector):
-    """LongLLaVA's 1-D pooling ablation (seed 001, Table 4: "+1D Pooling", 144 tokens): average pooling along the
-    row-major token sequence to ``pooled_grid ** 2`` tokens, then ``mlp2x_gelu``.
+    """LongLLaVA's 1-D pooling ablation (arXiv:2409.02889, Table 4: "+1D Pooling", 144 tokens): average pooling
+    along the row-major token sequence to ``pooled_grid ** 2`` tokens, then ``mlp2x_gelu``.
 
     Each output token is the mean of consecutive tokens (4 at 576 -> 144: a 1x4 strip of a row) instead of a 2x2
     block, which is the point of the ablation (the paper reports 2-D pooling 0.1-1.5 points better). The output is a
@@ -348,8 +349,9 @@ class Pool1dMLPProjector(Pool2dMLPProjector):
 
 
 class Conv2dAdapterProjector(_Projector):
-    """MMJamba's video adapter (seed 000, §5 "Implementation Details": "a 2D convolution layer as the
-    vision-language adapter"; images there use ``mlp2x_gelu``, and image and video adapters are trained separately).
+    """MMJamba's video adapter ("Multimodal Instruction Tuning with Hybrid State Space Models", §5 "Implementation
+    Details": "a 2D convolution layer as the vision-language adapter"; images there use ``mlp2x_gelu``, and image
+    and video adapters are trained separately).
 
     Our reading, since the paper gives no sizes (and has no public code): one ``nn.Conv2d`` from the vision width to
     the LM width over each frame's patch grid, ``kernel_size`` x ``kernel_size`` with stride ``stride`` (default: the
@@ -417,7 +419,8 @@ def _check_ssm_options(ssm: dict[str, Any] | None) -> dict[str, Any]:
 
 
 class MambaProjector(_Projector):
-    """MambaVLM's Mamba projector with cross-stitch scanning (seed 004, §3.2, Eq. 6-8, Fig. 3, Table 3).
+    """MambaVLM's Mamba projector with cross-stitch scanning ("Unleashing the Power of Selective State Space Models
+    in Vision-Language Models", §3.2, Eq. 6-8, Fig. 3, Table 3).
 
     Per encoder map ``R`` (``N x T x D_i`` on an ``h x w`` grid):
 

@@ -1,6 +1,6 @@
 """Qwen2-VL's vision tower (ViT with 2-D RoPE + the 2x2 PatchMerger) as a HybridVLM vision tower.
 
-Vamba (seed 003) keeps Qwen2-VL's vision side unchanged: the ViT and its merger, whose output already has the
+Vamba (arXiv:2503.11579) keeps Qwen2-VL's vision side unchanged: the ViT and its merger, whose output already has the
 language model's width. This module runs transformers' own `Qwen2VisionTransformerPretrainedModel` behind the
 vision-tower seam (`encode_patch_maps`), so the numbers are transformers' and the weights load from a Qwen2-VL or a
 Vamba checkpoint without renaming anything below `visual.`.

@@ -189,7 +189,7 @@ def count_image_tokens(spec: VisualTokenSpec, height: int, width: int) -> int:
 # llava:     <image> x n                                  (AnyRes: LLaVA-NeXT's packing, learned newlines included)
 #            <video> x (frames * tokens per frame)
 # longllava: <img> <image> x n </img>
-#            <img> [global view] \n [tile row 1] \n ... \n [tile row R] </img>   (AnyRes, seed 001 section 3.2)
+#            <img> [global view] \n [tile row 1] \n ... \n [tile row R] </img>   (AnyRes; arXiv:2409.02889 §3.2)
 #            <vid> <img>[frame 1]</img> <t> <img>[frame 2]</img> ... <img>[frame F]</img> </vid>
 # qwen2vl:   <|vision_start|> <image> x n <|vision_end|>, and the same around a video's frames (Vamba, Qwen2-VL)
 # longllava-chat (videos only): the video prompt LongLLaVA's chat code writes, byte for byte. It joins

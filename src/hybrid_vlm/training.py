@@ -60,7 +60,7 @@ __all__ = [
 # mamba_inner_fn; Jamba reads `dt_proj.weight` on transformers 5). An adapter there would never be applied.
 _SSM_SAFE_LINEARS_DEFAULT = frozenset({"in_proj"})
 _SSM_SAFE_LINEARS = {"JambaMambaMixer": frozenset({"in_proj", "x_proj"})}
-# Vamba's layers added to each decoder layer (weight names fixed by DESIGN): trained alone in its stage 1.
+# Vamba's layers added to each decoder layer (names fixed by its checkpoint layout): trained alone in its stage 1.
 _NEW_LAYER_PATTERN = re.compile(r"(^|\.)(cross_attn|vision_mixer)\.|(^|\.)alpha$")
 
 TRAINING_STAGES: dict[str, str] = {
@@ -232,7 +232,7 @@ def qlora_skip_modules(model_or_config: Any) -> list[str]:
     """Full module names bitsandbytes must leave unquantised: vision tower, projector, `lm_head`, every SSM mixer.
 
     SSM mixers stay in full precision because their kernels read `conv1d`/`out_proj`/`dt_proj` weights as tensors
-    (a 4-bit weight there breaks or silently skips dequantisation) and their scan is precision-sensitive (DESIGN 5.6).
+    (a 4-bit weight there breaks or silently skips dequantisation) and their scan is precision-sensitive.
     The names work with both transformers lines' matching rules (4.57: `name + "."` substring or equality; 5.x:
     match from the start up to a module boundary).
     """
@@ -399,8 +399,9 @@ def topk_distillation_loss(
 ) -> torch.Tensor:
     """Vamba's optional stage-1 distillation term: KL(teacher || student) on the teacher's top-k vocabulary entries.
 
-    Both distributions are renormalised over the teacher's k largest logits at each position (seed 003, §3.3; the
-    paper found weight 0 best, but the term is needed to ablate it). Add `weight * loss` to the LM loss.
+    Both distributions are renormalised over the teacher's k largest logits at each position (Vamba,
+    arXiv:2503.11579 §3.3; the paper found weight 0 best, but the term is needed to ablate it). Add `weight * loss`
+    to the LM loss.
 
     Args:
         student_logits, teacher_logits: (batch, seq, vocab) logits at the same positions.
@@ -433,7 +434,7 @@ def apply_overflow_policy(
     visual_end: Sequence[int] | None = None,
     descriptions: Sequence[str] | None = None,
 ) -> list[int]:
-    """Indices of the samples to keep under `max_length`, never cutting visual tokens (DESIGN 5.3).
+    """Indices of the samples to keep under `max_length`, never cutting visual tokens.
 
     Args:
         total_tokens: tokens per sample (text + visual), untruncated.
