@@ -114,3 +114,22 @@ def pytest_configure(config: pytest.Config) -> None:
     for mark in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test",
                  "torch_compile_test", "torch_export_test"):
         config.addinivalue_line("markers", f"{mark}: a mark of transformers' common tests")
+
+
+def load_parity_case(folder: Path) -> tuple[dict, dict[str, torch.Tensor], list[dict]]:
+    """A reference-parity case folder: case.json, reference.safetensors, and the case's messages with their image
+    and frame file names made absolute."""
+    import copy
+    import json
+
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / "case.json").read_text(encoding="utf-8"))
+    messages = copy.deepcopy(meta["messages"])
+    for message in messages:
+        for block in message["content"]:
+            if block["type"] == "image":
+                block["path"] = str(folder / block["path"])
+            elif block["type"] == "video":
+                block["frames"] = [str(folder / frame) for frame in block["frames"]]
+    return meta, load_file(str(folder / "reference.safetensors")), messages

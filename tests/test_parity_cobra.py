@@ -11,12 +11,11 @@ patches) and the greedy continuation must match.
 
 from __future__ import annotations
 
-import copy
-import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_parity_case
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "cobra"
 CASES = sorted(p.name for p in (FIXTURE / "cases").iterdir() if (p / "case.json").is_file())
@@ -39,16 +38,7 @@ def converted(tmp_path_factory):
 
 
 def _case(name: str) -> tuple[dict, dict[str, torch.Tensor], list[dict]]:
-    from safetensors.torch import load_file
-
-    folder = FIXTURE / "cases" / name
-    meta = json.loads((folder / "case.json").read_text(encoding="utf-8"))
-    messages = copy.deepcopy(meta["messages"])
-    for message in messages:
-        for block in message["content"]:
-            if block["type"] == "image":
-                block["path"] = str(folder / block["path"])
-    return meta, load_file(str(folder / "reference.safetensors")), messages
+    return load_parity_case(FIXTURE / "cases" / name)
 
 
 def _run(model, processor, name: str) -> dict:

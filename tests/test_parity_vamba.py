@@ -11,14 +11,13 @@ at its stored text positions and its greedy continuation must match.
 
 from __future__ import annotations
 
-import copy
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_parity_case
 
 PACK = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "vamba"
 CASES = sorted(p.name for p in (PACK / "cases").iterdir() if (p / "case.json").is_file()) if PACK.is_dir() else []
@@ -44,19 +43,7 @@ def converted(tmp_path_factory):
 
 
 def _case(name: str) -> tuple[dict, dict[str, torch.Tensor], list[dict]]:
-    """case.json, reference.safetensors, and the case's messages with file names made absolute."""
-    from safetensors.torch import load_file
-
-    folder = PACK / "cases" / name
-    meta = json.loads((folder / "case.json").read_text(encoding="utf-8"))
-    messages = copy.deepcopy(meta["messages"])
-    for message in messages:
-        for block in message["content"]:
-            if block["type"] == "image":
-                block["path"] = str(folder / block["path"])
-            elif block["type"] == "video":
-                block["frames"] = [str(folder / frame) for frame in block["frames"]]
-    return meta, load_file(str(folder / "reference.safetensors")), messages
+    return load_parity_case(PACK / "cases" / name)
 
 
 def _run_case(model, processor, name: str) -> dict:

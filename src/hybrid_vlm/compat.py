@@ -104,9 +104,8 @@ def warn_if_old_cache_name(kwargs: dict[str, Any], **explicit: Any) -> None:
     an older name; ours do the same (`kwargs` and `explicit`: a forward's keyword arguments and cache parameters)."""
     if GENERATE_CACHE_NAME != CACHE_NAMES[0]:
         return
-    given = {**kwargs, **explicit}
     for name in CACHE_NAMES[1:]:
-        if given.get(name) is not None:
+        if explicit.get(name) is not None or kwargs.get(name) is not None:
             warnings.warn(
                 f"`{name}` is deprecated and will be removed in a future version of transformers; pass the cache as "
                 f"`{CACHE_NAMES[0]}` instead.",

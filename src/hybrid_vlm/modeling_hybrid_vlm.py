@@ -347,8 +347,9 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
                 pixel_values, vision_feature_layer, strategy, tower_outputs=tower_outputs,
                 output_attentions=output_attentions,
             )
-        image_grids, num_patches = self._anyres_layouts(pixel_values, image_sizes, image_grids, num_patches)
-        image_sizes = torch.as_tensor(image_sizes)
+        image_sizes, image_grids, num_patches = self._anyres_layouts(
+            pixel_values, image_sizes, image_grids, num_patches
+        )
         if self.visual_token_spec.num_maps > 1:
             raise ValueError(
                 "AnyRes tiles cannot be stitched when several encoders are fused along the sequence "
@@ -380,9 +381,10 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
 
     def _anyres_layouts(
         self, pixel_values: torch.Tensor, image_sizes: Any, image_grids: Any, num_patches: Any
-    ) -> tuple[torch.LongTensor, torch.LongTensor]:
-        """`(image_grids, num_patches)` of AnyRes pixels. transformers' `LlavaNextProcessor` returns only
-        `image_sizes`; the grids then follow from `config.image_grid_pinpoints`, as in transformers' LLaVA-NeXT."""
+    ) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]:
+        """`(image_sizes, image_grids, num_patches)` of AnyRes pixels, as tensors. transformers' `LlavaNextProcessor`
+        returns only `image_sizes`; the grids then follow from `config.image_grid_pinpoints`, as in transformers'
+        LLaVA-NeXT."""
         num_images, max_views = int(pixel_values.shape[0]), int(pixel_values.shape[1])
         if image_sizes is None:
             raise ValueError(
@@ -417,7 +419,7 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
         image_grids = torch.as_tensor(image_grids)
         if num_patches is None:
             num_patches = 1 + image_grids[:, 0] * image_grids[:, 1]
-        return image_grids, torch.as_tensor(num_patches)
+        return image_sizes, image_grids, torch.as_tensor(num_patches)
 
     def get_image_features(
         self,
@@ -746,7 +748,9 @@ class HybridVLMModel(HybridVLMPreTrainedModel):
 
         image_inputs = {"pixel_values": pixel_values}
         if pixel_values is not None and pixel_values.dim() == 5:
-            image_grids, num_patches = self._anyres_layouts(pixel_values, image_sizes, image_grids, num_patches)
+            image_sizes, image_grids, num_patches = self._anyres_layouts(
+                pixel_values, image_sizes, image_grids, num_patches
+            )
             image_inputs.update(image_sizes=image_sizes, image_grids=image_grids, num_patches=num_patches)
         embedded: dict[str, Any] = {}
         encoder_outputs: dict[str, Any] = {}
