@@ -1,63 +1,68 @@
 """hybrid_vlm: hybrid Mamba/Transformer vision-language models as native transformers models.
 
 Importing the package registers `HybridVLMConfig`, the models and the processors with transformers' Auto classes.
+Nothing else is imported until it is used: each public name below loads its module on first access, so that
+`import hybrid_vlm` costs little more than `import torch, transformers`.
 """
 
-from .builders import build_vamba
-from .chunked_prefill import plan_prefill_chunks, prefill_in_chunks
-from .configuration_hybrid_vlm import HybridVLMConfig
-from .image_processing_hybrid_vlm import HybridVLMImageProcessor
-from .kernels import compute_paths, install_kernel_fallback_filter
-from .modeling_hybrid_vlm import HybridVLMForConditionalGeneration, HybridVLMModel, HybridVLMPreTrainedModel
-from .presets import from_preset, list_presets, preset_config
-from .processing_hybrid_vlm import HybridVLMProcessor
-from .registration import register_auto_classes
-from .ssm_engine import install_ssm_engine, set_ssm_engine
-from .token_counts import VisualTokenSpec, count_image_tokens, count_video_tokens
-from .tokenization_utils import load_tiny_tokenizer
-from .training import (
-    VideoSFTCollator,
-    causal_lm_loss,
-    freeze_for_stage,
-    fsdp_wrap_classes,
-    lora_config,
-    qlora_config,
-    topk_distillation_loss,
-)
-from .version import __version__
-from .video_processing_hybrid_vlm import HybridVLMVideoProcessor
+from __future__ import annotations
 
-register_auto_classes()
-install_kernel_fallback_filter()  # one note of ours instead of transformers' per-kernel "falling back" lines
+import importlib
+import importlib.util
+from typing import Any
 
-__all__ = [
-    "HybridVLMConfig",
-    "HybridVLMForConditionalGeneration",
-    "HybridVLMImageProcessor",
-    "HybridVLMModel",
-    "HybridVLMPreTrainedModel",
-    "HybridVLMProcessor",
-    "HybridVLMVideoProcessor",
-    "VideoSFTCollator",
-    "VisualTokenSpec",
-    "__version__",
-    "build_vamba",
-    "causal_lm_loss",
-    "compute_paths",
-    "count_image_tokens",
-    "count_video_tokens",
-    "freeze_for_stage",
-    "from_preset",
-    "fsdp_wrap_classes",
-    "install_ssm_engine",
-    "list_presets",
-    "load_tiny_tokenizer",
-    "lora_config",
-    "plan_prefill_chunks",
-    "prefill_in_chunks",
-    "preset_config",
-    "qlora_config",
-    "register_auto_classes",
-    "set_ssm_engine",
-    "topk_distillation_loss",
-]
+from .registration import register_auto_classes_lazily
+from .version import __version__ as __version__
+
+# Public name -> the module (relative to this package) that defines it.
+_PUBLIC_NAMES: dict[str, str] = {
+    "HybridVLMConfig": "configuration_hybrid_vlm",
+    "HybridVLMForConditionalGeneration": "modeling_hybrid_vlm",
+    "HybridVLMImageProcessor": "image_processing_hybrid_vlm",
+    "HybridVLMModel": "modeling_hybrid_vlm",
+    "HybridVLMPreTrainedModel": "modeling_hybrid_vlm",
+    "HybridVLMProcessor": "processing_hybrid_vlm",
+    "HybridVLMVideoProcessor": "video_processing_hybrid_vlm",
+    "VideoSFTCollator": "training",
+    "VisualTokenSpec": "token_counts",
+    "build_vamba": "builders",
+    "causal_lm_loss": "training",
+    "compute_paths": "kernels",
+    "count_image_tokens": "token_counts",
+    "count_video_tokens": "token_counts",
+    "freeze_for_stage": "training",
+    "from_preset": "presets",
+    "fsdp_wrap_classes": "training",
+    "install_kernel_fallback_filter": "kernels",
+    "install_ssm_engine": "ssm_engine",
+    "list_presets": "presets",
+    "load_tiny_tokenizer": "tokenization_utils",
+    "lora_config": "training",
+    "plan_prefill_chunks": "chunked_prefill",
+    "prefill_in_chunks": "chunked_prefill",
+    "preset_config": "presets",
+    "qlora_config": "training",
+    "register_auto_classes": "registration",
+    "set_ssm_engine": "ssm_engine",
+    "topk_distillation_loss": "training",
+}
+
+__all__ = sorted([*_PUBLIC_NAMES, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _PUBLIC_NAMES.get(name)
+    if module_name is not None:
+        value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f".{name}", __name__)  # `hybrid_vlm.compat` works after `import hybrid_vlm`
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+register_auto_classes_lazily()

@@ -17,18 +17,40 @@ import importlib
 import inspect
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import transformers
-from torch import nn
-from transformers import DynamicCache, GenerationMixin, PreTrainedModel, ProcessorMixin
-from transformers.generation import utils as _generation_utils
-from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from torch import nn
 
 TRANSFORMERS_VERSION: str = transformers.__version__
 """For reports only (`hybrid-vlm env`, benchmark headers); nothing is decided by it."""
+
+# Importing transformers' model, generation or processor machinery costs about as much as importing torch, and the
+# configuration side (which imports this module) needs none of it. So every probe that needs that machinery runs on
+# first use: `compat.NAME` and `from .compat import NAME` call `_PROBES[NAME]` once (module `__getattr__`), and code
+# in this module calls the probe function itself.
+_PROBES: dict[str, Callable[[], Any]] = {}
+
+
+def _probe(name: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
+    """Declare the function that computes the module constant `name`; it runs once, on first use."""
+
+    def declare(function: Callable[[], Any]) -> Callable[[], Any]:
+        _PROBES[name] = cached = functools.cache(function)
+        return cached
+
+    return declare
+
+
+def __getattr__(name: str) -> Any:
+    probe = _PROBES.get(name)
+    if probe is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = globals()[name] = probe()
+    return value
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Cache naming. transformers <= 5.23 calls the cache `past_key_values` (`cache_params` for Mamba-style models); 5.24
@@ -43,13 +65,21 @@ def _first_cache_name(names: Iterable[str], default: str) -> str:
     return next((name for name in CACHE_NAMES if name in names), default)
 
 
-OUTPUT_CACHE_FIELD = _first_cache_name((f.name for f in dataclasses.fields(BaseModelOutputWithPast)), "past_key_values")
-"""The field under which transformers' output classes (and ours) carry the cache."""
+@_probe("OUTPUT_CACHE_FIELD")
+def _output_cache_field() -> str:
+    """The field under which transformers' output classes (and ours) carry the cache."""
+    from transformers.modeling_outputs import BaseModelOutputWithPast
 
-GENERATE_CACHE_NAME = _first_cache_name(
-    inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters, "past_key_values"
-)
-"""The keyword generate() passes the cache to `prepare_inputs_for_generation` and `forward` under."""
+    return _first_cache_name((f.name for f in dataclasses.fields(BaseModelOutputWithPast)), "past_key_values")
+
+
+@_probe("GENERATE_CACHE_NAME")
+def _generate_cache_name() -> str:
+    """The keyword generate() passes the cache to `prepare_inputs_for_generation` and `forward` under."""
+    from transformers import GenerationMixin
+
+    return _first_cache_name(inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters,
+                             "past_key_values")
 
 
 def cache_argument(function: Callable[..., Any], default: str | None = None) -> str | None:
@@ -94,7 +124,7 @@ def take_cache(kwargs: dict[str, Any], **explicit: Any) -> Any:
     if len(given) > 1:
         raise TypeError(
             f"got a cache under {' and '.join(f'`{n}`' for n in sorted(given))}; pass it once, under one name "
-            f"(`{GENERATE_CACHE_NAME}` on this transformers)."
+            f"(`{_generate_cache_name()}` on this transformers)."
         )
     return next(iter(given.values()), None)
 
@@ -102,7 +132,7 @@ def take_cache(kwargs: dict[str, Any], **explicit: Any) -> Any:
 def warn_if_old_cache_name(kwargs: dict[str, Any], **explicit: Any) -> None:
     """Where transformers has renamed the cache argument to `cache`, its models warn when a caller still passes
     an older name; ours do the same (`kwargs` and `explicit`: a forward's keyword arguments and cache parameters)."""
-    if GENERATE_CACHE_NAME != CACHE_NAMES[0]:
+    if _generate_cache_name() != CACHE_NAMES[0]:
         return
     for name in CACHE_NAMES[1:]:
         if explicit.get(name) is not None or kwargs.get(name) is not None:
@@ -129,28 +159,33 @@ def output_cache(outputs: Any) -> Any:
 
 def cache_output_kwargs(cache: Any) -> dict[str, Any]:
     """`{field: cache}` for building a transformers (or our) output object on this transformers."""
-    return {OUTPUT_CACHE_FIELD: cache}
+    return {_output_cache_field(): cache}
 
 
 def model_output(cls: type) -> type:
     """`@dataclass` for a `ModelOutput` subclass whose cache field is declared as `cache`: the field gets the name
     the installed transformers uses (generate() reads it back by that name)."""
     annotations = cls.__dict__.get("__annotations__", {})
-    if "cache" in annotations and OUTPUT_CACHE_FIELD != "cache":
-        cls.__annotations__ = {(OUTPUT_CACHE_FIELD if k == "cache" else k): v for k, v in annotations.items()}
+    field = _output_cache_field()
+    if "cache" in annotations and field != "cache":
+        cls.__annotations__ = {(field if k == "cache" else k): v for k, v in annotations.items()}
         default = cls.__dict__.get("cache", None)
         if "cache" in cls.__dict__:
             delattr(cls, "cache")
-        setattr(cls, OUTPUT_CACHE_FIELD, default)
+        setattr(cls, field, default)
     return dataclasses.dataclass(cls)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Generation hooks.
 
-GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL = hasattr(_generation_utils, "MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL")
-"""generate()'s own `prepare_inputs_for_generation` forwards `pixel_values` & co. only with the prefill (5.x); where
-it does not, ours decides (and creates the LM's own cache, see `legacy_cache_class`)."""
+@_probe("GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL")
+def _generate_drops_visual_inputs_after_prefill() -> bool:
+    """generate()'s own `prepare_inputs_for_generation` forwards `pixel_values` & co. only with the prefill (5.x);
+    where it does not, ours decides (and creates the LM's own cache, see `legacy_cache_class`)."""
+    from transformers.generation import utils as generation_utils
+
+    return hasattr(generation_utils, "MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL")
 
 
 
@@ -263,8 +298,11 @@ def _empty_keys_have_no_length(cache_class: type) -> type:
     return type(cache_class.__name__, (_EmptyKeysHaveNoLength, cache_class), {})
 
 
-def new_standard_cache(text_config: Any, cache_class: type = DynamicCache) -> Any:
-    """A standard cache built from the LM's config (its `layer_types` decide which layers hold SSM state)."""
+def new_standard_cache(text_config: Any, cache_class: type | None = None) -> Any:
+    """A standard cache (`DynamicCache` unless told) built from the LM's config (its `layer_types` decide which
+    layers hold SSM state)."""
+    if cache_class is None:
+        from transformers import DynamicCache as cache_class
     return cache_class(config=text_config)
 
 
@@ -325,21 +363,27 @@ def legacy_cache_position(
 # ---------------------------------------------------------------------------------------------------------------------
 # Model class attributes.
 
-TIED_WEIGHTS_AS_MAPPING = hasattr(PreTrainedModel, "get_expanded_tied_weights_keys")
-"""`_tied_weights_keys` maps target -> source (5.x) rather than listing the tied targets (4.x)."""
+@_probe("TIED_WEIGHTS_AS_MAPPING")
+def _tied_weights_as_mapping() -> bool:
+    """`_tied_weights_keys` maps target -> source (5.x) rather than listing the tied targets (4.x)."""
+    from transformers import PreTrainedModel
+
+    return hasattr(PreTrainedModel, "get_expanded_tied_weights_keys")
 
 
+@_probe("LM_HEAD_TP_STYLE")
 def _lm_head_tp_style() -> str:
+    """The tensor-parallel style transformers' own causal LMs give their `lm_head` (`colwise_gather_output` on 5.x,
+    `colwise_rep` where that style does not exist)."""
     from transformers import LlamaForCausalLM
 
     return dict(getattr(LlamaForCausalLM, "_tp_plan", None) or {}).get("lm_head", "colwise_rep")
 
 
-LM_HEAD_TP_STYLE = _lm_head_tp_style()
-
-
+@_probe("EMBEDDING_TP_STYLE")
 def _embedding_tp_style() -> str | None:
-    """The style transformers shards an input embedding with (by vocabulary rows), where it has one."""
+    """How a tied embedding is sharded when the head it shares a weight with is: the style transformers shards an
+    input embedding with (by vocabulary rows), None where the line has no such style."""
     for module in ("transformers.distributed.mixin", "transformers.integrations.tensor_parallel"):
         try:
             styles = importlib.import_module(module).ALL_PARALLEL_STYLES
@@ -349,15 +393,9 @@ def _embedding_tp_style() -> str | None:
     return None
 
 
-EMBEDDING_TP_STYLE = _embedding_tp_style()
-"""How a tied embedding is sharded when the head it shares a weight with is (None where the line has no style)."""
-"""The tensor-parallel style transformers' own causal LMs give their `lm_head` (`colwise_gather_output` on 5.x,
-`colwise_rep` where that style does not exist)."""
-
-
 def tied_weights_keys(mapping: Mapping[str, str]) -> dict[str, str] | list[str]:
     """`_tied_weights_keys` in the form the installed transformers reads."""
-    return dict(mapping) if TIED_WEIGHTS_AS_MAPPING else list(mapping)
+    return dict(mapping) if _tied_weights_as_mapping() else list(mapping)
 
 
 def revert_weight_conversion(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -368,40 +406,6 @@ def revert_weight_conversion(model: nn.Module, state: dict[str, torch.Tensor]) -
     except ImportError:
         return state
     return revert(model, state)
-
-
-class UnwrappedVisionModel(nn.Module):
-    """A CLIP/SigLIP vision model seen without its `vision_model` wrapper (transformers 4.x has one, 5.x not).
-
-    Registering the inner modules directly gives the unwrapped weight layout (`model.vision_tower.encoder...`)
-    everywhere, so a folder saved by either line loads on the other; `forward` still runs the wrapped model (its
-    hidden-state capture lives in its decorated forward). The modules are shared, not copied.
-    """
-
-    def __init__(self, wrapped: nn.Module) -> None:
-        super().__init__()
-        for name, child in wrapped.vision_model.named_children():
-            self.add_module(name, child)
-        object.__setattr__(self, "wrapped", wrapped)  # not a registered child: no second copy of the keys
-        self.config = wrapped.config
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.wrapped(*args, **kwargs)
-
-    @property
-    def _supports_sdpa(self) -> bool:  # what transformers asks a composite model's towers
-        return bool(getattr(self.wrapped, "_supports_sdpa", False))
-
-    @property
-    def _supports_flash_attn(self) -> bool:
-        return bool(getattr(self.wrapped, "_supports_flash_attn", False))
-
-
-def unwrap_vision_model(encoder: nn.Module) -> nn.Module:
-    """The encoder with the weight layout of the unwrapped vision models (see `UnwrappedVisionModel`)."""
-    if isinstance(getattr(encoder, "vision_model", None), nn.Module):
-        return UnwrappedVisionModel(encoder)
-    return encoder
 
 
 def merged_vision_features(output: Any) -> torch.Tensor:
@@ -440,27 +444,26 @@ def cast_mixer_outputs_to_projection_dtype(language_model: nn.Module) -> int:
     for module in language_model.modules():
         projection = getattr(module, "out_proj", None)
         owns_ssm_state = "A_log" in dict(module.named_parameters(recurse=False))
-        if owns_ssm_state and isinstance(projection, nn.Linear) and not getattr(projection, "_hybrid_vlm_casts", False):
+        linear = isinstance(getattr(projection, "weight", None), torch.Tensor)
+        if owns_ssm_state and linear and not getattr(projection, "_hybrid_vlm_casts", False):
             projection.register_forward_pre_hook(_cast_to_weight_dtype)
             projection._hybrid_vlm_casts = True
             hooked += 1
     return hooked
 
 
+@_probe("FEATURE_GETTERS_RETURN_MODEL_OUTPUT")
 def _feature_getters_return_model_output() -> bool:
+    """transformers' VLMs answer `get_image_features` / `get_video_features` with a `BaseModelOutputWithPooling`
+    whose `pooler_output` holds the projected features (5.x), rather than with the features themselves (4.x)."""
     from transformers.models.llava.modeling_llava import LlavaModel
 
     return "BaseModelOutputWithPooling" in str(inspect.signature(LlavaModel.get_image_features).return_annotation)
 
 
-FEATURE_GETTERS_RETURN_MODEL_OUTPUT = _feature_getters_return_model_output()
-"""transformers' VLMs answer `get_image_features` / `get_video_features` with a `BaseModelOutputWithPooling` whose
-`pooler_output` holds the projected features (5.x), rather than with the features themselves (4.x)."""
-
-
 def projected_features(output: Any) -> Any:
     """The projected visual features of a `get_image_features` / `get_video_features` answer, on either line."""
-    if isinstance(output, tuple) and FEATURE_GETTERS_RETURN_MODEL_OUTPUT:
+    if isinstance(output, tuple) and _feature_getters_return_model_output():
         return output[1]  # (last_hidden_state, pooler_output, ...)
     return getattr(output, "pooler_output", output)
 
@@ -512,7 +515,11 @@ def mixer_dt_limits(mixer: nn.Module) -> tuple[float, float]:
     return (0.0, float("inf")) if limit is None else (float(limit[0]), float(limit[1]))
 
 
-CACHE_HAS_LINEAR_ATTENTION_LAYERS = hasattr(DynamicCache, "get_conv_state")
+@_probe("CACHE_HAS_LINEAR_ATTENTION_LAYERS")
+def _cache_has_linear_attention_layers() -> bool:
+    from transformers import DynamicCache
+
+    return hasattr(DynamicCache, "get_conv_state")
 """The standard cache holds the SSM layers' states itself (5.x) rather than per-model cache classes (4.x)."""
 
 
@@ -575,27 +582,37 @@ def write_mixer_state(
 # ---------------------------------------------------------------------------------------------------------------------
 # Auto classes.
 
-AUTO_MODEL_FOR_VISION2SEQ = getattr(transformers, "AutoModelForVision2Seq", None)
-"""`AutoModelForVision2Seq` where it exists (removed in transformers 5): a separate mapping from ImageTextToText."""
+@_probe("AUTO_MODEL_FOR_VISION2SEQ")
+def _auto_model_for_vision2seq() -> Any:
+    """`AutoModelForVision2Seq` where it exists (removed in transformers 5): a separate mapping from
+    ImageTextToText."""
+    return getattr(transformers, "AutoModelForVision2Seq", None)
 
 
 def auto_model_for_image_text_to_text() -> Any:
     """The Auto class for VLMs with a text head: ImageTextToText, or Vision2Seq where that is all there is."""
-    return getattr(transformers, "AutoModelForImageTextToText", None) or AUTO_MODEL_FOR_VISION2SEQ
+    return getattr(transformers, "AutoModelForImageTextToText", None) or _auto_model_for_vision2seq()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Processors and tokenizers.
 
-PROCESSOR_ATTRIBUTES_FROM_SIGNATURE = hasattr(ProcessorMixin, "get_attributes")
-"""ProcessorMixin finds sub-processors from `__init__`'s parameters (5.x) rather than from `attributes` and
-`*_class` attributes (4.x)."""
+@_probe("PROCESSOR_ATTRIBUTES_FROM_SIGNATURE")
+def _processor_attributes_from_signature() -> bool:
+    """ProcessorMixin finds sub-processors from `__init__`'s parameters (5.x) rather than from `attributes` and
+    `*_class` attributes (4.x)."""
+    from transformers import ProcessorMixin
 
-CHAT_TEMPLATE_TAKES_PROCESSOR_KWARGS = "processor_kwargs" in inspect.signature(
-    ProcessorMixin.apply_chat_template
-).parameters
-"""`ProcessorMixin.apply_chat_template` routes `processor_kwargs` to `__call__` (5.x). Its predecessor (4.x) also
-assumed list-of-blocks message contents when tokenizing, so strings are turned into text blocks there."""
+    return hasattr(ProcessorMixin, "get_attributes")
+
+
+@_probe("CHAT_TEMPLATE_TAKES_PROCESSOR_KWARGS")
+def _chat_template_takes_processor_kwargs() -> bool:
+    """`ProcessorMixin.apply_chat_template` routes `processor_kwargs` to `__call__` (5.x). Its predecessor (4.x)
+    also assumed list-of-blocks message contents when tokenizing, so strings are turned into text blocks there."""
+    from transformers import ProcessorMixin
+
+    return "processor_kwargs" in inspect.signature(ProcessorMixin.apply_chat_template).parameters
 
 
 def record_processor_class(image_processor: Any, processor_class: str) -> None:
@@ -608,29 +625,35 @@ def record_processor_class(image_processor: Any, processor_class: str) -> None:
 
 def processor_attribute_names(cls: type) -> list[str]:
     """A processor class's sub-processor attribute names, in `__init__` order."""
-    return list(cls.get_attributes()) if PROCESSOR_ATTRIBUTES_FROM_SIGNATURE else list(cls.attributes)
+    return list(cls.get_attributes()) if _processor_attributes_from_signature() else list(cls.attributes)
 
 
 def processor_view_with_attributes(cls: type, names: list[str]) -> type:
     """A subclass of `cls` whose sub-processors are only `names` (so the parent's loader skips the others)."""
-    if PROCESSOR_ATTRIBUTES_FROM_SIGNATURE:
+    if _processor_attributes_from_signature():
         namespace: dict[str, Any] = {"get_attributes": classmethod(lambda view: list(names))}
     else:
         namespace = {"attributes": list(names)}
     return type(f"_{cls.__name__}View", (cls,), namespace)
 
 
-try:  # the torchvision-free base every video processor derives from, where there is one (5.x)
-    from transformers.video_processing_utils import VideoProcessorMixin as _VideoProcessorMixin
-except ImportError:  # 4.x: BaseVideoProcessor is a torchvision "fast" processor; the plain image base works
-    from transformers.image_processing_utils import BaseImageProcessor as _VideoProcessorMixin
-VIDEO_PROCESSOR_BASE: type = _VideoProcessorMixin
+@_probe("VIDEO_PROCESSOR_BASE")
+def _video_processor_base() -> type:
+    """The torchvision-free base every video processor derives from, where there is one (5.x); on 4.x
+    BaseVideoProcessor is a torchvision "fast" processor and the plain image base works."""
+    try:
+        from transformers.video_processing_utils import VideoProcessorMixin
+    except ImportError:
+        from transformers.image_processing_utils import BaseImageProcessor as VideoProcessorMixin
+    return VideoProcessorMixin
 
-_UNNAMED_EXTRAS_KEY = (
-    "additional_special_tokens"
-    if "additional_special_tokens" in getattr(PreTrainedTokenizerBase, "SPECIAL_TOKENS_ATTRIBUTES", ())
-    else "extra_special_tokens"
-)
+
+@_probe("UNNAMED_EXTRAS_KEY")
+def _unnamed_extras_key() -> str:
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    named = getattr(PreTrainedTokenizerBase, "SPECIAL_TOKENS_ATTRIBUTES", ())
+    return "additional_special_tokens" if "additional_special_tokens" in named else "extra_special_tokens"
 
 
 def special_tokens_kwargs(extra: list[str], named: Mapping[str, str]) -> dict[str, Any]:
@@ -639,7 +662,7 @@ def special_tokens_kwargs(extra: list[str], named: Mapping[str, str]) -> dict[st
     Where `additional_special_tokens` is a standard attribute (4.x) it takes the list and `extra_special_tokens` the
     named ones; otherwise (5.x) a list under `extra_special_tokens` is unnamed and every `*_token` keyword is named.
     """
-    if _UNNAMED_EXTRAS_KEY == "additional_special_tokens":
+    if _unnamed_extras_key() == "additional_special_tokens":
         return {"additional_special_tokens": list(extra), "extra_special_tokens": dict(named)}
     return {"extra_special_tokens": list(extra), **named}
 
@@ -660,9 +683,14 @@ def decode_special_floats(value: Any) -> Any:
     return value
 
 
-# 5.x keeps a config's rotary settings in `rope_parameters` (rope_theta inside it); 4.x configs take `rope_theta` and
-# `rope_scaling` and would keep a 5.x-saved `rope_parameters` as an unused attribute (rope_theta back at its default).
-CONFIGS_TAKE_ROPE_PARAMETERS = "rope_parameters" in inspect.signature(transformers.LlamaConfig.__init__).parameters
+@_probe("CONFIGS_TAKE_ROPE_PARAMETERS")
+def _configs_take_rope_parameters() -> bool:
+    """5.x keeps a config's rotary settings in `rope_parameters` (rope_theta inside it); 4.x configs take
+    `rope_theta` and `rope_scaling` and would keep a 5.x-saved `rope_parameters` as an unused attribute (rope_theta
+    back at its default)."""
+    from transformers.models.llama.configuration_llama import LlamaConfig
+
+    return "rope_parameters" in inspect.signature(LlamaConfig.__init__).parameters
 
 
 def portable_rope_fields(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -671,7 +699,7 @@ def portable_rope_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     more than the default rope, `rope_scaling`. Unchanged where the line takes `rope_parameters` (it reads both)."""
     values = dict(values)
     rope = values.get("rope_parameters")
-    if CONFIGS_TAKE_ROPE_PARAMETERS or not isinstance(rope, Mapping):
+    if _configs_take_rope_parameters() or not isinstance(rope, Mapping):
         return values
     rope = dict(values.pop("rope_parameters"))
     for key in ("rope_theta", "partial_rotary_factor"):
@@ -688,18 +716,18 @@ def feature_report() -> list[tuple[str, str]]:
     """What each probe found on the installed transformers (printed by `hybrid-vlm env`)."""
     return [
         ("transformers", TRANSFORMERS_VERSION),
-        ("cache keyword (generate)", GENERATE_CACHE_NAME),
-        ("cache field (outputs)", OUTPUT_CACHE_FIELD),
-        ("generate drops visual inputs after prefill", str(GENERATE_DROPS_VISUAL_INPUTS_AFTER_PREFILL)),
+        ("cache keyword (generate)", _generate_cache_name()),
+        ("cache field (outputs)", _output_cache_field()),
+        ("generate drops visual inputs after prefill", str(_generate_drops_visual_inputs_after_prefill())),
         ("per-model SSM cache classes", str(legacy_cache_class("jamba") is not None)),
-        ("tied weights as mapping", str(TIED_WEIGHTS_AS_MAPPING)),
-        ("lm_head tensor-parallel style", LM_HEAD_TP_STYLE),
-        ("feature getters return model outputs", str(FEATURE_GETTERS_RETURN_MODEL_OUTPUT)),
-        ("processor attributes from signature", str(PROCESSOR_ATTRIBUTES_FROM_SIGNATURE)),
-        ("AutoModelForVision2Seq", str(AUTO_MODEL_FOR_VISION2SEQ is not None)),
-        ("unnamed extra special tokens key", _UNNAMED_EXTRAS_KEY),
-        ("configs take rope_parameters", str(CONFIGS_TAKE_ROPE_PARAMETERS)),
-        ("standard cache holds SSM layers", str(CACHE_HAS_LINEAR_ATTENTION_LAYERS)),
+        ("tied weights as mapping", str(_tied_weights_as_mapping())),
+        ("lm_head tensor-parallel style", _lm_head_tp_style()),
+        ("feature getters return model outputs", str(_feature_getters_return_model_output())),
+        ("processor attributes from signature", str(_processor_attributes_from_signature())),
+        ("AutoModelForVision2Seq", str(_auto_model_for_vision2seq() is not None)),
+        ("unnamed extra special tokens key", _unnamed_extras_key()),
+        ("configs take rope_parameters", str(_configs_take_rope_parameters())),
+        ("standard cache holds SSM layers", str(_cache_has_linear_attention_layers())),
     ]
 
 

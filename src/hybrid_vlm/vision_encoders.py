@@ -15,18 +15,53 @@ feeding both the same normalisation is a silent accuracy loss. The image process
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoModel, PretrainedConfig
 
-from .compat import UnwrappedVisionModel, unwrap_vision_model
 from .qwen2vl_vision import QWEN2VL_VISION_MODEL_TYPES, build_qwen2vl_vision_tower
 from .token_counts import vision_prefix_token_count
 
 # Vision-fusion modes for several encoders. "channel": one map of the concatenated widths (Cobra, N tokens);
 # "sequence": the maps one after another (MambaVLM's visual long sequence, num_encoders * N tokens).
 VISION_FUSIONS = ("channel", "sequence")
+
+
+class UnwrappedVisionModel(nn.Module):
+    """A CLIP/SigLIP vision model seen without its `vision_model` wrapper (transformers 4.x has one, 5.x not;
+    the structure decides, not the version).
+
+    Registering the inner modules directly gives the unwrapped weight layout (`model.vision_tower.encoder...`)
+    everywhere, so a folder saved by either line loads on the other; `forward` still runs the wrapped model (its
+    hidden-state capture lives in its decorated forward). The modules are shared, not copied.
+    """
+
+    def __init__(self, wrapped: nn.Module) -> None:
+        super().__init__()
+        for name, child in wrapped.vision_model.named_children():
+            self.add_module(name, child)
+        object.__setattr__(self, "wrapped", wrapped)  # not a registered child: no second copy of the keys
+        self.config = wrapped.config
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.wrapped(*args, **kwargs)
+
+    @property
+    def _supports_sdpa(self) -> bool:  # what transformers asks a composite model's towers
+        return bool(getattr(self.wrapped, "_supports_sdpa", False))
+
+    @property
+    def _supports_flash_attn(self) -> bool:
+        return bool(getattr(self.wrapped, "_supports_flash_attn", False))
+
+
+def unwrap_vision_model(encoder: nn.Module) -> nn.Module:
+    """The encoder with the weight layout of the unwrapped vision models (see `UnwrappedVisionModel`)."""
+    if isinstance(getattr(encoder, "vision_model", None), nn.Module):
+        return UnwrappedVisionModel(encoder)
+    return encoder
 
 
 def build_single_encoder(vision_config: PretrainedConfig) -> nn.Module:
