@@ -31,6 +31,7 @@ from transformers.models.llava_next.modeling_llava_next import (
     unpad_image,
 )
 
+from .config_options import as_size, check_pinpoints
 from .token_counts import VisualTokenSpec, capped_feature_size, count_image_tokens, projector_output_grid
 
 # Far beyond any real use (8000 x 8000 px at 336 px tiles is 24 x 24 = 576 tiles) but keeps the candidate list
@@ -56,21 +57,6 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def as_size(value: Any, name: str = "size") -> tuple[int, int]:
-    """(height, width) from an int (square), a pair, a ``{"height", "width"}`` dict or a 2-element tensor/array."""
-    if isinstance(value, dict):
-        if set(value) != {"height", "width"}:
-            raise ValueError(f"AnyRes: {name} as a dict needs exactly the keys 'height' and 'width', got {value}.")
-        value = (value["height"], value["width"])
-    elif isinstance(value, (torch.Tensor, np.ndarray)):
-        value = [int(v) for v in value.reshape(-1).tolist()]
-    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (value, value)
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ValueError(f"AnyRes: {name} must be (height, width), got {value!r}.")
-    return _positive_int(value[0], f"{name}[0]"), _positive_int(value[1], f"{name}[1]")
-
-
 def _as_grid(grid: Any) -> tuple[int, int]:
     return as_size(grid, "grid (rows, cols)")
 
@@ -87,30 +73,6 @@ def check_max_tiles(max_tiles: Any) -> int:
     if max_tiles > MAX_TILES_LIMIT:
         raise ValueError(f"AnyRes: max_tiles={max_tiles} is above the supported limit of {MAX_TILES_LIMIT}.")
     return max_tiles
-
-
-def check_pinpoints(image_grid_pinpoints: Any, tile_size: Any = None) -> list[list[int]]:
-    """Validate LLaVA-NeXT pinpoints as a JSON-friendly ``[[height, width], ...]``.
-
-    With ``tile_size``, every pinpoint must be a whole number of tiles: LLaVA-NeXT silently floors otherwise, which
-    drops image content from the tiles.
-    """
-    if isinstance(image_grid_pinpoints, (str, bytes)) or not isinstance(image_grid_pinpoints, (list, tuple)):
-        raise ValueError(
-            f"AnyRes: image_grid_pinpoints must be a list of [height, width] resolutions, got {image_grid_pinpoints!r}."
-        )
-    if not image_grid_pinpoints:
-        raise ValueError("AnyRes: image_grid_pinpoints is empty; give at least one [height, width] resolution.")
-    pins = [list(as_size(p, f"image_grid_pinpoints[{i}]")) for i, p in enumerate(image_grid_pinpoints)]
-    if tile_size is not None:
-        tile_h, tile_w = as_size(tile_size, "tile_size")
-        bad = [p for p in pins if p[0] % tile_h or p[1] % tile_w]
-        if bad:
-            raise ValueError(
-                f"AnyRes: image_grid_pinpoints {bad} are not multiples of the tile size {tile_h}x{tile_w}; every "
-                "pinpoint must be a whole number of tiles (e.g. [336, 672] for 336 px tiles)."
-            )
-    return pins
 
 
 # ------------------------------------------------------------------------------------------------- grid choice

@@ -5,24 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
 
-# transformers 4.x remote code copies only the relative imports written in this file, but then walks the copies
-# recursively: every module reachable from here (validation uses projectors and vamba) is imported directly.
-from .anyres import check_pinpoints, pool_2d  # noqa: F401
 from .compat import decode_special_floats, portable_rope_fields
-from .projectors import validate_projector_settings
-from .qwen2vl_vision import QWEN2VL_VISION_MODEL_TYPES, check_feature_layers, qwen2vl_vision_config
-from .ssm import SSMBlock  # noqa: F401
-from .token_counts import VisualTokenSpec  # noqa: F401
-from .vision_encoders import VISION_FUSIONS
+from .config_options import (
+    ANYRES_MERGES,
+    DECODERS,
+    FEATURE_SELECT_STRATEGIES,
+    PROJECTOR_TYPES,
+    QWEN2VL_VISION_MODEL_TYPES,
+    VISION_FUSIONS,
+    check_feature_layers,
+    check_pinpoints,
+    qwen2vl_vision_config,
+    validate_projector_settings,
+)
+from .token_counts import VisualTokenSpec
 
-# Values accepted by the structural settings. Later families extend these tuples; the model dispatches on them.
-DECODERS = ("interleaved", "vamba")
-PROJECTOR_TYPES = ("mlp2x_gelu", "mlp3x_gelu", "pool2d_mlp", "pool1d_mlp", "conv2d_adapter", "mamba", "identity")
-FEATURE_SELECT_STRATEGIES = ("default", "full")
-ANYRES_MERGES = ("spatial", "flat")
 # Vision encoders whose output layout (prefix tokens + a square patch grid) the token-count function knows.
 VISION_MODEL_TYPES = (
     "clip_vision_model", "siglip_vision_model", "dinov2", "dinov2_with_registers", *QWEN2VL_VISION_MODEL_TYPES
@@ -35,6 +33,8 @@ _COMPOSITE_VISION_TYPES = ("clip", "siglip")
 
 def _as_config(value: Any, name: str, default_type: str) -> PretrainedConfig:
     """Turn a dict (as found in config.json) or None into a transformers config object."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
     if value is None:
         return CONFIG_MAPPING[default_type]()
     model_type = value.get("model_type") if isinstance(value, dict) else getattr(value, "model_type", None)
@@ -245,6 +245,8 @@ class HybridVLMConfig(PretrainedConfig):
             self._validate_vamba(text_type)
         elif self.vamba_options is not None:
             raise ValueError("vamba_options only apply to decoder_type='vamba'; remove them or set decoder_type.")
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
+
         causal_lm = text_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or self.decoder_type == "vamba"
         if not causal_lm or text_type not in MODEL_MAPPING_NAMES:
             raise ValueError(
@@ -379,7 +381,7 @@ class HybridVLMConfig(PretrainedConfig):
 
     def _validate_vamba(self, text_type: str) -> None:
         from .caching import has_ssm_layers
-        from .vamba import INCOMPATIBLE_MODEL_TYPES, VambaOptions
+        from .config_options import INCOMPATIBLE_MODEL_TYPES, VambaOptions
 
         self.vamba_options = VambaOptions.coerce(self.vamba_options).to_dict()
         if text_type in INCOMPATIBLE_MODEL_TYPES or has_ssm_layers(self.text_config):

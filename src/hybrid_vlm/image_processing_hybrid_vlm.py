@@ -35,7 +35,8 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs
 from transformers.utils import logging
 
-from .anyres import AnyResLayout, best_grid, check_max_tiles, check_pinpoints, fit_size, pad_to, split_tiles
+from .anyres import AnyResLayout, best_grid, check_max_tiles, fit_size, pad_to, split_tiles
+from .config_options import check_pinpoints
 
 # Not used here: transformers 4.57 copies only an entry module's *direct* relative imports when it loads a local folder
 # with trust_remote_code, so every module anyres.py needs must be imported by this file too.

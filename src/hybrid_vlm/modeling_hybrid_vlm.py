@@ -62,6 +62,7 @@ from .compat import (
     tied_weights_keys,
     warn_if_old_cache_name,
 )
+from .config_options import VambaOptions
 from .configuration_hybrid_vlm import HybridVLMConfig
 from .hub import write_model_card
 from .kernels import use_torch_ssm_path_where_needed
@@ -199,7 +200,7 @@ class HybridVLMPreTrainedModel(PreTrainedModel):
         """
         std = getattr(self.config.text_config, "initializer_range", 0.02)
         if self.config.decoder_type == "vamba":
-            from .vamba import VambaOptions, init_vamba_module
+            from .vamba import init_vamba_module
 
             options = VambaOptions.from_dict(self.config.vamba_options)
             if init_vamba_module(module, options, self.config.text_config.num_hidden_layers, std):

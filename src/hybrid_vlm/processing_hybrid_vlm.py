@@ -49,6 +49,7 @@ from .compat import (
     processor_view_with_attributes,
     record_processor_class,
 )
+from .config_options import VambaOptions  # noqa: F401  (configuration's imports, for 4.x remote code)
 from .configuration_hybrid_vlm import FEATURE_SELECT_STRATEGIES, HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
 from .projectors import build_projector  # noqa: F401
@@ -80,7 +81,7 @@ from .tokenization_utils import (
     VIDEO_TOKEN,
     make_tokenizer_files_portable,
 )
-from .vamba import VambaOptions  # noqa: F401
+from .vamba import VambaLanguageModel  # noqa: F401
 from .video_processing_hybrid_vlm import (
     VIDEO_PROCESSOR_FILE,
     HybridVLMVideoProcessor,

@@ -21,7 +21,6 @@ functions (:func:`scan_orders`, :func:`inverse_permutation`, :func:`fused_scan_o
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -32,7 +31,15 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .anyres import pool_2d
-from .ssm import MIXERS, Mamba1Mixer, Mamba2Mixer, Mamba2RMSNormGated, RMSNorm, SSMBlock
+from .config_options import (
+    SCAN_FUSIONS,
+    SCAN_MERGES,
+    check_ssm_options,
+    selected_prefix_tokens,
+    setting,
+    validate_projector_settings,
+)
+from .ssm import Mamba1Mixer, Mamba2Mixer, Mamba2RMSNormGated, RMSNorm, SSMBlock
 from .token_counts import (  # the token arithmetic lives with the token-count function
     GRID_ONLY_PROJECTORS,
     POOLING_PROJECTORS,
@@ -64,8 +71,6 @@ __all__ = [
     "validate_projector_settings",
 ]
 
-SCAN_FUSIONS = ("cross_stitch", "cross_cat")
-SCAN_MERGES = ("sum", "mean")
 
 Features = torch.Tensor | Sequence[torch.Tensor]
 
@@ -400,24 +405,6 @@ class Conv2dAdapterProjector(_Projector):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _ssm_keywords(mixer: str) -> set[str]:
-    parameters = inspect.signature(MIXERS[mixer].__init__).parameters
-    return {name for name in parameters if name not in ("self", "hidden_size", "layer_idx")} | {"norm_eps"}
-
-
-def _check_ssm_options(ssm: dict[str, Any] | None) -> dict[str, Any]:
-    options = dict(ssm or {})
-    mixer = options.pop("mixer", "mamba2")
-    if mixer not in MIXERS:
-        raise ValueError(f"projector ssm 'mixer' must be one of {sorted(MIXERS)}, got {mixer!r}.")
-    unknown = sorted(set(options) - _ssm_keywords(mixer))
-    if unknown:
-        raise ValueError(
-            f"Unknown projector ssm option(s) {unknown} for mixer '{mixer}'; allowed: {sorted(_ssm_keywords(mixer))}."
-        )
-    return {"mixer": mixer, **options}
-
-
 class MambaProjector(_Projector):
     """MambaVLM's Mamba projector with cross-stitch scanning ("Unleashing the Power of Selective State Space Models
     in Vision-Language Models", §3.2, Eq. 6-8, Fig. 3, Table 3).
@@ -479,7 +466,7 @@ class MambaProjector(_Projector):
         self.hidden_size = hidden
         self.scan_fusion = scan_fusion
         self.merge = merge
-        self.ssm_options = _check_ssm_options(ssm)
+        self.ssm_options = check_ssm_options(ssm)
 
         def per_map() -> nn.Module:
             if len(set(self.map_widths)) == 1:
@@ -573,78 +560,6 @@ PROJECTOR_CLASSES: dict[str, type[_Projector]] = {
 }
 
 
-def _setting(config: Any, name: str, default: Any = None) -> Any:
-    """A config field, or its default when the config predates it (older config.json files)."""
-    return getattr(config, name, default)
-
-
-def _prefix_tokens(config: Any) -> int:
-    if _setting(config, "vision_feature_select_strategy", "default") != "full":
-        return 0
-    from .token_counts import vision_prefix_token_count
-
-    vision = config.vision_config
-    configs = vision if isinstance(vision, (list, tuple)) else [vision]
-    counts = {vision_prefix_token_count(c) for c in configs}
-    if len(counts) != 1:
-        raise ValueError(
-            f"vision_feature_select_strategy='full' with encoders that emit different prefix counts {sorted(counts)}; "
-            "use 'default' so that every map is a plain patch grid."
-        )
-    return counts.pop()
-
-
-def validate_projector_settings(config: Any) -> None:
-    """Reject unknown or inconsistent projector settings of a config now, with a message that says what to change.
-
-    Reads `projector_type` and the `projector_*` fields (missing ones take their defaults); the config calls it from
-    its own validation.
-    """
-    projector_type = _setting(config, "projector_type", "mlp2x_gelu")
-    if projector_type not in PROJECTOR_CLASSES:
-        raise ValueError(f"Unknown projector_type '{projector_type}'. Choose one of {list(PROJECTOR_CLASSES)}.")
-    pooled = _setting(config, "projector_pooled_grid")
-    if projector_type in POOLING_PROJECTORS:
-        if pooled is None:
-            raise ValueError(f"projector_type='{projector_type}' needs projector_pooled_grid (LongLLaVA: 12).")
-        _positive_int(pooled, "projector_pooled_grid")
-        if _setting(config, "vision_pooled_grid") is not None:
-            raise ValueError(
-                f"projector_type='{projector_type}' pools inside the projector; vision_pooled_grid would pool a second "
-                "time before it. Set vision_pooled_grid=None (or use mlp2x_gelu with vision_pooled_grid)."
-            )
-    elif pooled is not None:
-        raise ValueError(
-            f"projector_pooled_grid only applies to {list(POOLING_PROJECTORS)}, not '{projector_type}'; remove it."
-        )
-    kernel = _setting(config, "projector_conv_kernel", 2)
-    stride = _setting(config, "projector_conv_stride")
-    _positive_int(kernel, "projector_conv_kernel")
-    if stride is not None:
-        _positive_int(stride, "projector_conv_stride")
-    intermediate = _setting(config, "projector_intermediate_size")
-    if intermediate is not None:
-        _positive_int(intermediate, "projector_intermediate_size")
-    hidden = _setting(config, "projector_hidden_size")
-    if hidden is not None:
-        _positive_int(hidden, "projector_hidden_size")
-    fusion = _setting(config, "projector_scan_fusion", "cross_stitch")
-    if fusion not in SCAN_FUSIONS:
-        raise ValueError(f"Unknown projector_scan_fusion '{fusion}'. Choose one of {list(SCAN_FUSIONS)}.")
-    merge = _setting(config, "projector_scan_merge", "sum")
-    if merge not in SCAN_MERGES:
-        raise ValueError(f"Unknown projector_scan_merge '{merge}'. Choose one of {list(SCAN_MERGES)}.")
-    ssm = _setting(config, "projector_ssm")
-    if ssm is not None and not isinstance(ssm, dict):
-        raise TypeError(f"projector_ssm must be a dict of SSMBlock options or None, got {type(ssm).__name__}.")
-    _check_ssm_options(ssm)
-    if projector_type in GRID_ONLY_PROJECTORS and _prefix_tokens(config):
-        raise ValueError(
-            f"projector_type='{projector_type}' works on the patch grid only; set vision_feature_select_strategy="
-            "'default' (drops the CLS/register tokens)."
-        )
-
-
 def build_projector(config: Any, vision_hidden_size: int | Sequence[int]) -> nn.Module:
     """Build the projector named by `config.projector_type` from the config's `projector_*` fields.
 
@@ -652,15 +567,15 @@ def build_projector(config: Any, vision_hidden_size: int | Sequence[int]) -> nn.
     the sequence (the projector then takes one map per encoder).
     """
     validate_projector_settings(config)
-    projector_type = _setting(config, "projector_type", "mlp2x_gelu")
+    projector_type = setting(config, "projector_type", "mlp2x_gelu")
     text_hidden_size = config.text_config.hidden_size
-    act = _setting(config, "projector_hidden_act", "gelu")
-    bias = _setting(config, "multimodal_projector_bias", True)
-    prefix = _prefix_tokens(config)
+    act = setting(config, "projector_hidden_act", "gelu")
+    bias = setting(config, "multimodal_projector_bias", True)
+    prefix = selected_prefix_tokens(config)
     if projector_type == "mlp2x_gelu":
         return MLP2xGeluProjector(vision_hidden_size, text_hidden_size, act, bias, prefix)
     if projector_type == "mlp3x_gelu":
-        intermediate = _setting(config, "projector_intermediate_size")
+        intermediate = setting(config, "projector_intermediate_size")
         return MLP3xGeluProjector(vision_hidden_size, text_hidden_size, act, bias, prefix, intermediate)
     if projector_type in POOLING_PROJECTORS:
         cls = PROJECTOR_CLASSES[projector_type]
@@ -668,16 +583,16 @@ def build_projector(config: Any, vision_hidden_size: int | Sequence[int]) -> nn.
     if projector_type == "identity":
         return IdentityProjector(vision_hidden_size, text_hidden_size, prefix)
     if projector_type == "conv2d_adapter":
-        kernel = _setting(config, "projector_conv_kernel", 2)
-        stride = _setting(config, "projector_conv_stride")
+        kernel = setting(config, "projector_conv_kernel", 2)
+        stride = setting(config, "projector_conv_stride")
         return Conv2dAdapterProjector(vision_hidden_size, text_hidden_size, kernel, stride, bias, prefix)
     return MambaProjector(
         vision_hidden_size,
         text_hidden_size,
-        hidden_size=_setting(config, "projector_hidden_size"),
-        scan_fusion=_setting(config, "projector_scan_fusion", "cross_stitch"),
-        merge=_setting(config, "projector_scan_merge", "sum"),
-        ssm=_setting(config, "projector_ssm"),
+        hidden_size=setting(config, "projector_hidden_size"),
+        scan_fusion=setting(config, "projector_scan_fusion", "cross_stitch"),
+        merge=setting(config, "projector_scan_merge", "sum"),
+        ssm=setting(config, "projector_ssm"),
         bias=bias,
         num_prefix_tokens=prefix,
     )

@@ -30,61 +30,16 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from .compat import merged_vision_features
+from .config_options import (
+    ACCEPTED_FEATURE_LAYERS,
+    QWEN2VL_VISION_MODEL_TYPES,
+    check_feature_layers,
+    is_qwen2vl_vision_config,
+    qwen2vl_vision_config,
+)
 
 # `model_type` of transformers' Qwen2VLVisionConfig: "qwen2_vl_vision" on 5.x; 4.x gives the vision config the
 # composite's name, "qwen2_vl". Both name the same config class on their line.
-QWEN2VL_VISION_MODEL_TYPES = ("qwen2_vl_vision", "qwen2_vl")
-# Feature layers accepted for this tower (the HybridVLMConfig default and "last"); both mean the merger's output.
-ACCEPTED_FEATURE_LAYERS = (-2, -1)
-# Keys of the vision-config dict that identify a composite Qwen2-VL config (it holds the vision config inside).
-_COMPOSITE_KEYS = ("vision_config", "text_config")
-
-
-def _vision_config_class() -> type[PretrainedConfig]:
-    from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
-
-    return Qwen2VLVisionConfig
-
-
-def is_qwen2vl_vision_config(config: Any) -> bool:
-    """True for transformers' Qwen2-VL vision config (either line's class)."""
-    return isinstance(config, _vision_config_class())
-
-
-def qwen2vl_vision_config(value: Any) -> PretrainedConfig:
-    """A `Qwen2VLVisionConfig` from a dict saved by either transformers line (model_type `qwen2_vl_vision` or 4.x's
-    `qwen2_vl`), a vision config, or a full Qwen2-VL config / config dict (its vision part is taken)."""
-    config_class = _vision_config_class()
-    if isinstance(value, config_class):
-        return value
-    if isinstance(value, PretrainedConfig):
-        vision = getattr(value, "vision_config", None)
-        if getattr(value, "model_type", None) in QWEN2VL_VISION_MODEL_TYPES and vision is not None:
-            return qwen2vl_vision_config(vision)
-        raise TypeError(f"expected a Qwen2-VL (vision) config, got {type(value).__name__}.")
-    if not isinstance(value, Mapping):
-        raise TypeError(f"expected a Qwen2-VL vision config or a dict, got {type(value).__name__}.")
-    values = dict(value)
-    if values.get("model_type") not in QWEN2VL_VISION_MODEL_TYPES:
-        raise ValueError(
-            f"model_type {values.get('model_type')!r} is not a Qwen2-VL vision config "
-            f"(expected one of {list(QWEN2VL_VISION_MODEL_TYPES)})."
-        )
-    if any(key in values for key in _COMPOSITE_KEYS):  # a whole Qwen2-VL config: take its vision part
-        vision = values.get("vision_config")
-        if not isinstance(vision, (Mapping, PretrainedConfig)):
-            raise ValueError("this Qwen2-VL config has no vision_config to take the vision tower from.")
-        vision = dict(vision) if isinstance(vision, Mapping) else vision
-        if isinstance(vision, dict):
-            vision.setdefault("model_type", "qwen2_vl_vision")
-        return qwen2vl_vision_config(vision)
-    values.pop("model_type")
-    known = set(config_class().to_dict())
-    # Keep only fields this line's class knows (5.x adds rope_parameters; 4.x writes no such field), plus the
-    # generic PretrainedConfig ones, so a config saved on one line builds on the other.
-    return config_class(**{k: v for k, v in values.items() if k in known and k != "transformers_version"})
-
-
 # Fields of a Qwen2-VL text config that a plain Qwen2 config takes unchanged (same modules, same weight names).
 _QWEN2_TEXT_FIELDS = (
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -172,17 +127,6 @@ def patchify(
     flat = patches.reshape(batch * grid_h * grid_w, channels * temporal_patch_size * patch_size * patch_size)
     grid_thw = torch.tensor([[1, grid_h, grid_w]] * batch, dtype=torch.long, device=pixel_values.device)
     return flat, grid_thw
-
-
-def check_feature_layers(layers: Any) -> None:
-    """Refuse a `vision_feature_layer` other than the default/last one: the tower has a single output."""
-    values = list(layers) if isinstance(layers, (list, tuple)) else [layers]
-    if len(values) != 1 or values[0] not in ACCEPTED_FEATURE_LAYERS:
-        raise ValueError(
-            f"vision_feature_layer={layers!r} does not apply to Qwen2-VL's vision tower: its only output is the "
-            "patch merger applied to the last block (already the language model's width). Leave "
-            "vision_feature_layer at its default (-2) or set -1; both mean that output."
-        )
 
 
 class Qwen2VLVisionEncoder(nn.Module):

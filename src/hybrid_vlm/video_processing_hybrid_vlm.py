@@ -46,8 +46,9 @@ from transformers.image_utils import PILImageResampling
 from transformers.processing_utils import VideosKwargs
 from transformers.utils import cached_file, logging
 
-from .anyres import as_size  # noqa: F401  (the image processor's imports, for 4.x remote code)
+from .anyres import split_tiles  # noqa: F401  (the image processor's imports, for 4.x remote code)
 from .compat import VIDEO_PROCESSOR_BASE
+from .config_options import as_size  # noqa: F401
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
 from .remote_code import write_text_atomic
 from .token_counts import VIDEO_LAYOUTS, TokenLayout, VisualTokenSpec, count_video_tokens

@@ -21,12 +21,9 @@ import torch
 from torch import nn
 from transformers import AutoModel, PretrainedConfig
 
+from .config_options import VISION_FUSIONS
 from .qwen2vl_vision import QWEN2VL_VISION_MODEL_TYPES, build_qwen2vl_vision_tower
 from .token_counts import vision_prefix_token_count
-
-# Vision-fusion modes for several encoders. "channel": one map of the concatenated widths (Cobra, N tokens);
-# "sequence": the maps one after another (MambaVLM's visual long sequence, num_encoders * N tokens).
-VISION_FUSIONS = ("channel", "sequence")
 
 
 class UnwrappedVisionModel(nn.Module):
