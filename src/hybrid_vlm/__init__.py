@@ -3,9 +3,9 @@
 Importing the package registers `HybridVLMConfig`, the models and the processors with transformers' Auto classes.
 """
 
-from .builders import build_vamba
 from .chunked_prefill import plan_prefill_chunks, prefill_in_chunks
 from .configuration_hybrid_vlm import HybridVLMConfig
+from .convert.build import build_vamba
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
 from .kernels import compute_paths, install_kernel_fallback_filter
 from .modeling_hybrid_vlm import HybridVLMForConditionalGeneration, HybridVLMModel, HybridVLMPreTrainedModel
@@ -13,8 +13,8 @@ from .presets import from_preset, list_presets, preset_config
 from .processing_hybrid_vlm import HybridVLMProcessor
 from .registration import register_auto_classes
 from .ssm_engine import install_ssm_engine, set_ssm_engine
+from .tiny_tokenizer import load_tiny_tokenizer
 from .token_counts import VisualTokenSpec, count_image_tokens, count_video_tokens
-from .tokenization_utils import load_tiny_tokenizer
 from .training import (
     VideoSFTCollator,
     causal_lm_loss,
