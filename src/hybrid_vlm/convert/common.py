@@ -132,7 +132,6 @@ def image_processor_from_source(
 ) -> Any:
     """HybridVLMImageProcessor with the source's resize/crop/normalisation settings (the encoder's defaults when
     the source saved none)."""
-
     saved = source_image_processor_dict(folder)
     if saved is None:
         notes.append("the source has no saved image processor; using the vision encoder's standard preprocessing.")

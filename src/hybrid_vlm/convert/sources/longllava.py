@@ -231,7 +231,6 @@ def _longllava_image_processor(raw: Mapping[str, Any], vision: Mapping[str, Any]
                                ) -> Any:
     """The tower's own preprocessing (its folder's preprocessor_config.json, as the reference loads it; else the
     encoder's standard one), with LongLLaVA's `image_aspect_ratio`: "pad" pads to a square with the mean colour."""
-
     overrides: dict[str, Any] = {}
     if anyres:
         pinpoints = raw.get("image_grid_pinpoints")
