@@ -124,8 +124,10 @@ def chat_template(chat_format: ChatFormat) -> str:
     if f.user_separator:
         user_open = _expression(f"({jinja_literal(f.user_separator)} if loop.index0 > 0 else '')", user_open)
     roles = "system, user or assistant" if f.system is not None else "user or assistant"
-    lines = [
-        "{#- " + f.comment + " -#}\n" + f.preamble + "{%- for message in messages -%}\n" + f.turn_setup,
+    lines = ["{#- " + f.comment + " -#}\n" + f.preamble + "{%- for message in messages -%}"]
+    if f.turn_setup:
+        lines.append(f.turn_setup.rstrip("\n"))
+    lines += [
         "    {%- if message['role'] == 'user' -%}",
         "        {{- " + _expression(user_open, f.content, _text(f.user[1])) + " -}}",
         "    {%- elif message['role'] == 'assistant' -%}",

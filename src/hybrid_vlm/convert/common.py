@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..chat_templates import IMAGE_TOKEN, VIDEO_TOKEN
 from ..configuration_hybrid_vlm import HybridVLMConfig
 from ..image_processing_hybrid_vlm import HybridVLMImageProcessor
 from .errors import ConversionError
@@ -64,6 +65,7 @@ RecipeBuilder = Callable[[str, Path, CheckpointReader, ConvertOptions], Recipe]
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from the source folder (a missing or malformed file is a ConversionError naming it)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -74,6 +76,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def has_tokenizer(folder: Path) -> bool:
+    """Whether the source folder holds tokenizer files (without them only the model is written)."""
     return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
 
 
@@ -162,16 +165,19 @@ def source_generation_config(
 
 
 def has_name(entries: Mapping[str, SourceTensor], pattern: str) -> bool:
+    """Whether any source tensor's name matches the regex `pattern`."""
     compiled = re.compile(pattern)
     return any(compiled.search(name) for name in entries)
 
 
 def first_match(entries: Mapping[str, SourceTensor], pattern: str) -> SourceTensor | None:
+    """The first source tensor (by name) whose name matches the regex `pattern`, or None."""
     compiled = re.compile(pattern)
     return next((entry for name, entry in sorted(entries.items()) if compiled.search(name)), None)
 
 
 def find_name(entries: Mapping[str, SourceTensor], candidates: Sequence[str]) -> str:
+    """The first of `candidates` the source has (the first candidate when it has none)."""
     return next((c for c in candidates if c in entries), candidates[0])
 
 
@@ -214,9 +220,10 @@ def tie_setting(
 
 
 def add_placeholder_tokens(tokenizer: Any, notes: list[str]) -> tuple[int, int]:
-    """LongLLaVA spliced images in by id (-200) and never had an <image> token: add <image>/<video> specials."""
-    missing = [t for t in ("<image>", "<video>") if t not in tokenizer.get_vocab()]
+    """Add the <image>/<video> placeholders as special tokens where the source's tokenizer lacks them (LongLLaVA
+    spliced images in by id -200, Cobra's GPT-NeoX tokenizer has none); returns their ids."""
+    missing = [t for t in (IMAGE_TOKEN, VIDEO_TOKEN) if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
         notes.append(f"added placeholder token(s) {missing} to the tokenizer.")
-    return tokenizer.convert_tokens_to_ids("<image>"), tokenizer.convert_tokens_to_ids("<video>")
+    return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)

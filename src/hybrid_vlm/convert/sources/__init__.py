@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for the annotation only: the recipes' module imports torch
+    from ..common import RecipeBuilder
 
 __all__ = ["KINDS", "SOURCE_KINDS", "SourceKind", "kind_for_model_type", "recipe_builder"]
 
@@ -49,6 +52,6 @@ def kind_for_model_type(model_type: Any) -> str | None:
     return next((kind.name for kind in SOURCE_KINDS.values() if kind.model_type == model_type), None)
 
 
-def recipe_builder(kind: str) -> Any:
+def recipe_builder(kind: str) -> RecipeBuilder:
     """The `build_recipe` function of `kind` (its module is imported here, on first use)."""
     return import_module(f"{__name__}.{SOURCE_KINDS[kind].module}").build_recipe
