@@ -32,8 +32,8 @@ from transformers import (
 )
 
 import hybrid_vlm  # noqa: F401  (registers the Auto classes)
-from hybrid_vlm import convert as convert_module
 from hybrid_vlm.anyres import anyres_token_count, best_grid_pinpoints
+from hybrid_vlm.chat_templates import CHAT_TEMPLATE
 from hybrid_vlm.compat import projected_features
 from hybrid_vlm.configuration_hybrid_vlm import HybridVLMConfig
 from hybrid_vlm.convert import (
@@ -47,8 +47,12 @@ from hybrid_vlm.convert import (
     map_vamba_language_keys,
     run_convert,
 )
+from hybrid_vlm.convert import writer as convert_writer
+from hybrid_vlm.convert.engine import expected_weights
+from hybrid_vlm.convert.reader import SourceTensor
+from hybrid_vlm.convert.sources import longllava as longllava_source
+from hybrid_vlm.tiny_tokenizer import load_tiny_tokenizer
 from hybrid_vlm.token_counts import VisualTokenSpec
-from hybrid_vlm.tokenization_utils import CHAT_TEMPLATE, load_tiny_tokenizer
 
 TILE = 28
 PINPOINTS = [[28, 56], [56, 28], [56, 56], [28, 84], [84, 28]]
@@ -331,7 +335,7 @@ def test_converted_llava_generates_with_its_processor(tmp_path):
 
 def _hybrid_names(config: HybridVLMConfig) -> dict[str, tuple[int, ...]]:
     """HybridVLM weight names and shapes as saved on disk (per-expert MoE on both lines)."""
-    return convert_module._expected_weights(config)
+    return expected_weights(config)
 
 
 def _llava_source_name(name: str, layout: str) -> str:
@@ -496,7 +500,7 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
             raise OSError("disk full")
         save_file(tensors, str(path), metadata={"format": "pt"})
 
-    monkeypatch.setattr(convert_module, "_save_shard", failing_save)
+    monkeypatch.setattr(convert_writer, "save_shard", failing_save)
     with pytest.raises(OSError, match="disk full"):
         convert(tmp_path / "src", tmp_path / "dst", "llava", max_shard_size="20KB", **quiet())
     assert not (tmp_path / "dst").exists()
@@ -510,7 +514,7 @@ def test_overwrite_rules(tmp_path, monkeypatch):
     (dst / "keep.txt").write_text("old")
     with pytest.raises(FileExistsError, match="overwrite"):
         convert(tmp_path / "src", dst, "llava", **quiet())
-    monkeypatch.setattr(convert_module, "_save_shard", lambda tensors, path: (_ for _ in ()).throw(OSError("boom")))
+    monkeypatch.setattr(convert_writer, "save_shard", lambda tensors, path: (_ for _ in ()).throw(OSError("boom")))
     with pytest.raises(OSError):
         convert(tmp_path / "src", dst, "llava", overwrite=True, **quiet())
     assert (dst / "keep.txt").read_text() == "old"  # a failed overwrite leaves the old folder alone
@@ -730,16 +734,16 @@ def test_longllava_clip_tower_from_its_name_and_weights():
         shapes = {"embeddings.patch_embedding.weight": (hidden, 3, patch, patch),
                   "embeddings.position_embedding.weight": (positions, hidden)}
         shapes.update({f"encoder.layers.{i}.mlp.fc1.weight": (inner, hidden) for i in range(layers)})
-        return {prefix + k: convert_module.SourceTensor(prefix + k, v, torch.float16, "x") for k, v in shapes.items()}
+        return {prefix + k: SourceTensor(prefix + k, v, torch.float16, "x") for k, v in shapes.items()}
 
-    config = convert_module._clip_config_from_weights(entries(1024, 14, 577, 24, 4096), prefix,
+    config = longllava_source._clip_config_from_weights(entries(1024, 14, 577, 24, 4096), prefix,
                                                       "openai/clip-vit-large-patch14-336")
     assert (config["num_attention_heads"], config["image_size"], config["num_hidden_layers"]) == (16, 336, 24)
     with pytest.raises(ConversionError, match="weights differ"):
-        convert_module._clip_config_from_weights(entries(1024, 14, 257, 24, 4096), prefix,
+        longllava_source._clip_config_from_weights(entries(1024, 14, 257, 24, 4096), prefix,
                                                  "openai/clip-vit-large-patch14-336")
     with pytest.raises(ConversionError, match="head count"):
-        convert_module._clip_config_from_weights(entries(48, 14, 577, 2, 96), prefix, "someone/tower")
+        longllava_source._clip_config_from_weights(entries(48, 14, 577, 2, 96), prefix, "someone/tower")
 
 
 def test_longllava_refuses_what_it_cannot_reproduce(tmp_path):

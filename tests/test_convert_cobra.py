@@ -12,7 +12,7 @@ from safetensors import safe_open
 import hybrid_vlm  # noqa: F401  (registers the Auto classes)
 from hybrid_vlm.convert import ConversionError, convert
 from hybrid_vlm.presets import TINY_DINOV2, TINY_MAMBA, TINY_SIGLIP
-from hybrid_vlm.tokenization_utils import load_tiny_tokenizer
+from hybrid_vlm.tiny_tokenizer import load_tiny_tokenizer
 
 
 def _config(cls_name: str, fields: dict) -> transformers.PretrainedConfig:

@@ -9,8 +9,8 @@ from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGener
 import hybrid_vlm  # noqa: F401  (registers the Auto classes)
 from hybrid_vlm.anyres import anyres_token_count, best_grid_pinpoints
 from hybrid_vlm.convert import convert
+from hybrid_vlm.tiny_tokenizer import load_tiny_tokenizer
 from hybrid_vlm.token_counts import VisualTokenSpec, capped_feature_size, count_video_tokens, video_runs
-from hybrid_vlm.tokenization_utils import load_tiny_tokenizer
 
 TILE = 42  # 3x3 patches of 14 px: an odd grid, so the 2x pooling and the cap interpolate for real
 PINPOINTS = [[42, 84], [84, 42], [84, 84], [126, 126], [42, 126], [126, 42]]

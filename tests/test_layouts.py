@@ -18,8 +18,10 @@ from transformers import AutoProcessor, PreTrainedTokenizerFast
 
 import hybrid_vlm
 from hybrid_vlm import HybridVLMImageProcessor, HybridVLMProcessor, HybridVLMVideoProcessor
+from hybrid_vlm.chat_templates import CHAT_TEMPLATE
 from hybrid_vlm.compat import projected_features
 from hybrid_vlm.processing_hybrid_vlm import CHAT_TEMPLATES
+from hybrid_vlm.tiny_tokenizer import load_tiny_tokenizer, tiny_tokenizer_path
 from hybrid_vlm.token_counts import (
     TokenLayout,
     VisualTokenSpec,
@@ -27,7 +29,6 @@ from hybrid_vlm.token_counts import (
     count_video_tokens,
     layout_pieces,
 )
-from hybrid_vlm.tokenization_utils import CHAT_TEMPLATE, load_tiny_tokenizer, tiny_tokenizer_path
 
 IS_5 = int(transformers.__version__.split(".")[0]) >= 5
 TILE = 56  # the tiny presets' CLIP: 56 px views, 14 px patches -> 4 x 4 = 16 tokens per view

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 import hybrid_vlm
 from hybrid_vlm import HybridVLMImageProcessor, HybridVLMProcessor
 from hybrid_vlm.compat import projected_features
+from hybrid_vlm.tiny_tokenizer import load_tiny_tokenizer
 from hybrid_vlm.token_counts import count_layout_tokens
-from hybrid_vlm.tokenization_utils import load_tiny_tokenizer
 
 # Model settings per case, and the layout the processor writes for it.
 CASES: dict[str, tuple[str, dict[str, Any]]] = {

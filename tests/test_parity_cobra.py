@@ -119,7 +119,7 @@ def _render(template: str, messages: list[dict]) -> str:
 
 
 def test_template_follows_the_prompt_builders_and_refuses_what_they_cannot_express():
-    from hybrid_vlm.convert_cobra import cobra_chat_template
+    from hybrid_vlm.chat_templates import cobra_chat_template
 
     turns = [{"role": "user", "content": [{"type": "text", "text": " Hi <image>there "}, {"type": "image"}]},
              {"role": "assistant", "content": "ok"}, {"role": "user", "content": "more"}]

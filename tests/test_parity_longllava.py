@@ -262,7 +262,7 @@ def test_a_llama_tokenizer_keeps_its_legacy_flag_through_a_save(tmp_path):
     folder that tokenizes differently from its tokenizer is refused with the prompt that differs."""
     from transformers import AutoTokenizer
 
-    from hybrid_vlm.tokenization_utils import make_tokenizer_files_portable, verify_same_ids
+    from hybrid_vlm.tokenizer_files import make_tokenizer_files_portable, verify_same_ids
 
     # add_prefix_space=None: 4.57 would otherwise rebuild from tokenizer.model, which needs sentencepiece
     tokenizer = AutoTokenizer.from_pretrained(PARITY / "LongLLaVA-tiny", add_prefix_space=None)
@@ -287,7 +287,7 @@ def test_a_llama_tokenizer_keeps_its_legacy_flag_through_a_save(tmp_path):
 
 def converted_tiny_tokenizer(tmp_path: Path) -> Path:
     """A folder holding a different tokenizer (the package's tiny one)."""
-    from hybrid_vlm.tokenization_utils import load_tiny_tokenizer
+    from hybrid_vlm.tiny_tokenizer import load_tiny_tokenizer
 
     load_tiny_tokenizer().save_pretrained(tmp_path / "other")
     return tmp_path / "other"

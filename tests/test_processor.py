@@ -34,8 +34,8 @@ from hybrid_vlm.configuration_hybrid_vlm import HybridVLMConfig
 from hybrid_vlm.image_processing_hybrid_vlm import HybridVLMImageProcessor
 from hybrid_vlm.modeling_hybrid_vlm import HybridVLMForConditionalGeneration
 from hybrid_vlm.processing_hybrid_vlm import HybridVLMProcessor
+from hybrid_vlm.tiny_tokenizer import load_tiny_tokenizer
 from hybrid_vlm.token_counts import VisualTokenSpec, count_image_tokens
-from hybrid_vlm.tokenization_utils import load_tiny_tokenizer
 
 IS_TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 TINY_VISION = dict(

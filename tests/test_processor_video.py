@@ -26,8 +26,8 @@ from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, CLIPVisi
 from hybrid_vlm.configuration_hybrid_vlm import HybridVLMConfig
 from hybrid_vlm.image_processing_hybrid_vlm import HybridVLMImageProcessor
 from hybrid_vlm.processing_hybrid_vlm import HybridVLMProcessor
+from hybrid_vlm.tiny_tokenizer import load_tiny_tokenizer
 from hybrid_vlm.token_counts import VisualTokenSpec, count_video_tokens
-from hybrid_vlm.tokenization_utils import load_tiny_tokenizer
 from hybrid_vlm.video_processing_hybrid_vlm import HybridVLMVideoProcessor, uniform_indices
 
 TINY_VISION = dict(

@@ -19,13 +19,9 @@ import pytest
 import transformers
 from transformers import AutoTokenizer
 
-from hybrid_vlm.tokenization_utils import (
-    CHAT_TEMPLATE,
-    SPECIAL_TOKENS,
-    load_tiny_tokenizer,
-    make_tokenizer_files_portable,
-    tiny_tokenizer_path,
-)
+from hybrid_vlm.chat_templates import CHAT_TEMPLATE
+from hybrid_vlm.tiny_tokenizer import SPECIAL_TOKENS, load_tiny_tokenizer, tiny_tokenizer_path
+from hybrid_vlm.tokenizer_files import make_tokenizer_files_portable
 
 SAMPLES = [
     "Hello world! What is in this image?",

@@ -391,7 +391,7 @@ class BenchModel:
         intermediate_size: int | None = None,
         name: str | None = None,
     ) -> BenchModel:
-        from .tokenization_utils import load_tiny_tokenizer
+        from .tiny_tokenizer import load_tiny_tokenizer
 
         model = _build_model(family, size_overrides(family, size, intermediate_size), device, dtype)
         tokenizer = load_tiny_tokenizer()

@@ -342,7 +342,7 @@ def preset_config(name: str, **overrides: Any) -> HybridVLMConfig:
             target.update(update)
     options = {**preset.options, **overrides}
     if preset.tiny:
-        from .tokenization_utils import load_tiny_tokenizer
+        from .tiny_tokenizer import load_tiny_tokenizer
 
         tokenizer = load_tiny_tokenizer()
         text.setdefault("vocab_size", len(tokenizer))
@@ -392,7 +392,7 @@ def from_preset(
     processor = None
     if preset.tiny:
         from .processing_hybrid_vlm import HybridVLMProcessor
-        from .tokenization_utils import load_tiny_tokenizer
+        from .tiny_tokenizer import load_tiny_tokenizer
 
         processor = HybridVLMProcessor.from_model_config(config, load_tiny_tokenizer())
         model.generation_config = _tiny_generation_config(config, processor.tokenizer)

@@ -42,6 +42,13 @@ from transformers.utils import logging
 
 from .anyres import anyres_token_count  # direct import: transformers 4.x remote code copies only direct imports
 from .caching import has_ssm_layers  # noqa: F401  (configuration's imports, for 4.x remote code: see there)
+from .chat_templates import (
+    CHAT_TEMPLATE,
+    IMAGE_TOKEN,
+    LONGLLAVA_CHAT_TEMPLATE,
+    QWEN2VL_CHAT_TEMPLATE,
+    VIDEO_TOKEN,
+)
 from .compat import (
     CHAT_TEMPLATE_TAKES_PROCESSOR_KWARGS,
     PROCESSOR_ATTRIBUTES_FROM_SIGNATURE,
@@ -72,15 +79,7 @@ from .token_counts import (
     layout_segments,
     video_runs,
 )
-from .tokenization_utils import (
-    CHAT_TEMPLATE,
-    CHATML_TURNS,
-    IMAGE_TOKEN,
-    LONGLLAVA_CHAT_TEMPLATE,
-    RENDER_CONTENT_MACRO,
-    VIDEO_TOKEN,
-    make_tokenizer_files_portable,
-)
+from .tokenizer_files import make_tokenizer_files_portable
 from .vamba import VambaLanguageModel  # noqa: F401
 from .video_processing_hybrid_vlm import (
     VIDEO_PROCESSOR_FILE,
@@ -130,20 +129,9 @@ _IGNORED_KWARGS = frozenset(
 _VIDEO_ONLY_OPTIONS = frozenset({"return_metadata"})
 _ANYRES_MERGES = ("spatial", "flat")  # HybridVLMConfig.anyres_merge
 
-# Chat templates per layout: each family's turn format. Image/video blocks become one `<image>` / `<video>` each (the
-# processor lays them out); the assistant's words and end-of-turn token sit in {% generation %} for assistant-only loss.
-# LongLLaVA: tokenization_utils.LONGLLAVA_CHAT_TEMPLATE (one template for converted and new checkpoints).
-# Qwen2-VL / Vamba: ChatML with Qwen's default system prompt.
-QWEN2VL_CHAT_TEMPLATE = (
-    "{#- Qwen ChatML with image/video content blocks; {% generation %} marks what the assistant says. -#}\n"
-    + RENDER_CONTENT_MACRO
-    + r"""{%- if messages and messages[0]['role'] != 'system' -%}
-    {{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' -}}
-{%- endif -%}
-"""
-    + CHATML_TURNS
-)
-# llava: ChatML, the tiny tokenizer's own template.
+# Chat templates per layout (chat_templates.py): each family's turn format. llava: ChatML, the tiny tokenizer's own
+# template; LongLLaVA: one template for converted and new checkpoints; Qwen2-VL / Vamba: ChatML with Qwen's default
+# system prompt.
 CHAT_TEMPLATES: dict[str, str] = {
     "llava": CHAT_TEMPLATE,
     "longllava": LONGLLAVA_CHAT_TEMPLATE,

@@ -32,6 +32,7 @@ import contextlib
 import copy
 import functools
 import math
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ from .ssm import SSMBlock, SSMState
 logger = logging.get_logger(__name__)
 
 __all__ = [
+    "ADDED_LAYER_MODULES",
+    "ADDED_LAYER_PARAMETERS",
+    "ADDED_WEIGHT_PATTERN",
     "INCOMPATIBLE_MODEL_TYPES",
     "VERIFIED_MODEL_TYPES",
     "VambaCache",
@@ -63,7 +67,25 @@ __all__ = [
     "init_vamba_module",
     "init_vamba_weights",
     "init_visual_mixers",
+    "is_added_weight",
 ]
+
+# What Vamba adds to each decoder layer of its LM (`VambaLanguageModel._extend_layer`): the modules `cross_attn` and
+# `vision_mixer` and the parameter `alpha`. Their weights are the only ones a Vamba checkpoint has beyond its LM's:
+# the converter detects a released Vamba checkpoint by them and `build_vamba` lets only them be missing from a source.
+ADDED_LAYER_MODULES = ("cross_attn", "vision_mixer")
+ADDED_LAYER_PARAMETERS = ("alpha",)
+ADDED_WEIGHT_PATTERN = re.compile(
+    r"(^|\.)layers\.\d+\.(?:"
+    + "|".join([rf"{name}\..+" for name in ADDED_LAYER_MODULES] + list(ADDED_LAYER_PARAMETERS))
+    + r")$"
+)
+
+
+def is_added_weight(name: str) -> bool:
+    """Whether the weight `name` (a state-dict key, at any prefix) is one Vamba adds to a decoder layer."""
+    return ADDED_WEIGHT_PATTERN.search(name) is not None
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Small tensor helpers

@@ -14,7 +14,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from hybrid_vlm.remote_code import write_text_atomic
-from hybrid_vlm.tokenization_utils import SPECIAL_TOKENS
+from hybrid_vlm.tiny_tokenizer import SPECIAL_TOKENS
 
 # 500 learned tokens + 12 special tokens = 512, a friendly embedding size for tiny models.
 BPE_VOCAB_SIZE = 500

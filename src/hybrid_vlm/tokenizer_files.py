@@ -1,4 +1,4 @@
-"""The tiny tokenizer shipped with the package, and tokenizer folders that load on transformers 4.x and 5.x alike.
+"""Tokenizer folders that load on transformers 4.x and 5.x alike, with the same ids.
 
 transformers 5 writes tokenizer files that 4.57 cannot read (``tokenizer_class: "TokenizersBackend"``,
 ``extra_special_tokens`` as a list); :func:`make_tokenizer_files_portable` rewrites a saved folder into the
@@ -13,195 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedTokenizerFast
-
-from .compat import special_tokens_kwargs
 from .remote_code import write_text_atomic
 
-__all__ = [
-    "BOS_TOKEN",
-    "CHAT_TEMPLATE",
-    "EOS_TOKEN",
-    "IMAGE_END_TOKEN",
-    "IMAGE_START_TOKEN",
-    "IMAGE_TOKEN",
-    "IM_END_TOKEN",
-    "IM_START_TOKEN",
-    "LONGLLAVA_CHAT_TEMPLATE",
-    "NAMED_SPECIAL_TOKENS",
-    "PAD_TOKEN",
-    "SPECIAL_TOKENS",
-    "TIMESTAMP_TOKEN",
-    "VIDEO_END_TOKEN",
-    "VIDEO_START_TOKEN",
-    "VIDEO_TOKEN",
-    "load_tiny_tokenizer",
-    "make_tokenizer_files_portable",
-    "render_content_macro",
-    "tiny_tokenizer_path",
-    "verify_same_ids",
-]
+__all__ = ["make_tokenizer_files_portable", "verify_same_ids"]
 
-PAD_TOKEN = "<|pad|>"
-BOS_TOKEN = "<|startoftext|>"
-EOS_TOKEN = "<|endoftext|>"
-IM_START_TOKEN = "<|im_start|>"
-IM_END_TOKEN = "<|im_end|>"
-IMAGE_TOKEN = "<image>"
-VIDEO_TOKEN = "<video>"
-IMAGE_START_TOKEN = "<img>"
-IMAGE_END_TOKEN = "</img>"
-VIDEO_START_TOKEN = "<vid>"
-VIDEO_END_TOKEN = "</vid>"
-TIMESTAMP_TOKEN = "<t>"
-
-# Order matters: build_tiny_tokenizer.py appends these after the BPE vocabulary, so a token's id is 500 + its index.
-# Append new tokens at the end only, never reorder: that keeps every existing id stable.
-SPECIAL_TOKENS: tuple[str, ...] = (
-    PAD_TOKEN,
-    BOS_TOKEN,
-    EOS_TOKEN,
-    IM_START_TOKEN,
-    IM_END_TOKEN,
-    IMAGE_TOKEN,
-    VIDEO_TOKEN,
-    IMAGE_START_TOKEN,
-    IMAGE_END_TOKEN,
-    VIDEO_START_TOKEN,
-    VIDEO_END_TOKEN,
-    TIMESTAMP_TOKEN,
-)
-# Named special tokens beyond bos/eos/pad: they become ``tokenizer.image_token`` / ``tokenizer.image_token_id``.
-NAMED_SPECIAL_TOKENS: dict[str, str] = {"image_token": IMAGE_TOKEN, "video_token": VIDEO_TOKEN}
-
-
-def render_content_macro(image: str = IMAGE_TOKEN, video: str = VIDEO_TOKEN) -> str:
-    """Jinja macro `render_content(content)`: a message's content, a string or a list of blocks, where each image or
-    video block becomes `image` / `video` (one placeholder each by default, which the processor later expands)."""
-    return (
-        r"""{%- macro render_content(content) -%}
-    {%- if content is string -%}
-        {{- content -}}
-    {%- elif content is mapping -%}
-        {{- raise_exception('Message content must be a string or a list of content blocks.') -}}
-    {%- elif content is not none -%}
-        {%- for block in content -%}
-            {%- if block is not mapping -%}
-                {{- raise_exception('Content blocks must be dicts with a "type" key.') -}}
-            {%- elif block['type'] == 'text' -%}
-                {{- block['text'] -}}
-            {%- elif block['type'] == 'image' -%}
-                {{- '"""
-        + image
-        + r"""' -}}
-            {%- elif block['type'] == 'video' -%}
-                {{- '"""
-        + video
-        + r"""' -}}
-            {%- else -%}
-                {{- raise_exception('Unsupported content block type: ' ~ block['type']) -}}
-            {%- endif -%}
-        {%- endfor -%}
-    {%- endif -%}
-{%- endmacro -%}
-"""
-    )
-
-
-RENDER_CONTENT_MACRO = render_content_macro()
-# ChatML turns. The assistant turn, including its closing <|im_end|>, sits inside {% generation %} so that
-# `return_assistant_tokens_mask=True` (TRL's assistant-only loss) marks exactly what the model must learn.
-# ChatML turns after the content macro; the Qwen2-VL template adds its default system prompt in front.
-CHATML_TURNS = r"""{%- for message in messages -%}
-    {%- if message['role'] == 'assistant' -%}
-        {{- '<|im_start|>assistant\n' -}}
-        {%- generation -%}
-            {{- render_content(message['content']) + '<|im_end|>' -}}
-        {%- endgeneration -%}
-        {{- '\n' -}}
-    {%- elif message['role'] in ['system', 'user'] -%}
-        {{- '<|im_start|>' + message['role'] + '\n' + render_content(message['content']) + '<|im_end|>\n' -}}
-    {%- else -%}
-        {{- raise_exception('Unsupported role: ' ~ message['role'] ~ ' (use system, user or assistant).') -}}
-    {%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{- '<|im_start|>assistant\n' -}}
-{%- endif -%}
-"""
-CHAT_TEMPLATE = (
-    "{#- ChatML with image/video content blocks; {% generation %} marks what the assistant says. -#}\n"
-    + RENDER_CONTENT_MACRO
-    + CHATML_TURNS
-)
-
-# LongLLaVA's chat format, the one template for every LongLLaVA processor (converted checkpoints and
-# `chat_template="longllava"`): each turn opens with <|startoftext|> and a role tag, the assistant's turn ends with
-# <|endoftext|> (inside {% generation %} for TRL's assistant-only loss). As in LongLLaVA's chat code an image block is
-# followed by a newline and a video block is not (its question follows `</vid>` directly); the processor's layout
-# writes the <img>/<vid> markers around each placeholder. The reference has no system role: a system message is
-# written as a plain preamble line.
-LONGLLAVA_CHAT_TEMPLATE = (
-    "{#- LongLLaVA (Jamba) chat format; the processor writes the <img>/<vid> markers. -#}\n"
-    + render_content_macro(image=r"<image>\n", video=r"<video>")
-    + r"""{%- for message in messages -%}
-    {%- if message['role'] == 'user' -%}
-        {{- '<|startoftext|><|User|>\n' + render_content(message['content']) + '\n' -}}
-    {%- elif message['role'] == 'assistant' -%}
-        {{- '<|startoftext|><|Assistant|>\n' -}}
-        {%- generation -%}
-            {{- render_content(message['content']) + '<|endoftext|>' -}}
-        {%- endgeneration -%}
-    {%- elif message['role'] == 'system' -%}
-        {{- render_content(message['content']) + '\n' -}}
-    {%- else -%}
-        {{- raise_exception('Unsupported role: ' ~ message['role'] ~ ' (use system, user or assistant).') -}}
-    {%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{- '<|startoftext|><|Assistant|>\n' -}}
-{%- endif -%}
-"""
-)
-
-TINY_MODEL_MAX_LENGTH = 32768
 # Where the two lines (and 5.x's own __init__ kwargs) keep the extra special tokens.
 _EXTRA_TOKEN_KEYS = ("additional_special_tokens", "extra_special_tokens", "model_specific_special_tokens")
 # Attributes every transformers version knows by name; any other "*_token" key in a config is a named extra token.
 _STANDARD_TOKEN_KEYS = frozenset(
     {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}
 )
-
-
-def tiny_tokenizer_path() -> Path:
-    """Folder of the shipped tiny tokenizer (package data, so it works from a wheel as well as from a checkout)."""
-    return Path(__file__).resolve().parent / "assets" / "tiny_tokenizer"
-
-
-def load_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """Load the tiny tokenizer offline, with special tokens, left padding and the chat template set.
-
-    Left padding because batched prompts are for generation: every row must end at the next token to predict.
-    """
-    tokenizer_file = tiny_tokenizer_path() / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        raise FileNotFoundError(
-            f"{tokenizer_file} is missing; regenerate it with src/hybrid_vlm/assets/build_tiny_tokenizer.py"
-        )
-    extra = [t for t in SPECIAL_TOKENS if t not in (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)]
-    # transformers releases spell "unnamed extra tokens" and "named extra tokens" differently (see compat).
-    special_kwargs = special_tokens_kwargs(extra, NAMED_SPECIAL_TOKENS)
-    return PreTrainedTokenizerFast(
-        tokenizer_file=str(tokenizer_file),
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        pad_token=PAD_TOKEN,
-        padding_side="left",
-        model_max_length=TINY_MODEL_MAX_LENGTH,
-        chat_template=CHAT_TEMPLATE,
-        clean_up_tokenization_spaces=False,
-        **special_kwargs,
-    )
 
 
 def _is_token_value(value: Any) -> bool:

@@ -14,26 +14,23 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoModelForImageTextToText
 
-from .configuration_hybrid_vlm import HybridVLMConfig
-from .modeling_hybrid_vlm import HybridVLMForConditionalGeneration
-from .qwen2vl_vision import qwen2_text_config, qwen2vl_vision_config
+from ..configuration_hybrid_vlm import HybridVLMConfig
+from ..modeling_hybrid_vlm import HybridVLMForConditionalGeneration
+from ..registration import register_auto_classes
+from ..vamba import init_vamba_weights, is_added_weight
+from .sources.vamba import check_unconverted_vamba, qwen2vl_vamba_config
 
-# Weights Vamba adds to each decoder layer; the only keys a source model may lack.
-_VAMBA_ADDED = re.compile(r"\.layers\.\d+\.(cross_attn|alpha|vision_mixer)(\.|$)")
+__all__ = ["build_vamba"]
 
 
 def _load_source(source: Any) -> nn.Module:
     if isinstance(source, (str, os.PathLike)):
         if not os.path.isdir(source):
             raise ValueError(f"build_vamba: {source!r} is not a local folder; pass a loaded model or a folder path.")
-        from .convert import check_unconverted_vamba
-
         check_unconverted_vamba(source)  # a released Vamba folder would load as plain Qwen2-VL, its layers dropped
-        from transformers import AutoModelForImageTextToText
-
-        import hybrid_vlm  # noqa: F401  (registers HybridVLM with the Auto classes)
-
+        register_auto_classes()  # a HybridVLM folder loads through the Auto classes
         return AutoModelForImageTextToText.from_pretrained(source)
     if not isinstance(source, nn.Module):
         raise TypeError(f"build_vamba: expected a model or a folder path, got {type(source).__name__}.")
@@ -75,31 +72,6 @@ def _vamba_config(source: nn.Module, vamba_options: dict[str, Any] | None) -> Hy
         f"build_vamba: cannot build Vamba from a '{config.model_type}' model; pass a HybridVLM with "
         "decoder_type='interleaved', a transformers LlavaForConditionalGeneration or Qwen2VLForConditionalGeneration."
     )
-
-
-def qwen2vl_vamba_config(config: Any, vamba_options: dict[str, Any] | None = None, **overrides: Any) -> HybridVLMConfig:
-    """The Vamba HybridVLMConfig for a Qwen2-VL config (or config.json dict): its tower + merger (identity projector),
-    its LM as plain Qwen2 (M-RoPE equals RoPE for HybridVLM's 1-D positions), its placeholder token ids."""
-    vision = qwen2vl_vision_config(config)
-    text = qwen2_text_config(config)
-
-    def get(name: str) -> Any:
-        return config.get(name) if isinstance(config, dict) else getattr(config, name, None)
-
-    tie = bool(get("tie_word_embeddings"))
-    values: dict[str, Any] = dict(
-        vision_config=vision,
-        text_config={**text, "tie_word_embeddings": tie},
-        decoder_type="vamba",
-        vamba_options=vamba_options,
-        projector_type="identity",
-        vision_feature_layer=-1,
-        image_token_id=get("image_token_id"),
-        video_token_id=get("video_token_id"),
-        tie_word_embeddings=tie,
-    )
-    values.update(overrides)
-    return HybridVLMConfig(**values)
 
 
 # Qwen2VLForConditionalGeneration's state dict (4.57 and 5.x: `model.visual`, `model.language_model`, `lm_head`; older
@@ -151,8 +123,6 @@ def build_vamba(source: Any, vamba_options: dict[str, Any] | None = None) -> Hyb
     than Vamba's additions, raises instead of being dropped. Under DeepSpeed ZeRO-3 the Vamba initialisers gather
     partitioned parameters before copying; build outside FSDP wrapping (or inside `summon_full_params`).
     """
-    from .vamba import init_vamba_weights
-
     source = _load_source(source)
     config = _vamba_config(source, vamba_options)
     dtype = next(source.parameters()).dtype
@@ -160,7 +130,7 @@ def build_vamba(source: Any, vamba_options: dict[str, Any] | None = None) -> Hyb
     state = _source_state_dict(source)
     result = model.load_state_dict(state, strict=False)
     unexpected = list(result.unexpected_keys)
-    missing = [k for k in result.missing_keys if not _VAMBA_ADDED.search(k)]
+    missing = [k for k in result.missing_keys if not is_added_weight(k)]
     if unexpected or missing:
         raise ValueError(
             f"build_vamba: the source's weights do not map onto the Vamba model: {len(unexpected)} source weights have "

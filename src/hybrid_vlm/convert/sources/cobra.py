@@ -22,7 +22,16 @@ from typing import Any
 
 import torch
 
-from .configuration_hybrid_vlm import HybridVLMConfig
+from ...chat_templates import cobra_chat_template
+from ...configuration_hybrid_vlm import HybridVLMConfig
+from ...image_processing_hybrid_vlm import HybridVLMImageProcessor
+from ..common import Recipe, add_placeholder_tokens, has_tokenizer, load_tokenizer, source_generation_config
+from ..errors import ConversionError
+from ..options import ConvertOptions
+from ..reader import CheckpointReader
+from ..rules import Rule, common_drop_rules, pad_rows
+
+__all__ = ["build_recipe", "cobra_image_processor", "cobra_image_side", "cobra_rules", "read_cobra_config"]
 
 # Prismatic/Cobra fused vision backbones: "dinosiglip-vit-so-<side>px" (Cobra-3B: 384), DINOv2 + SigLIP at that side.
 _DINOSIGLIP_ID = re.compile(r"^dinosiglip-vit-so-(\d+)px$")
@@ -30,66 +39,6 @@ _PROJECTORS = {"fused-gelu-mlp": ("mlp3x_gelu", 3), "gelu-mlp": ("mlp2x_gelu", 2
 # Prismatic's timm data configs: DINOv2 ImageNet mean/std, SigLIP 0.5/0.5; both bicubic.
 _DINO_MEAN, _DINO_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 _SIGLIP_MEAN, _SIGLIP_STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
-
-# Cobra's prompt builders (`llm_backbone_id` ending in "zephyr": Zephyr's chat format; other Mamba LMs: "In: / Out:").
-# Cobra prepends the image's patch features to the whole sequence (there is no BOS), so the placeholder goes first,
-# whatever block order the messages use. Each turn's text is stripped with "<image>" removed, as the builders do;
-# roles alternate user / assistant, starting with the user; there is no system prompt.
-_COBRA_TEMPLATE_HEAD = r"""{%- set ns = namespace(images=0, text='') -%}
-{%- for message in messages -%}
-    {%- if message['role'] not in ['user', 'assistant'] -%}
-        {{- raise_exception('Cobra has no ' ~ message['role'] ~ ' role: its prompt builder takes user and '
-                            ~ 'assistant turns only.') -}}
-    {%- endif -%}
-    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
-        {{- raise_exception('Cobra conversations alternate user / assistant turns, starting with the user.') -}}
-    {%- endif -%}
-    {%- if message['content'] is not string and message['content'] is not none -%}
-        {%- for block in message['content'] -%}
-            {%- if block['type'] == 'image' -%}{%- set ns.images = ns.images + 1 -%}
-            {%- elif block['type'] == 'video' -%}{{- raise_exception('Cobra takes images, not videos.') -}}
-            {%- endif -%}
-        {%- endfor -%}
-    {%- endif -%}
-{%- endfor -%}
-{%- if ns.images > 1 -%}{{- raise_exception('Cobra takes at most one image per conversation.') -}}{%- endif -%}
-{{- '<image>' if ns.images == 1 else '' -}}
-{%- for message in messages -%}
-    {%- set ns.text = '' -%}
-    {%- if message['content'] is string -%}{%- set ns.text = message['content'] -%}
-    {%- elif message['content'] is not none -%}
-        {%- for block in message['content'] -%}
-            {%- if block['type'] == 'text' -%}{%- set ns.text = ns.text + block['text'] -%}{%- endif -%}
-        {%- endfor -%}
-    {%- endif -%}
-    {%- set text = ns.text | replace('<image>', '') | trim -%}
-"""
-_COBRA_TEMPLATE_TURNS = {
-    "zephyr": r"""    {%- if message['role'] == 'user' -%}
-        {{- ('\n' if loop.index0 > 0 else '') + '<|user|>\n' + text + '<|endoftext|>\n<|assistant|>\n' -}}
-    {%- else -%}
-        {%- generation -%}{{- (text if text != '' else ' ') + '<|endoftext|>' -}}{%- endgeneration -%}
-    {%- endif -%}
-{%- endfor -%}
-""",
-    "mamba": r"""    {%- if message['role'] == 'user' -%}
-        {{- ('\n' if loop.index0 > 0 else '') + 'In: ' + text + '\nOut: ' -}}
-    {%- else -%}
-        {%- generation -%}{{- (text if text != '' else ' ') + '<|endoftext|>' -}}{%- endgeneration -%}
-    {%- endif -%}
-{%- endfor -%}
-""",
-}
-
-
-def cobra_chat_template(llm_backbone_id: str = "mamba-2.8b-zephyr") -> str:
-    """The chat template that renders what Cobra's prompt builder for `llm_backbone_id` writes."""
-    style = "zephyr" if llm_backbone_id.endswith("zephyr") else "mamba"
-    return f"{{#- Cobra ({style} prompt builder). -#}}\n" + _COBRA_TEMPLATE_HEAD + _COBRA_TEMPLATE_TURNS[style]
-
-
-# Cobra-3B's template (Zephyr chat format with GPT-NeoX's end-of-text token).
-COBRA_CHAT_TEMPLATE = cobra_chat_template()
 
 
 def cobra_image_side(backbone: str) -> int:
@@ -105,9 +54,6 @@ def cobra_image_side(backbone: str) -> int:
 
 def cobra_image_processor(side: int, resize_strategy: str) -> Any:
     """Cobra's image transform for both encoders: one geometry, each encoder's own mean/std (channels 0-2, 3-5)."""
-    from .convert import ConversionError
-    from .image_processing_hybrid_vlm import HybridVLMImageProcessor
-
     common = dict(resample="bicubic", image_mean=[_DINO_MEAN, _SIGLIP_MEAN], image_std=[_DINO_STD, _SIGLIP_STD])
     if resize_strategy == "resize-naive":  # Cobra's default: squash to side x side
         return HybridVLMImageProcessor(size={"height": side, "width": side}, do_center_crop=False, **common)
@@ -123,8 +69,6 @@ def cobra_image_processor(side: int, resize_strategy: str) -> Any:
 
 def _tower_config(folder: Path, model_types: tuple[str, ...], what: str) -> dict[str, Any]:
     """The vision config of a transformers-format encoder folder (the vision part of a full CLIP/SigLIP config)."""
-    from .convert import ConversionError
-
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise ConversionError(f"{folder} has no config.json; --vision-towers takes transformers-format {what} folders.")
@@ -139,8 +83,6 @@ def _tower_config(folder: Path, model_types: tuple[str, ...], what: str) -> dict
 
 def read_cobra_config(folder: Path) -> dict[str, Any]:
     """The `model` section of a Prismatic/Cobra run's config.json."""
-    from .convert import ConversionError
-
     path = folder / "config.json"
     if not path.is_file():
         raise ConversionError(f"{folder} has no config.json; a Cobra run folder has one with a 'model' section.")
@@ -155,8 +97,6 @@ def read_cobra_config(folder: Path) -> dict[str, Any]:
 
 def _mamba_text_config(entries: dict[str, Any], prefix: str) -> dict[str, Any]:
     """transformers' MambaConfig from the mamba_ssm weights' shapes."""
-    from .convert import ConversionError
-
     def shape(name: str) -> tuple[int, ...]:
         if name not in entries:
             raise ConversionError(f"the Cobra checkpoint lacks {name!r}; it is not a mamba_ssm Mamba LM.")
@@ -187,11 +127,9 @@ def _mamba_text_config(entries: dict[str, Any], prefix: str) -> dict[str, Any]:
     }
 
 
-def cobra_rules(num_projector_layers: int, pad: Any, tie_head: bool = False) -> list[Any]:
-    from .convert import Rule, _common_drop_rules
-
+def cobra_rules(num_projector_layers: int, pad: Any, tie_head: bool = False) -> list[Rule]:
     lm = "model.language_model."
-    rules = _common_drop_rules() + [
+    rules = common_drop_rules() + [
         Rule.rename("DINOv2 encoder (transformers names; an outer 'dinov2.' removed)",
                     r"^vision_backbone\.dino\.(?:dinov2\.)?(.+)$", r"model.vision_tower.encoders.0.\1"),
         Rule.drop("SigLIP text tower and contrastive head (not part of a VLM)",
@@ -216,18 +154,8 @@ def cobra_rules(num_projector_layers: int, pad: Any, tie_head: bool = False) -> 
     return rules
 
 
-def cobra_recipe(kind: str, folder: Path, reader: Any, options: Any) -> Any:
+def build_recipe(kind: str, folder: Path, reader: CheckpointReader, options: ConvertOptions) -> Recipe:
     """The conversion recipe for a Cobra run folder (see the module docstring)."""
-    from .convert import (
-        ConversionError,
-        _add_placeholder_tokens,
-        _generation_config,
-        _has_tokenizer,
-        _load_tokenizer,
-        _pad_rows,
-        _Recipe,
-    )
-
     raw = read_cobra_config(folder)
     backbone = raw["vision_backbone_id"]
     run_side = cobra_image_side(backbone)
@@ -236,7 +164,7 @@ def cobra_recipe(kind: str, folder: Path, reader: Any, options: Any) -> Any:
     if arch not in _PROJECTORS:
         raise NotImplementedError(f"projector {arch!r} is not supported; use one of {sorted(_PROJECTORS)}.")
     projector_type, projector_layers = _PROJECTORS[arch]
-    towers = getattr(options, "vision_towers", None)
+    towers = options.vision_towers
     if not towers or len(towers) != 2:
         raise ConversionError(
             "Cobra checkpoints do not contain the (frozen) vision encoders. Pass vision_towers=(DINOV2_DIR, "
@@ -270,11 +198,11 @@ def cobra_recipe(kind: str, folder: Path, reader: Any, options: Any) -> Any:
     if siglip.get("hidden_act") != "gelu":
         notes.append(f"SigLIP hidden_act {siglip.get('hidden_act')!r} -> 'gelu': Cobra's timm SigLIP uses exact GELU.")
         siglip["hidden_act"] = "gelu"
-    tokenizer = _load_tokenizer(folder) if _has_tokenizer(folder) else None
+    tokenizer = load_tokenizer(folder) if has_tokenizer(folder) else None
     image_id = video_id = None
     vocab = text["vocab_size"]
     if tokenizer is not None:
-        image_id, video_id = _add_placeholder_tokens(tokenizer, notes)
+        image_id, video_id = add_placeholder_tokens(tokenizer, notes)
         vocab = max(vocab, len(tokenizer))
     else:
         notes.append("no tokenizer in the source folder (Cobra uses GPT-NeoX's): no processor was written; copy the "
@@ -294,14 +222,14 @@ def cobra_recipe(kind: str, folder: Path, reader: Any, options: Any) -> Any:
         video_token_id=video_id,
         tie_word_embeddings=tie,
     )
-    pad = _pad_rows(extra_rows) if extra_rows else None
+    pad = pad_rows(extra_rows) if extra_rows else None
     if extra_rows:
         notes.append(f"added {extra_rows} zero row(s) to the embeddings for the new placeholder tokens.")
     rules = cobra_rules(projector_layers, pad, tie_head=tie)
-    recipe = _Recipe(config, rules, notes=notes, description="Cobra (h-zhao1997/cobra)")
+    recipe = Recipe(config, rules, notes=notes, description="Cobra (h-zhao1997/cobra)")
     if tokenizer is not None:
         recipe.tokenizer = tokenizer
         recipe.image_processor = cobra_image_processor(run_side, raw.get("image_resize_strategy", "resize-naive"))
         recipe.chat_template = cobra_chat_template(raw["llm_backbone_id"])
-        recipe.generation_config = _generation_config(folder, config.text_config, [image_id, video_id])
+        recipe.generation_config = source_generation_config(folder, config.text_config, [image_id, video_id])
     return recipe
