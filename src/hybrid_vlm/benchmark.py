@@ -45,8 +45,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from .anyres import anyres_token_count
-from .caching import SSM_ONLY_MODEL_TYPES
 from .compat import GENERATE_CACHE_NAME, TRANSFORMERS_VERSION, output_cache
+from .model_types import SSM_ONLY_MODEL_TYPES
 from .presets import preset_config
 from .token_counts import VisualTokenSpec
 

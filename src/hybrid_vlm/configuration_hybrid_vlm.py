@@ -13,7 +13,14 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from .anyres import check_pinpoints, pool_2d  # noqa: F401
 from .compat import decode_special_floats, portable_rope_fields
 from .projectors import validate_projector_settings
-from .qwen2vl_vision import QWEN2VL_VISION_MODEL_TYPES, check_feature_layers, qwen2vl_vision_config
+from .model_types import (  # vision_config types it accepts, and their traits (one table: model_types)
+    COMPOSITE_VISION_TYPES,
+    INTERPOLATING_VISION_TYPES,
+    QWEN2VL_VISION_MODEL_TYPES,
+    VISION_MODEL_TYPES,
+    has_ssm_layers,
+)
+from .qwen2vl_vision import check_feature_layers, qwen2vl_vision_config
 from .ssm import SSMBlock  # noqa: F401
 from .token_counts import VisualTokenSpec  # noqa: F401
 from .vision_encoders import VISION_FUSIONS
@@ -23,14 +30,6 @@ DECODERS = ("interleaved", "vamba")
 PROJECTOR_TYPES = ("mlp2x_gelu", "mlp3x_gelu", "pool2d_mlp", "pool1d_mlp", "conv2d_adapter", "mamba", "identity")
 FEATURE_SELECT_STRATEGIES = ("default", "full")
 ANYRES_MERGES = ("spatial", "flat")
-# Vision encoders whose output layout (prefix tokens + a square patch grid) the token-count function knows.
-VISION_MODEL_TYPES = (
-    "clip_vision_model", "siglip_vision_model", "dinov2", "dinov2_with_registers", *QWEN2VL_VISION_MODEL_TYPES
-)
-# Encoders that resize their position embeddings to the input (their image_size is not their input size).
-INTERPOLATING_VISION_TYPES = ("dinov2", "dinov2_with_registers")
-# Composite configs that carry a vision config inside them; we take the vision part.
-_COMPOSITE_VISION_TYPES = ("clip", "siglip")
 
 
 def _as_config(value: Any, name: str, default_type: str) -> PretrainedConfig:
@@ -59,7 +58,7 @@ def _as_config(value: Any, name: str, default_type: str) -> PretrainedConfig:
 
 def _vision_part(config: PretrainedConfig) -> PretrainedConfig:
     """A composite CLIP/SigLIP config stands for its vision part."""
-    if config.model_type in _COMPOSITE_VISION_TYPES and hasattr(config, "vision_config"):
+    if config.model_type in COMPOSITE_VISION_TYPES and hasattr(config, "vision_config"):
         return config.vision_config
     return config
 
@@ -378,7 +377,6 @@ class HybridVLMConfig(PretrainedConfig):
         return output
 
     def _validate_vamba(self, text_type: str) -> None:
-        from .caching import has_ssm_layers
         from .vamba import INCOMPATIBLE_MODEL_TYPES, VambaOptions
 
         self.vamba_options = VambaOptions.coerce(self.vamba_options).to_dict()

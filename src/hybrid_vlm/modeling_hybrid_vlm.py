@@ -32,9 +32,7 @@ from .anyres import (
     view_feature_grid,
 )
 from .caching import (
-    SSM_ONLY_MODEL_TYPES,
     cache_seq_length,
-    has_ssm_layers,
     new_language_model_cache,
     note_tokens_seen,
     reorder_state_cache,
@@ -65,6 +63,7 @@ from .compat import (
 from .configuration_hybrid_vlm import HybridVLMConfig
 from .hub import write_model_card
 from .kernels import use_torch_ssm_path_where_needed
+from .model_types import SSM_ONLY_MODEL_TYPES, has_ssm_layers
 from .precision import warn_if_fp16_with_ssm
 from .projectors import build_projector, init_projector_module
 from .qwen2vl_vision import Qwen2VLVisionEncoder  # noqa: F401 (direct import: 4.x remote code copies it)

@@ -33,7 +33,8 @@ from .compat import merged_vision_features
 
 # `model_type` of transformers' Qwen2VLVisionConfig: "qwen2_vl_vision" on 5.x; 4.x gives the vision config the
 # composite's name, "qwen2_vl". Both name the same config class on their line.
-QWEN2VL_VISION_MODEL_TYPES = ("qwen2_vl_vision", "qwen2_vl")
+from .model_types import QWEN2VL_VISION_MODEL_TYPES
+
 # Feature layers accepted for this tower (the HybridVLMConfig default and "last"); both mean the merger's output.
 ACCEPTED_FEATURE_LAYERS = (-2, -1)
 # Keys of the vision-config dict that identify a composite Qwen2-VL config (it holds the vision config inside).
