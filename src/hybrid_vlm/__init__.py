@@ -7,8 +7,8 @@ from .builders import build_vamba
 from .chunked_prefill import plan_prefill_chunks, prefill_in_chunks
 from .configuration_hybrid_vlm import HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
-from .kernels import compute_paths, install_kernel_fallback_filter
 from .modeling_hybrid_vlm import HybridVLMForConditionalGeneration, HybridVLMModel, HybridVLMPreTrainedModel
+from .path_report import compute_paths, install_kernel_fallback_filter
 from .presets import from_preset, list_presets, preset_config
 from .processing_hybrid_vlm import HybridVLMProcessor
 from .registration import register_auto_classes

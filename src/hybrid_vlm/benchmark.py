@@ -349,8 +349,8 @@ def _sync(device: torch.device) -> None:
 def _ssm_path(model: Any) -> str:
     """Which SSM implementation the model's recurrent layers take on its device ("-" for none), per kind of SSM
     module: "kernels", "engine" (hybrid_vlm.ssm_engine), "transformers-torch" or "torch" (our own mixers).
-    `kernels.compute_paths` has the full report with reasons."""
-    from .kernels import compute_paths
+    `path_report.compute_paths` has the full report with reasons."""
+    from .path_report import compute_paths
 
     def short(path: str) -> str:
         if "kernels" in path:

@@ -14,6 +14,7 @@ import torch
 from .compat import build_legacy_cache, legacy_cache_class, new_standard_cache
 from .model_types import language_model_type
 
+
 class _CountsSeenTokens:
     """Mixin for caches of SSM-only LMs: they hold no keys, so the length generate() asks for is counted here."""
 

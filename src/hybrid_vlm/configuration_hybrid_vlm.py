@@ -12,7 +12,6 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 # recursively: every module reachable from here (validation uses projectors and vamba) is imported directly.
 from .anyres import check_pinpoints, pool_2d  # noqa: F401
 from .compat import decode_special_floats, portable_rope_fields
-from .projectors import validate_projector_settings
 from .model_types import (  # vision_config types it accepts, and their traits (one table: model_types)
     COMPOSITE_VISION_TYPES,
     INTERPOLATING_VISION_TYPES,
@@ -20,6 +19,7 @@ from .model_types import (  # vision_config types it accepts, and their traits (
     VISION_MODEL_TYPES,
     has_ssm_layers,
 )
+from .projectors import validate_projector_settings
 from .qwen2vl_vision import check_feature_layers, qwen2vl_vision_config
 from .ssm import SSMBlock  # noqa: F401
 from .token_counts import VisualTokenSpec  # noqa: F401

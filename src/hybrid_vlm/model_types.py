@@ -207,7 +207,10 @@ VISION_ENCODER_TYPES: dict[str, VisionEncoderType] = {
     "siglip_vision_model": VisionEncoderType(SIGLIP_PRESET, composite="siglip"),
     "dinov2": VisionEncoderType(DINOV2_PRESET, class_tokens=1, interpolates_position_embeddings=True),
     "dinov2_with_registers": VisionEncoderType(
-        DINOV2_PRESET, class_tokens=1, register_tokens_field="num_register_tokens", interpolates_position_embeddings=True
+        DINOV2_PRESET,
+        class_tokens=1,
+        register_tokens_field="num_register_tokens",
+        interpolates_position_embeddings=True,
     ),
     "qwen2_vl_vision": _QWEN2VL_VISION,
     "qwen2_vl": _QWEN2VL_VISION,

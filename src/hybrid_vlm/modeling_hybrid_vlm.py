@@ -62,8 +62,8 @@ from .compat import (
 )
 from .configuration_hybrid_vlm import HybridVLMConfig
 from .hub import write_model_card
-from .kernels import use_torch_ssm_path_where_needed
 from .model_types import SSM_ONLY_MODEL_TYPES, has_ssm_layers
+from .path_report import use_torch_ssm_path_where_needed
 from .precision import warn_if_fp16_with_ssm
 from .projectors import build_projector, init_projector_module
 from .qwen2vl_vision import Qwen2VLVisionEncoder  # noqa: F401 (direct import: 4.x remote code copies it)

@@ -251,7 +251,7 @@ def lm_layer_path(module: nn.Module, device: torch.device | None = None) -> tupl
     if device.type != "cuda":
         return "transformers", f"tensors on {device.type} (the kernels are CUDA-only)"
     if getattr(module, "use_fast_kernels", True) is False:
-        return "transformers", "use_mamba_kernels=False (switched off: kernels were not usable when the model was built)"
+        return "transformers", "use_mamba_kernels=False (switched off: kernels were not usable at build time)"
     return "kernels", "kernels import and the weights are on CUDA"
 
 

@@ -49,6 +49,7 @@ from transformers.utils import cached_file, logging
 from .anyres import as_size  # noqa: F401  (the image processor's imports, for 4.x remote code)
 from .compat import VIDEO_PROCESSOR_BASE
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
+from .model_types import VISION_ENCODER_TYPES  # noqa: F401  (the image processor's imports, for 4.x remote code)
 from .remote_code import write_text_atomic
 from .token_counts import VIDEO_LAYOUTS, TokenLayout, VisualTokenSpec, count_video_tokens
 
