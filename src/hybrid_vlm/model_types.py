@@ -18,11 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "CLIP_PRESET",
     "COMPOSITE_VISION_TYPES",
+    "DINOV2_PRESET",
     "ENGINE_MODEL_TYPES",
     "INTERPOLATING_VISION_TYPES",
     "LANGUAGE_MODEL_TYPES",
+    "QWEN2VL_PRESET",
     "QWEN2VL_VISION_MODEL_TYPES",
+    "SIGLIP_PRESET",
     "SSM_MIXER_CLASSES",
     "SSM_MODEL_TYPES",
     "SSM_ONLY_MODEL_TYPES",
