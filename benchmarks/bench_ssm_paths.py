@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from hybrid_vlm.benchmark import DTYPES, SIZES, _header_line, format_table
-from hybrid_vlm.kernels import own_ssm_path
+from hybrid_vlm.path_report import own_ssm_path
 from hybrid_vlm.ssm import Mamba1Mixer, Mamba2Mixer
 
 

@@ -14,7 +14,7 @@ import torch
 
 import hybrid_vlm
 from hybrid_vlm import benchmark as bm
-from hybrid_vlm.kernels import compute_paths
+from hybrid_vlm.path_report import compute_paths
 from hybrid_vlm.ssm import Mamba1Mixer, Mamba2Mixer, kernels_available
 
 pytestmark = pytest.mark.skipif(

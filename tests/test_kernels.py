@@ -14,7 +14,7 @@ import torch
 
 import hybrid_vlm
 from hybrid_vlm import benchmark as bm
-from hybrid_vlm import kernels, ssm
+from hybrid_vlm import path_report, ssm
 from hybrid_vlm.ssm import Mamba1Mixer, Mamba2Mixer
 
 CUDA = torch.device("cuda")  # only ever passed as a label: nothing is allocated on it
@@ -29,12 +29,12 @@ def one_thread():
 
 
 def fake_installed(monkeypatch, **flags: bool) -> None:
-    state = {name: False for name in kernels.KERNEL_PACKAGES} | flags
-    monkeypatch.setattr(kernels, "installed_kernels", lambda: dict(state))
+    state = {name: False for name in ssm.KERNEL_PACKAGES} | flags
+    monkeypatch.setattr(ssm, "installed_kernels", lambda: dict(state))
 
 
-def paths_by_component(model) -> dict[str, kernels.ComputePath]:
-    rows = kernels.compute_paths(model)
+def paths_by_component(model) -> dict[str, path_report.ComputePath]:
+    rows = path_report.compute_paths(model)
     by_component = {row.component: row for row in rows}
     assert len(by_component) == len(rows), "one row per component when every module of a kind agrees"
     return by_component
@@ -47,7 +47,7 @@ def paths_by_component(model) -> dict[str, kernels.ComputePath]:
 def test_own_mixer_on_cpu_takes_torch_path_because_cpu(mixer_class, monkeypatch):
     fake_installed(monkeypatch, mamba_ssm=True, causal_conv1d=True)  # installed or not: CPU tensors decide
     mixer = mixer_class(32, d_state=8)
-    path, reason = kernels.own_ssm_path(mixer)
+    path, reason = path_report.own_ssm_path(mixer)
     assert path.startswith("torch") and mixer.compute_path == "torch"
     assert "tensors on cpu" in reason
 
@@ -55,7 +55,7 @@ def test_own_mixer_on_cpu_takes_torch_path_because_cpu(mixer_class, monkeypatch)
 def test_own_mixer_on_cuda_without_mamba_ssm(monkeypatch):
     fake_installed(monkeypatch)
     monkeypatch.setattr(ssm, "kernels_available", lambda kind: pytest.fail("must not import kernels when missing"))
-    path, reason = kernels.own_ssm_path(Mamba2Mixer(32, d_state=8), CUDA)
+    path, reason = path_report.own_ssm_path(Mamba2Mixer(32, d_state=8), CUDA)
     assert path == "torch chunked (SSD matmul form)" and "mamba-ssm not installed" in reason
 
 
@@ -70,14 +70,14 @@ def test_own_mixer_on_cuda_without_mamba_ssm(monkeypatch):
 def test_own_mixer_on_cuda_with_mamba_ssm(monkeypatch, scan, conv, path, says):
     fake_installed(monkeypatch, mamba_ssm=True, causal_conv1d=conv)
     monkeypatch.setattr(ssm, "kernels_available", lambda kind: {"scan": scan, "causal_conv1d": conv})
-    got_path, reason = kernels.own_ssm_path(Mamba1Mixer(32, d_state=8), CUDA)
+    got_path, reason = path_report.own_ssm_path(Mamba1Mixer(32, d_state=8), CUDA)
     assert got_path == path and says in reason
 
 
 def test_forced_path_is_reported_as_forced():
     mixer = Mamba2Mixer(32, d_state=8)
     mixer.compute_path = "reference"
-    assert kernels.own_ssm_path(mixer) == ("reference recurrence", "forced (compute_path='reference')")
+    assert path_report.own_ssm_path(mixer) == ("reference recurrence", "forced (compute_path='reference')")
 
 
 # ------------------------------------------------------------------------------------------------ whole models
@@ -114,18 +114,18 @@ def test_transformers_ssm_path_rules(monkeypatch):
     model, _ = hybrid_vlm.from_preset("jamba-llava-tiny")
     mixer = next(m for m in model.modules() if type(m).__name__ == "JambaMambaMixer")
     # On CUDA without importable kernels our engine runs; with them (faked here) transformers keeps its own path.
-    assert kernels.transformers_ssm_path(mixer, CUDA)[0] == "hybrid_vlm engine (torch blocked scan)"
+    assert path_report.transformers_ssm_path(mixer, CUDA)[0] == "hybrid_vlm engine (torch blocked scan)"
     monkeypatch.setattr(ssm, "kernels_available", lambda kind="mamba2": {"scan": True, "causal_conv1d": True})
-    assert kernels.transformers_ssm_path(mixer, CUDA)[0] == "mamba-ssm kernels (transformers)"
+    assert path_report.transformers_ssm_path(mixer, CUDA)[0] == "mamba-ssm kernels (transformers)"
     del mixer._hybrid_vlm_ssm_engine  # transformers' own rules, as for a mixer outside our model
     mixer.use_fast_kernels = True  # (4.x: built here without kernels, so switched off; 5.x: no such flag)
     fake_installed(monkeypatch, mamba_ssm=True)
-    assert kernels.transformers_ssm_path(mixer, CUDA) == ("transformers torch reference", "causal-conv1d not installed")
+    assert path_report.transformers_ssm_path(mixer, CUDA) == ("transformers torch reference", "causal-conv1d not installed")
     fake_installed(monkeypatch, mamba_ssm=True, causal_conv1d=True)
-    assert "tensors on cpu" in kernels.transformers_ssm_path(mixer)[1]
-    assert kernels.transformers_ssm_path(mixer, CUDA)[0] == "mamba-ssm kernels (transformers)"
+    assert "tensors on cpu" in path_report.transformers_ssm_path(mixer)[1]
+    assert path_report.transformers_ssm_path(mixer, CUDA)[0] == "mamba-ssm kernels (transformers)"
     mixer.use_fast_kernels = False  # transformers 4.x Jamba's switch
-    assert "use_mamba_kernels=False" in kernels.transformers_ssm_path(mixer, CUDA)[1]
+    assert "use_mamba_kernels=False" in path_report.transformers_ssm_path(mixer, CUDA)[1]
 
 
 def test_attention_rows_follow_the_configured_implementation():
@@ -138,28 +138,28 @@ def test_attention_rows_follow_the_configured_implementation():
 def test_vamba_cross_attention_reports_its_sdpa_fallback_for_flash():
     model, _ = hybrid_vlm.from_preset("vamba-tiny")
     cross = next(m for m in model.modules() if type(m).__name__ == "VambaCrossAttention")
-    path, reason = kernels._attention_path(cross, "flash_attention_2", cross=True)
+    path, reason = path_report._attention_path(cross, "flash_attention_2", cross=True)
     assert path == "sdpa" and "visual mask" in reason
 
 
 def test_format_and_type_check():
     model, _ = hybrid_vlm.from_preset("mamba2-llava-tiny")
-    text = kernels.format_compute_paths(kernels.compute_paths(model))
+    text = path_report.format_compute_paths(path_report.compute_paths(model))
     assert "LM SSM layers (Mamba2Mixer)" in text and "x8" in text
     with pytest.raises(TypeError, match="nn.Module"):
-        kernels.compute_paths("mamba2-llava-tiny")
+        path_report.compute_paths("mamba2-llava-tiny")
 
 
 def test_one_log_line_on_first_forward_per_device(caplog):
     model, _ = hybrid_vlm.from_preset("vamba-tiny")
     ids = torch.tensor([[1, 2, 3, 4]])
-    with caplog.at_level(logging.INFO, logger="hybrid_vlm.kernels"):
+    with caplog.at_level(logging.INFO, logger="hybrid_vlm.path_report"):
         model(input_ids=ids)
         model(input_ids=ids)
     lines = [r.getMessage() for r in caplog.records if "compute paths on cpu" in r.getMessage()]
     assert len(lines) == 1
     assert "Vamba visual-stream SSM" in lines[0] and "LM self-attention" in lines[0]
-    assert not kernels.announce_compute_paths(model.model.language_model)  # already said for cpu
+    assert not path_report.announce_compute_paths(model.model.language_model)  # already said for cpu
 
 
 def test_env_prints_the_paths_of_tiny_presets(capsys):
@@ -233,17 +233,17 @@ def test_kernels_are_left_on_when_usable(monkeypatch):
     for mixer in mixers:
         mixer.use_fast_kernels = True
     fake_installed(monkeypatch, mamba_ssm=True, causal_conv1d=True)
-    assert kernels.use_torch_ssm_path_where_needed(lm, "cuda") is False
+    assert path_report.use_torch_ssm_path_where_needed(lm, "cuda") is False
     assert all(m.use_fast_kernels for m in mixers)
-    assert kernels.use_torch_ssm_path_where_needed(lm, "cpu") is True
+    assert path_report.use_torch_ssm_path_where_needed(lm, "cpu") is True
     assert not any(m.use_fast_kernels for m in mixers)
 
 
 def test_torch_fallback_on_cuda_is_announced_as_a_warning(caplog):
     model, _ = hybrid_vlm.from_preset("mamba2-llava-tiny")
-    with caplog.at_level(logging.INFO, logger="hybrid_vlm.kernels"):
-        assert kernels.announce_compute_paths(model, CUDA)
-        assert not kernels.announce_compute_paths(model, CUDA)
+    with caplog.at_level(logging.INFO, logger="hybrid_vlm.path_report"):
+        assert path_report.announce_compute_paths(model, CUDA)
+        assert not path_report.announce_compute_paths(model, CUDA)
     [record] = [r for r in caplog.records if "compute paths on cuda" in r.getMessage()]
     assert record.levelno == logging.WARNING and "hybrid_vlm engine" in record.getMessage()
 
@@ -253,20 +253,20 @@ def test_transformers_kernel_fallback_lines_become_one_note(monkeypatch, caplog)
     from transformers.utils import logging as hf_logging
 
     streams = [h for h in hf_logging.get_logger().handlers if type(h) is logging.StreamHandler]  # transformers' own
-    assert streams and all(any(isinstance(f, kernels.KernelFallbackFilter) for f in h.filters) for h in streams)
-    monkeypatch.setattr(kernels, "_said_torch_ssm_path", False)
-    fallback = kernels.KernelFallbackFilter()
+    assert streams and all(any(isinstance(f, path_report.KernelFallbackFilter) for f in h.filters) for h in streams)
+    monkeypatch.setattr(path_report, "_said_torch_ssm_path", False)
+    fallback = path_report.KernelFallbackFilter()
 
     def record(message: str) -> logging.LogRecord:
         return logging.LogRecord("transformers.integrations.hub_kernels", logging.WARNING, __file__, 1, message, (),
                                  None)
 
-    with caplog.at_level(logging.WARNING, logger="hybrid_vlm.kernels"):
+    with caplog.at_level(logging.WARNING, logger="hybrid_vlm.path_report"):
         for name in ("mamba_chunk_scan_combined", "causal_conv1d_fn"):
             assert not fallback.filter(record(f"`{name}` is falling back to its reference PyTorch implementation "
                                               "because `mamba_ssm` is not installed. This is correct but slower."))
         assert not fallback.filter(record("The fast path is not available because one of `(selective_state_update, "
                                           "causal_conv1d_fn)` is None."))  # transformers 4.x
         assert fallback.filter(record("an unrelated warning"))  # everything else passes
-    notes = [r.getMessage() for r in caplog.records if r.name == "hybrid_vlm.kernels"]
+    notes = [r.getMessage() for r in caplog.records if r.name == "hybrid_vlm.path_report"]
     assert len(notes) == 1 and "pure-PyTorch path" in notes[0] and "hybrid-vlm env" in notes[0]

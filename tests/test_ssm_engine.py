@@ -281,7 +281,7 @@ def test_kernels_keep_transformers_path(monkeypatch):
         calls.append(1)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(ssm_engine, "lm_mixer_path", lambda kind, device, enabled=True: ("kernels", "test"))
+    monkeypatch.setattr(ssm_engine, "lm_layer_path", lambda module, device=None: ("kernels", "test"))
     monkeypatch.setattr(type(mixer), "forward", spy)
     with torch.no_grad():
         mixer(torch.randn(1, 5, lm.config.hidden_size))
@@ -292,7 +292,7 @@ def test_switched_off_by_config_and_environment(monkeypatch):
     """ssm_engine=False (config) and HYBRID_VLM_SSM_ENGINE=0 keep transformers' path; the report says which."""
     from conftest import tiny_model
 
-    from hybrid_vlm.kernels import compute_paths
+    from hybrid_vlm.path_report import compute_paths
 
     def lm_rows(model):
         return [p for p in compute_paths(model) if p.component.startswith("LM SSM layers")]

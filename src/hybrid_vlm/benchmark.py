@@ -45,8 +45,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from .anyres import anyres_token_count
-from .caching import SSM_ONLY_MODEL_TYPES
 from .compat import GENERATE_CACHE_NAME, TRANSFORMERS_VERSION, output_cache
+from .model_types import SSM_ONLY_MODEL_TYPES
 from .presets import preset_config
 from .token_counts import VisualTokenSpec
 
@@ -349,8 +349,8 @@ def _sync(device: torch.device) -> None:
 def _ssm_path(model: Any) -> str:
     """Which SSM implementation the model's recurrent layers take on its device ("-" for none), per kind of SSM
     module: "kernels", "engine" (hybrid_vlm.ssm_engine), "transformers-torch" or "torch" (our own mixers).
-    `kernels.compute_paths` has the full report with reasons."""
-    from .kernels import compute_paths
+    `path_report.compute_paths` has the full report with reasons."""
+    from .path_report import compute_paths
 
     def short(path: str) -> str:
         if "kernels" in path:

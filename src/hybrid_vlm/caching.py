@@ -12,28 +12,7 @@ from typing import Any
 import torch
 
 from .compat import build_legacy_cache, legacy_cache_class, new_standard_cache
-
-# Language models whose layers are all SSM (no attention), for which the cache carries no sequence length.
-SSM_ONLY_MODEL_TYPES = ("mamba", "mamba2", "falcon_mamba")
-# Language models with any SSM / linear-recurrent layer.
-_SSM_MODEL_TYPES = (
-    "jamba",
-    "bamba",
-    "granitemoehybrid",
-    "zamba",
-    "zamba2",
-    "falcon_h1",
-    "nemotron_h",
-    "lfm2",
-    "mamba",
-    "mamba2",
-    "falcon_mamba",
-)
-
-
-def has_ssm_layers(text_config: Any) -> bool:
-    """Whether the language model carries recurrent state (so padding and cache continuation need care)."""
-    return text_config.model_type in _SSM_MODEL_TYPES
+from .model_types import language_model_type
 
 
 class _CountsSeenTokens:
@@ -58,7 +37,7 @@ def _counting(cache_class: type) -> type:
 
 def new_language_model_cache(text_config: Any, batch_size: int, dtype: torch.dtype, device: torch.device) -> Any:
     """A fresh cache for the language model, or None where the LM builds a standard one itself."""
-    ssm_only = text_config.model_type in SSM_ONLY_MODEL_TYPES
+    ssm_only = not language_model_type(text_config.model_type).attention
     own_class = legacy_cache_class(text_config.model_type)
     if own_class is None:
         from transformers import DynamicCache

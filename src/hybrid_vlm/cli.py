@@ -282,7 +282,7 @@ def run_env() -> int:
     """Print versions, what compat's probes found, and which compute paths would run."""
     import hybrid_vlm
     from hybrid_vlm.compat import feature_report
-    from hybrid_vlm.kernels import KERNEL_PACKAGES, installed_kernels, mamba_kernels_usable
+    from hybrid_vlm.ssm import KERNEL_PACKAGES, installed_kernels, mamba_kernels_usable
 
     rows = [
         ("hybrid_vlm", hybrid_vlm.__version__),
@@ -313,7 +313,7 @@ ENV_PATH_PRESETS = ("vamba-tiny", "mambavlm-tiny", "jamba-llava-tiny")
 def _print_compute_paths() -> None:
     """Which path each module of a few tiny presets takes here (on CUDA when there is one), and why."""
     import hybrid_vlm
-    from hybrid_vlm.kernels import compute_paths, format_compute_paths
+    from hybrid_vlm.path_report import compute_paths, format_compute_paths
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for name in ENV_PATH_PRESETS:

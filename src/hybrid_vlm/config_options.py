@@ -15,6 +15,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from .model_types import QWEN2VL_VISION_MODEL_TYPES
 from .token_counts import GRID_ONLY_PROJECTORS, POOLING_PROJECTORS, _positive_int, vision_prefix_token_count
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -179,7 +180,6 @@ def check_pinpoints(image_grid_pinpoints: Any, tile_size: Any = None) -> list[li
 # ---------------------------------------------------------------------------------------------------------------
 # Qwen2-VL's vision config (Vamba's tower)
 
-QWEN2VL_VISION_MODEL_TYPES = ("qwen2_vl_vision", "qwen2_vl")
 # Feature layers accepted for this tower (the HybridVLMConfig default and "last"); both mean the merger's output.
 ACCEPTED_FEATURE_LAYERS = (-2, -1)
 # Keys of the vision-config dict that identify a composite Qwen2-VL config (it holds the vision config inside).

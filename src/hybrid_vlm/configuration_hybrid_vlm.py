@@ -12,23 +12,20 @@ from .config_options import (
     DECODERS,
     FEATURE_SELECT_STRATEGIES,
     PROJECTOR_TYPES,
-    QWEN2VL_VISION_MODEL_TYPES,
     VISION_FUSIONS,
     check_feature_layers,
     check_pinpoints,
     qwen2vl_vision_config,
     validate_projector_settings,
 )
-from .token_counts import VisualTokenSpec
-
-# Vision encoders whose output layout (prefix tokens + a square patch grid) the token-count function knows.
-VISION_MODEL_TYPES = (
-    "clip_vision_model", "siglip_vision_model", "dinov2", "dinov2_with_registers", *QWEN2VL_VISION_MODEL_TYPES
+from .model_types import (  # vision_config types it accepts, and their traits (one table: model_types)
+    COMPOSITE_VISION_TYPES,
+    INTERPOLATING_VISION_TYPES,
+    QWEN2VL_VISION_MODEL_TYPES,
+    VISION_MODEL_TYPES,
+    has_ssm_layers,
 )
-# Encoders that resize their position embeddings to the input (their image_size is not their input size).
-INTERPOLATING_VISION_TYPES = ("dinov2", "dinov2_with_registers")
-# Composite configs that carry a vision config inside them; we take the vision part.
-_COMPOSITE_VISION_TYPES = ("clip", "siglip")
+from .token_counts import VisualTokenSpec
 
 
 def _as_config(value: Any, name: str, default_type: str) -> PretrainedConfig:
@@ -59,7 +56,7 @@ def _as_config(value: Any, name: str, default_type: str) -> PretrainedConfig:
 
 def _vision_part(config: PretrainedConfig) -> PretrainedConfig:
     """A composite CLIP/SigLIP config stands for its vision part."""
-    if config.model_type in _COMPOSITE_VISION_TYPES and hasattr(config, "vision_config"):
+    if config.model_type in COMPOSITE_VISION_TYPES and hasattr(config, "vision_config"):
         return config.vision_config
     return config
 
@@ -380,7 +377,6 @@ class HybridVLMConfig(PretrainedConfig):
         return output
 
     def _validate_vamba(self, text_type: str) -> None:
-        from .caching import has_ssm_layers
         from .config_options import INCOMPATIBLE_MODEL_TYPES, VambaOptions
 
         self.vamba_options = VambaOptions.coerce(self.vamba_options).to_dict()

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .model_types import language_model_type
 from .remote_code import write_text_atomic
 
 __all__ = [
@@ -36,11 +37,6 @@ def guess_base_model(model: Any) -> str | None:
     return name
 
 
-def _ssm_layer_types(text_config: Any) -> set[str]:
-    layer_types = getattr(text_config, "layer_types", None) or getattr(text_config, "layers_block_type", None) or []
-    return {str(t) for t in layer_types}
-
-
 def model_card_metadata(model: Any, base_model: str | None = None, remote_code: bool = False) -> dict[str, Any]:
     """The card's front matter as a dict: library, pipeline tag, base model (given or guessed) and tags."""
     config = model.config
@@ -51,9 +47,7 @@ def model_card_metadata(model: Any, base_model: str | None = None, remote_code: 
     if decoder and decoder not in ("llava", "default"):
         tags.append(str(decoder))
     tags += [t for t in (text_type, vision_type) if t]
-    if text_type and ("mamba" in text_type or text_type in ("jamba", "zamba", "zamba2", "bamba", "falcon_h1")):
-        tags.append("ssm")
-    elif _ssm_layer_types(config.text_config) & {"mamba", "mamba2", "ssm"} or decoder == "vamba":
+    if language_model_type(text_type).scan is not None or decoder == "vamba":  # Mamba layers in the LM or beside it
         tags.append("ssm")
     if remote_code:
         tags.append("custom_code")

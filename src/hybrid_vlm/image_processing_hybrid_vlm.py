@@ -22,25 +22,17 @@ import PIL.ImageOps
 import torch
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature, get_size_dict
 from transformers.image_transforms import center_crop, normalize, rescale, resize, to_channel_dimension_format
-from transformers.image_utils import (
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    IMAGENET_STANDARD_MEAN,
-    IMAGENET_STANDARD_STD,
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
-    ChannelDimension,
-    PILImageResampling,
-)
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ChannelDimension, PILImageResampling
 from transformers.processing_utils import ImagesKwargs
 from transformers.utils import logging
 
 from .anyres import AnyResLayout, best_grid, check_max_tiles, fit_size, pad_to, split_tiles
 from .config_options import check_pinpoints
+from .model_types import COMPOSITE_VISION_TYPES, QWEN2VL_VISION_MODEL_TYPES, VISION_ENCODER_TYPES, ImagePreset
 
 # Not used here: transformers 4.57 copies only an entry module's *direct* relative imports when it loads a local folder
 # with trust_remote_code, so every module anyres.py needs must be imported by this file too.
-from .token_counts import QWEN2VL_VISION_TYPES, count_image_tokens  # noqa: F401
+from .token_counts import count_image_tokens  # noqa: F401
 
 logger = logging.get_logger(__name__)
 
@@ -395,7 +387,20 @@ def _array_to_rgb_array(
 
 
 # Square side the image processor gives Qwen2-VL's vision tower by default (a multiple of its 28 px token).
-QWEN2VL_DEFAULT_IMAGE_SIZE = 448
+QWEN2VL_DEFAULT_IMAGE_SIZE = VISION_ENCODER_TYPES["qwen2_vl_vision"].preprocessing.size
+
+
+def _preset_params(preset: ImagePreset, height: int, width: int) -> dict[str, Any]:
+    """The processor parameters that reproduce an encoder's own preprocessing at a `height` x `width` input."""
+    params: dict[str, Any] = {"crop_size": {"height": height, "width": width}}
+    if preset.resize == "squash":  # the whole image to the input size: no aspect-preserving resize, no crop
+        params.update(size={"height": height, "width": width}, do_center_crop=False)
+    else:
+        params.update(size={"shortest_edge": min(height, width)}, do_center_crop=True)
+    params.update(image_mean=list(preset.image_mean), image_std=list(preset.image_std))
+    params.update(resample=PILImageResampling[preset.resample.upper()], do_resize=True, do_rescale=True)
+    params.update(do_normalize=True, rescale_factor=1 / 255, do_convert_rgb=True)
+    return params
 
 
 def _vision_part_of(config: Any) -> Any:
@@ -403,7 +408,7 @@ def _vision_part_of(config: Any) -> Any:
     if isinstance(config, dict):
         return type("_ConfigView", (), {"model_type": config.get("model_type")})()
     inner = getattr(config, "vision_config", None)
-    return inner if getattr(config, "model_type", None) in ("clip", "siglip") and inner is not None else config
+    return inner if getattr(config, "model_type", None) in COMPOSITE_VISION_TYPES and inner is not None else config
 
 
 class HybridVLMImageProcessor(BaseImageProcessor):
@@ -536,8 +541,8 @@ class HybridVLMImageProcessor(BaseImageProcessor):
                 return built[0]
             stats = ("image_mean", "image_std")
             # DINOv2 interpolates its position embeddings: it takes the size the other encoders need.
-            types = [getattr(_vision_part_of(c), "model_type", None) for c in vision_config]
-            fixed = [b for b, t in zip(built, types) if t not in ("dinov2", "dinov2_with_registers")] or built
+            rows = [VISION_ENCODER_TYPES.get(getattr(_vision_part_of(c), "model_type", None)) for c in vision_config]
+            fixed = [b for b, r in zip(built, rows) if not (r and r.interpolates_position_embeddings)] or built
             views = {cls._view_size({k: getattr(b, k) for k in cls._param_names}) for b in fixed}
             if len(views) != 1:
                 raise ValueError(
@@ -557,15 +562,11 @@ class HybridVLMImageProcessor(BaseImageProcessor):
             qwen2vl_type = vision_config.get("model_type")
         else:
             qwen2vl_type = getattr(vision_config, "model_type", None)
-        if qwen2vl_type in QWEN2VL_VISION_TYPES:
+        if qwen2vl_type in QWEN2VL_VISION_MODEL_TYPES:
             # Qwen2-VL's tower takes any size whose sides are multiples of 28 (patch 14 x merge 2); the processor
-            # squashes to a fixed square (default 448: 16x16 = 256 tokens; change it with size=) with Qwen2-VL's
-            # OpenAI-CLIP mean/std and bicubic resampling.
-            side = QWEN2VL_DEFAULT_IMAGE_SIZE
-            params = {"size": {"height": side, "width": side}, "crop_size": {"height": side, "width": side}}
-            params.update(do_center_crop=False, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
-            params.update(resample=PILImageResampling.BICUBIC, do_resize=True, do_rescale=True, do_normalize=True)
-            params.update(rescale_factor=1 / 255, do_convert_rgb=True)
+            # squashes to a fixed square (its preset's size; change it with size=).
+            preset = VISION_ENCODER_TYPES[qwen2vl_type].preprocessing
+            params = _preset_params(preset, preset.size, preset.size)
             params.update(kwargs)
             return cls(**params)
         if isinstance(vision_config, dict):
@@ -576,15 +577,15 @@ class HybridVLMImageProcessor(BaseImageProcessor):
             config_dict = dict(vision_config)
             vision_config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
         model_type = getattr(vision_config, "model_type", None)
-        if model_type in ("clip", "siglip") and getattr(vision_config, "vision_config", None) is not None:
+        if model_type in COMPOSITE_VISION_TYPES and getattr(vision_config, "vision_config", None) is not None:
             vision_config = vision_config.vision_config
             model_type = vision_config.model_type
-        supported = ("clip_vision_model", "siglip_vision_model", "dinov2", "dinov2_with_registers")
+        supported = [t for t, row in VISION_ENCODER_TYPES.items() if row.preprocessing.size is None]
         if model_type not in supported:
             raise ValueError(
                 f"{_NAME}.from_vision_config: no preset for vision config model_type {model_type!r}; supported: "
-                f"{', '.join(supported)} (or full clip/siglip configs). Construct HybridVLMImageProcessor(...) with "
-                "explicit parameters instead."
+                f"{', '.join(supported)} (or full {'/'.join(COMPOSITE_VISION_TYPES)} configs). Construct "
+                "HybridVLMImageProcessor(...) with explicit parameters instead."
             )
         image_size = getattr(vision_config, "image_size", None)
         if isinstance(image_size, (list, tuple)) and len(image_size) == 2:
@@ -595,20 +596,7 @@ class HybridVLMImageProcessor(BaseImageProcessor):
             raise ValueError(
                 f"{_NAME}.from_vision_config: the vision config has no usable image_size ({image_size!r})."
             )
-
-        params: dict[str, Any] = {"crop_size": {"height": height, "width": width}}
-        if model_type == "siglip_vision_model":
-            # SigLIP squashes the whole image to its input size: no aspect-preserving resize, no crop.
-            params.update(size={"height": height, "width": width}, do_center_crop=False)
-            params.update(image_mean=IMAGENET_STANDARD_MEAN, image_std=IMAGENET_STANDARD_STD)
-        else:
-            params.update(size={"shortest_edge": min(height, width)}, do_center_crop=True)
-            if model_type == "clip_vision_model":
-                params.update(image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
-            else:
-                params.update(image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD)
-        params.update(resample=PILImageResampling.BICUBIC, do_resize=True, do_rescale=True, do_normalize=True)
-        params.update(rescale_factor=1 / 255, do_convert_rgb=True)
+        params = _preset_params(VISION_ENCODER_TYPES[model_type].preprocessing, height, width)
         params.update(kwargs)
         return cls(**params)
 

@@ -32,9 +32,7 @@ from .anyres import (
     view_feature_grid,
 )
 from .caching import (
-    SSM_ONLY_MODEL_TYPES,
     cache_seq_length,
-    has_ssm_layers,
     new_language_model_cache,
     note_tokens_seen,
     reorder_state_cache,
@@ -65,7 +63,8 @@ from .compat import (
 from .config_options import VambaOptions
 from .configuration_hybrid_vlm import HybridVLMConfig
 from .hub import write_model_card
-from .kernels import use_torch_ssm_path_where_needed
+from .model_types import SSM_ONLY_MODEL_TYPES, has_ssm_layers
+from .path_report import install_kernel_fallback_filter, use_torch_ssm_path_where_needed
 from .precision import warn_if_fp16_with_ssm
 from .projectors import build_projector, init_projector_module
 from .qwen2vl_vision import Qwen2VLVisionEncoder  # noqa: F401 (direct import: 4.x remote code copies it)
@@ -79,6 +78,8 @@ from .vision_encoders import (  # noqa: F401 (UnwrappedVisionModel: public name 
     encode_patch_maps,
     vision_no_split_modules,
 )
+
+install_kernel_fallback_filter()  # one note of ours instead of transformers' per-kernel "falling back" lines
 
 logger = logging.get_logger(__name__)
 

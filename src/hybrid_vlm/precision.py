@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from .ssm import is_ssm_mixer
+
 logger = logging.get_logger(__name__)
 
 __all__ = ["FP16_SSM_WARNING", "find_ssm_mixers", "fp16_training_reason", "warn_if_fp16_with_ssm"]
@@ -28,18 +30,11 @@ _CACHE_ATTRIBUTE = "_hybrid_vlm_ssm_mixers"
 _warned: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
-def _is_ssm_mixer(module: nn.Module) -> bool:
-    """SSM mixers (ours and transformers' Mamba/Mamba-2/Jamba/...) own `A_log` and a `conv1d`."""
-    return "A_log" in dict(module.named_parameters(recurse=False)) and isinstance(
-        getattr(module, "conv1d", None), nn.Module
-    )
-
-
 def find_ssm_mixers(model: nn.Module) -> list[nn.Module]:
     """The model's SSM mixer modules (cached on the model: the forward pass asks every step)."""
     cached = model.__dict__.get(_CACHE_ATTRIBUTE)
     if cached is None:
-        cached = [module for module in model.modules() if _is_ssm_mixer(module)]
+        cached = [module for module in model.modules() if is_ssm_mixer(module)]
         model.__dict__[_CACHE_ATTRIBUTE] = cached
     return cached
 

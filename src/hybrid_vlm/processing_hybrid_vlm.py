@@ -41,7 +41,6 @@ from transformers.processing_utils import ImagesKwargs, MultiModalData, Processo
 from transformers.utils import logging
 
 from .anyres import anyres_token_count  # direct import: transformers 4.x remote code copies only direct imports
-from .caching import has_ssm_layers  # noqa: F401  (configuration's imports, for 4.x remote code: see there)
 from .chat_templates import (
     CHAT_TEMPLATE,
     IMAGE_TOKEN,
@@ -59,6 +58,7 @@ from .compat import (
 from .config_options import VambaOptions  # noqa: F401  (configuration's imports, for 4.x remote code)
 from .configuration_hybrid_vlm import FEATURE_SELECT_STRATEGIES, HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
+from .model_types import has_ssm_layers  # noqa: F401  (configuration's imports, for 4.x remote code: see there)
 from .projectors import build_projector  # noqa: F401
 from .qwen2vl_vision import Qwen2VLVisionEncoder  # noqa: F401  (configuration's imports, for 4.x remote code)
 from .remote_code import write_processor_remote_code, write_text_atomic

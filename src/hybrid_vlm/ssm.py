@@ -44,6 +44,8 @@ import torch.utils.checkpoint
 from torch import nn
 from transformers.utils import logging
 
+from .model_types import SSM_MIXER_CLASSES
+
 logger = logging.get_logger(__name__)
 
 __all__ = [
@@ -56,11 +58,18 @@ __all__ = [
     "SSMBlock",
     "SSMState",
     "ENGINE_ENV_VAR",
+    "KERNEL_PACKAGES",
     "LM_MIXER_PATHS",
     "causal_conv",
     "conv_window",
+    "installed_kernels",
+    "is_ssm_mixer",
     "kernels_available",
+    "lm_layer_path",
+    "lm_mixer_kind",
     "lm_mixer_path",
+    "mamba_kernels_usable",
+    "mixer_path",
     "reference_scan",
     "reference_selective_scan",
     "selective_scan_blocked",
@@ -91,6 +100,22 @@ class SSMState(NamedTuple):
 # Optional CUDA kernels
 # ---------------------------------------------------------------------------------------------------------------
 
+KERNEL_PACKAGES = {"mamba_ssm": "mamba-ssm", "causal_conv1d": "causal-conv1d", "flash_attn": "flash-attn"}
+"""Import name -> pip name of the optional kernel packages."""
+
+
+def installed_kernels() -> dict[str, bool]:
+    """Import name -> installed, without importing (a broken CUDA build must not break our import)."""
+    return {name: importlib.util.find_spec(name) is not None for name in KERNEL_PACKAGES}
+
+
+def mamba_kernels_usable(device: torch.device | str | None = None) -> bool:
+    """mamba-ssm and causal-conv1d are CUDA-only: usable when both are installed and the tensors are on CUDA."""
+    installed = installed_kernels()
+    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    return installed["mamba_ssm"] and installed["causal_conv1d"] and on_cuda
+
+
 _KERNEL_SOURCES = {
     "chunk_scan": ("mamba_ssm", "mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined"),
     "selective_scan": ("mamba_ssm", "mamba_ssm.ops.selective_scan_interface", "selective_scan_fn"),
@@ -119,10 +144,27 @@ def kernels_available(kind: str = "mamba2") -> dict[str, bool]:
     return {"scan": _kernel(scan) is not None, "causal_conv1d": _kernel("causal_conv1d") is not None}
 
 
-def _resolve_path(kind: str, device: torch.device) -> str:
+# ---------------------------------------------------------------------------------------------------------------
+# Which path an SSM layer runs: decided here only (the forwards and `hybrid-vlm env`'s report both ask)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def mixer_path(kind: str, device: torch.device, forced: str | None = None) -> tuple[str, str]:
+    """(path, reason) for one of this module's mixers of `kind` on `device`: "kernels", "torch" or "reference".
+
+    "reference" is only ever forced (`compute_path`); the kernels run when they import and the tensors are on CUDA.
+    """
+    if forced is not None:
+        return forced, f"forced (compute_path='{forced}')"
     if device.type != "cuda":
-        return "torch"
-    return "kernels" if kernels_available(kind)["scan"] else "torch"
+        return "torch", f"tensors on {device.type} (mamba-ssm kernels are CUDA-only)"
+    if not installed_kernels()["mamba_ssm"]:
+        return "torch", "mamba-ssm not installed (pip install mamba-ssm causal-conv1d)"
+    available = kernels_available(kind)  # imports the kernels: only ever reached on CUDA
+    if not available["scan"]:
+        return "torch", "mamba-ssm is installed but its kernels failed to import (see the log)"
+    conv = "causal-conv1d" if available["causal_conv1d"] else "torch conv: causal-conv1d not installed"
+    return "kernels", f"CUDA tensors, mamba-ssm imports (conv: {conv})"
 
 
 _announced: set[tuple[str, str, str]] = set()
@@ -180,6 +222,44 @@ def lm_mixer_path(kind: str, device: torch.device, enabled: bool = True) -> tupl
             return "kernels", "CUDA tensors, mamba-ssm and causal-conv1d import (transformers calls them)"
         return "engine", "CUDA tensors but mamba-ssm / causal-conv1d do not import"
     return "engine", f"tensors on {device.type} (the mamba-ssm kernels are CUDA-only)"
+
+
+ENGINE_ATTRIBUTE = "_hybrid_vlm_ssm_engine"
+"""Set on the mixers `hybrid_vlm.ssm_engine` has taken over: True while the engine is switched on for that mixer."""
+
+
+def lm_mixer_kind(module: nn.Module) -> str | None:
+    """The scan ("mamba1" / "mamba2") of a transformers SSM mixer (`model_types.SSM_MIXER_CLASSES`), else None."""
+    cls = type(module)
+    return SSM_MIXER_CLASSES.get(cls.__name__) if cls.__module__.startswith("transformers.") else None
+
+
+def lm_layer_path(module: nn.Module, device: torch.device | None = None) -> tuple[str, str]:
+    """(path, reason) for an SSM layer of a transformers LM on `device` (default: where its weights are).
+
+    Where the engine is installed on the layer, `lm_mixer_path` decides. Elsewhere transformers' own rules apply:
+    4.x takes the kernels when mamba-ssm and causal-conv1d import and the weights are on CUDA (Jamba also needs
+    `use_mamba_kernels`); 5.x binds each kernel function at import when its package is installed.
+    """
+    device = device or module.conv1d.weight.device
+    if hasattr(module, ENGINE_ATTRIBUTE):
+        return lm_mixer_path(lm_mixer_kind(module) or "mamba2", device, getattr(module, ENGINE_ATTRIBUTE))
+    installed = installed_kernels()
+    missing = [KERNEL_PACKAGES[name] for name in ("mamba_ssm", "causal_conv1d") if not installed[name]]
+    if missing:
+        return "transformers", f"{' and '.join(missing)} not installed"
+    if device.type != "cuda":
+        return "transformers", f"tensors on {device.type} (the kernels are CUDA-only)"
+    if getattr(module, "use_fast_kernels", True) is False:
+        return "transformers", "use_mamba_kernels=False (switched off: kernels were not usable at build time)"
+    return "kernels", "kernels import and the weights are on CUDA"
+
+
+def is_ssm_mixer(module: nn.Module) -> bool:
+    """SSM mixers (ours and transformers' Mamba/Mamba-2/Jamba/Bamba/...) own `A_log` and a `conv1d`."""
+    return "A_log" in dict(module.named_parameters(recurse=False)) and isinstance(
+        getattr(module, "conv1d", None), nn.Module
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -591,9 +671,7 @@ class _SSMMixerBase(nn.Module):
 
         Assign one of those to force it (e.g. "reference" in tests, "torch" to bypass kernels), None for automatic.
         """
-        if self._forced_path is not None:
-            return self._forced_path
-        return _resolve_path(self.kind, self.conv1d.weight.device)
+        return mixer_path(self.kind, self.conv1d.weight.device, self._forced_path)[0]
 
     @compute_path.setter
     def compute_path(self, path: str | None) -> None:
@@ -602,7 +680,7 @@ class _SSMMixerBase(nn.Module):
         self._forced_path = path
 
     def _path_for(self, device: torch.device) -> str:
-        path = self._forced_path or _resolve_path(self.kind, device)
+        path, _ = mixer_path(self.kind, device, self._forced_path)
         if path == "kernels" and device.type != "cuda":
             raise RuntimeError("compute_path 'kernels' needs CUDA tensors")
         if path == "kernels" and not kernels_available(self.kind)["scan"]:

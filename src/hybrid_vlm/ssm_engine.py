@@ -10,7 +10,7 @@ the chunked "SSD" form), on the mixer's own parameters (no copies: the state dic
 * the cache's conv and SSM states written as transformers' own path writes them.
 
 Only the instances inside our model are touched (transformers' classes are not patched). Where the kernels run
-(`ssm.lm_mixer_path` decides) the mixer keeps transformers' path. Decode steps run here too: transformers' 5.x
+(`ssm.lm_layer_path` decides) the mixer keeps transformers' path. Decode steps run here too: transformers' 5.x
 recurrent step skips `time_step_limit`, and a 2-D mask not cut to the new token breaks its Mamba-1 step. Switch it
 off with the config's ``ssm_engine=False`` or the environment variable ``HYBRID_VLM_SSM_ENGINE=0``;
 `hybrid-vlm env` says which path every layer runs.
@@ -26,43 +26,36 @@ import torch.nn.functional as F
 from torch import nn
 
 from .compat import mixer_call, mixer_dt_limits, read_mixer_state, write_mixer_state
+from .model_types import ENGINE_MODEL_TYPES, engine_mixer_kinds
 from .ssm import (
+    ENGINE_ATTRIBUTE,
     _compute_dtype,
     _Packing,
     causal_conv,
     conv_window,
-    lm_mixer_path,
+    lm_layer_path,
     selective_scan_blocked,
     ssd_chunked_scan,
 )
 
 __all__ = [
     "ENGINE_MODEL_TYPES",
-    "MAMBA1_MIXER_CLASSES",
-    "MAMBA2_MIXER_CLASSES",
+    "ENGINE_MIXER_KINDS",
     "engine_path",
     "engine_serves_every_ssm_layer",
     "install_ssm_engine",
     "set_ssm_engine",
 ]
 
-# transformers' mixer classes the engine runs (all of them share these attribute names).
-MAMBA1_MIXER_CLASSES = ("MambaMixer", "JambaMambaMixer")
-MAMBA2_MIXER_CLASSES = ("Mamba2Mixer", "BambaMixer", "Zamba2MambaMixer", "NemotronHMamba2Mixer", "FalconH1Mixer")
-# Language models whose every recurrent layer is one of those mixers.
-ENGINE_MODEL_TYPES = ("mamba", "jamba", "mamba2", "bamba", "zamba2", "nemotron_h", "falcon_h1")
+# transformers' mixer class -> scan, for the mixers the engine runs (all of them share these attribute names); the
+# language models whose every recurrent layer is one of them are `ENGINE_MODEL_TYPES` (both: `model_types` rows).
+ENGINE_MIXER_KINDS = engine_mixer_kinds()
 
 
 def mixer_kind(module: nn.Module) -> str | None:
     """"mamba1" / "mamba2" for a transformers mixer the engine can run, else None."""
     cls = type(module)
-    if not cls.__module__.startswith("transformers."):
-        return None
-    if cls.__name__ in MAMBA1_MIXER_CLASSES:
-        return "mamba1"
-    if cls.__name__ in MAMBA2_MIXER_CLASSES:
-        return "mamba2"
-    return None
+    return ENGINE_MIXER_KINDS.get(cls.__name__) if cls.__module__.startswith("transformers.") else None
 
 
 def install_ssm_engine(language_model: nn.Module, enabled: bool = True) -> int:
@@ -73,7 +66,7 @@ def install_ssm_engine(language_model: nn.Module, enabled: bool = True) -> int:
             continue
         if not isinstance(module.__dict__.get("forward"), types.MethodType):
             module.forward = types.MethodType(_engine_forward, module)
-        module._hybrid_vlm_ssm_engine = enabled
+        setattr(module, ENGINE_ATTRIBUTE, enabled)
         count += 1
     return count
 
@@ -82,19 +75,17 @@ def set_ssm_engine(model: nn.Module, enabled: bool) -> int:
     """Switch the engine on or off for every mixer of `model` (which must have it installed); returns how many."""
     count = 0
     for module in model.modules():
-        if hasattr(module, "_hybrid_vlm_ssm_engine"):
-            module._hybrid_vlm_ssm_engine = bool(enabled)
+        if hasattr(module, ENGINE_ATTRIBUTE):
+            setattr(module, ENGINE_ATTRIBUTE, bool(enabled))
             count += 1
     return count
 
 
 def engine_path(module: nn.Module, device: torch.device | None = None) -> tuple[str, str] | None:
-    """(path, reason) the mixer takes on `device` (`ssm.lm_mixer_path`), or None when the engine is not installed."""
-    kind = mixer_kind(module)
-    if kind is None or not hasattr(module, "_hybrid_vlm_ssm_engine"):
+    """(path, reason) the mixer takes on `device` (`ssm.lm_layer_path`), or None when the engine is not installed."""
+    if mixer_kind(module) is None or not hasattr(module, ENGINE_ATTRIBUTE):
         return None
-    device = device or module.conv1d.weight.device
-    return lm_mixer_path(kind, device, module._hybrid_vlm_ssm_engine)
+    return lm_layer_path(module, device)
 
 
 def engine_serves_every_ssm_layer(language_model: nn.Module, model_type: str) -> bool:
@@ -120,7 +111,7 @@ def _engine_forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any, **
     """The mixer's forward: the engine where it serves, transformers' own forward (the class's) elsewhere."""
     transformers_forward = type(self).forward
     kind = mixer_kind(self)
-    path, _ = lm_mixer_path(kind, hidden_states.device, self._hybrid_vlm_ssm_engine)
+    path, _ = lm_layer_path(self, hidden_states.device)
     if path != "engine":
         return transformers_forward(self, hidden_states, *args, **kwargs)
     call = mixer_call(transformers_forward, self, (hidden_states, *args), kwargs)

@@ -14,36 +14,27 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-# Qwen2-VL's vision config (5.x: qwen2_vl_vision; 4.x names it qwen2_vl): no prefix, and its PatchMerger turns each
-# 2x2 window of 14 px patches into one token, so one output token covers patch_size * spatial_merge_size pixels.
-QWEN2VL_VISION_TYPES = ("qwen2_vl_vision", "qwen2_vl")
+from .model_types import VISION_ENCODER_TYPES, vision_encoder_type
 
 
 def vision_token_patch_size(vision_config: PretrainedConfig) -> int:
     """Pixels per side of the picture that one output token of the encoder covers (28 for Qwen2-VL's merged tokens)."""
     patch = int(vision_config.patch_size)
-    if vision_config.model_type in QWEN2VL_VISION_TYPES:
-        return patch * int(vision_config.spatial_merge_size)
-    return patch
+    row = VISION_ENCODER_TYPES.get(vision_config.model_type)
+    merge_field = row.merge_size_field if row else None
+    return patch * int(getattr(vision_config, merge_field)) if merge_field else patch
 
 
 def vision_temporal_patch(vision_config: PretrainedConfig) -> int:
     """Video frames one output token grid covers: Qwen2-VL's `temporal_patch_size` (2), else 1."""
-    if vision_config.model_type in QWEN2VL_VISION_TYPES:
-        return int(getattr(vision_config, "temporal_patch_size", 2) or 1)
-    return 1
+    row = VISION_ENCODER_TYPES.get(vision_config.model_type)
+    temporal_field = row.temporal_patch_field if row else None
+    return int(getattr(vision_config, temporal_field, 2) or 1) if temporal_field else 1
 
 
 def vision_prefix_token_count(vision_config: PretrainedConfig) -> int:
     """Tokens a vision encoder emits before its patch grid: CLS for CLIP/DINOv2, plus DINOv2's register tokens."""
-    model_type = vision_config.model_type
-    if model_type in ("siglip_vision_model", *QWEN2VL_VISION_TYPES):
-        return 0
-    if model_type == "dinov2_with_registers":
-        return 1 + int(vision_config.num_register_tokens)
-    if model_type in ("clip_vision_model", "dinov2"):
-        return 1
-    raise ValueError(f"Unknown vision encoder '{model_type}': cannot tell how many prefix tokens it emits.")
+    return vision_encoder_type(vision_config.model_type).prefix_tokens(vision_config)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -147,7 +147,7 @@ def _record_adapter_base(output_dir: str, name: str, kind: str) -> None:
 
 def _note_torch_ssm_path(model: Any) -> None:
     """Say before the progress bar starts (not in the middle of it) that SSM layers run without CUDA kernels."""
-    from .kernels import compute_paths, say_torch_ssm_path_once
+    from .path_report import compute_paths, say_torch_ssm_path_once
 
     if any(path.path.startswith(("torch", "transformers torch")) for path in compute_paths(model)):
         say_torch_ssm_path_once()

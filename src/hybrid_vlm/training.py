@@ -29,6 +29,7 @@ from transformers.utils import logging
 
 # (lives in its own module so the model's forward can call it without importing this one: see precision.py)
 from .precision import warn_if_fp16_with_ssm
+from .ssm import is_ssm_mixer
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft import LoraConfig
@@ -114,13 +115,6 @@ def _required_part(model: nn.Module, attribute: str) -> tuple[nn.Module, str]:
     return part, name
 
 
-def _is_ssm_mixer(module: nn.Module) -> bool:
-    """SSM mixers of transformers' Mamba/Mamba-2/Jamba/Bamba/... (and ours) own `A_log` and a `conv1d`."""
-    return "A_log" in dict(module.named_parameters(recurse=False)) and isinstance(
-        getattr(module, "conv1d", None), nn.Module
-    )
-
-
 def _is_moe_block(module: nn.Module) -> bool:
     return isinstance(getattr(module, "experts", None), nn.Module)
 
@@ -140,7 +134,7 @@ def _linear_names(root: nn.Module, prefix: str) -> list[str]:
         if name and _is_moe_block(module):
             skipped_roots.append(name)
             continue
-        if _is_ssm_mixer(module):
+        if is_ssm_mixer(module):
             safe = _SSM_SAFE_LINEARS.get(type(module).__name__, _SSM_SAFE_LINEARS_DEFAULT)
             for child_name, child in module.named_children():
                 if child_name in safe and isinstance(child, nn.Linear):
@@ -246,7 +240,7 @@ def qlora_skip_modules(model_or_config: Any) -> list[str]:
         skip.append(lm_head_name)
     language_model, lm_name = _required_part(model, "language_model")
     for name, module in language_model.named_modules():
-        if _is_ssm_mixer(module):
+        if is_ssm_mixer(module):
             skip.append(f"{lm_name}.{name}")
     return skip
 

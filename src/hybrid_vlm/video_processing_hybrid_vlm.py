@@ -50,6 +50,7 @@ from .anyres import split_tiles  # noqa: F401  (the image processor's imports, f
 from .compat import VIDEO_PROCESSOR_BASE
 from .config_options import as_size  # noqa: F401
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
+from .model_types import VISION_ENCODER_TYPES  # noqa: F401  (the image processor's imports, for 4.x remote code)
 from .remote_code import write_text_atomic
 from .token_counts import VIDEO_LAYOUTS, TokenLayout, VisualTokenSpec, count_video_tokens
 

@@ -22,7 +22,8 @@ from torch import nn
 from transformers import AutoModel, PretrainedConfig
 
 from .config_options import VISION_FUSIONS
-from .qwen2vl_vision import QWEN2VL_VISION_MODEL_TYPES, build_qwen2vl_vision_tower
+from .model_types import QWEN2VL_VISION_MODEL_TYPES
+from .qwen2vl_vision import build_qwen2vl_vision_tower
 from .token_counts import vision_prefix_token_count
 
 

@@ -1,5 +1,5 @@
-"""Which fast kernels are installed, which compute path each module of a model takes (and why), and switching
-transformers 4.x mixers to the PyTorch path when the kernels cannot run.
+"""The compute path each module of a model takes (and why), and switching transformers 4.x mixers to the PyTorch path
+when the kernels cannot run.
 
 Three kinds of modules choose a path:
 
@@ -11,14 +11,14 @@ Three kinds of modules choose a path:
   transformers' kernel path where the kernels run, else this package's engine (:mod:`hybrid_vlm.ssm_engine`, the
   torch paths of :mod:`hybrid_vlm.ssm` on the layer's weights), or transformers' reference path when switched off.
 
-:func:`compute_paths` reports all three for a model; :func:`format_compute_paths` renders it (``hybrid-vlm env``
-prints it for a tiny preset), and a language model prepared by :func:`use_torch_ssm_path_where_needed` logs it once
-the first time it runs on a device.
+The SSM paths are decided by :mod:`hybrid_vlm.ssm` alone (`ssm.mixer_path`, `ssm.lm_layer_path`); the forwards ask
+it too, so this report says what runs. :func:`compute_paths` reports all three kinds for a model;
+:func:`format_compute_paths` renders it (``hybrid-vlm env`` prints it for a tiny preset), and a language model
+prepared by :func:`use_torch_ssm_path_where_needed` logs it once the first time it runs on a device.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging as logging_module
 import weakref
 from dataclasses import dataclass
@@ -28,22 +28,16 @@ from torch import nn
 from transformers.utils import logging
 
 from .compat import KERNEL_FALLBACK_MESSAGES, disable_unusable_mixer_kernels
+from .ssm import (
+    _SSMMixerBase,
+    installed_kernels,
+    lm_layer_path,
+    lm_mixer_kind,
+    mamba_kernels_usable,
+    mixer_path,
+)
 
 logger = logging.get_logger(__name__)
-
-KERNEL_PACKAGES = {"mamba_ssm": "mamba-ssm", "causal_conv1d": "causal-conv1d", "flash_attn": "flash-attn"}
-
-
-def installed_kernels() -> dict[str, bool]:
-    """Import name -> installed, without importing (a broken CUDA build must not break our import)."""
-    return {name: importlib.util.find_spec(name) is not None for name in KERNEL_PACKAGES}
-
-
-def mamba_kernels_usable(device: torch.device | str | None = None) -> bool:
-    """mamba-ssm and causal-conv1d are CUDA-only: usable when both are installed and the tensors are on CUDA."""
-    kernels = installed_kernels()
-    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
-    return kernels["mamba_ssm"] and kernels["causal_conv1d"] and on_cuda
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -68,75 +62,40 @@ def _device_of(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _missing(names: tuple[str, ...]) -> list[str]:
-    installed = installed_kernels()
-    return [KERNEL_PACKAGES[n] for n in names if not installed[n]]
+def _torch_label(kind: str) -> str:
+    return "torch chunked (SSD matmul form)" if kind == "mamba2" else "torch blocked scan"
 
 
 def own_ssm_path(mixer: nn.Module, device: torch.device | None = None) -> tuple[str, str]:
-    """(path, reason) for one of our SSM mixers (`hybrid_vlm.ssm`), as its forward on `device` would choose."""
-    from . import ssm
-
-    device = device or _device_of(mixer)
+    """(path, reason) for one of our SSM mixers (`hybrid_vlm.ssm`), as its forward on `device` chooses."""
     kind = getattr(mixer, "kind", "mamba2")
-    torch_label = "torch chunked (SSD matmul form)" if kind == "mamba2" else "torch blocked scan"
-    forced = getattr(mixer, "_forced_path", None)
-    if forced is not None:
-        label = {"torch": torch_label, "kernels": "mamba-ssm kernels", "reference": "reference recurrence"}[forced]
-        return label, f"forced (compute_path='{forced}')"
-    if device.type != "cuda":
-        return torch_label, f"tensors on {device.type} (mamba-ssm kernels are CUDA-only)"
-    missing = _missing(("mamba_ssm",))
-    if missing:
-        return torch_label, "mamba-ssm not installed (pip install mamba-ssm causal-conv1d)"
-    available = ssm.kernels_available(kind)  # imports the kernels: only ever reached on CUDA
-    if not available["scan"]:
-        return torch_label, "mamba-ssm is installed but its kernels failed to import (see the log)"
-    conv = "causal-conv1d" if available["causal_conv1d"] else "torch conv: causal-conv1d not installed"
-    return "mamba-ssm kernels", f"CUDA tensors, mamba-ssm imports (conv: {conv})"
-
-
-# transformers' SSM mixers: Jamba's, Mamba's and Mamba-2's (and their relatives that share the kernel packages).
-_TRANSFORMERS_SSM_CLASSES = (
-    "JambaMambaMixer",
-    "MambaMixer",
-    "Mamba2Mixer",
-    "FalconMambaMixer",
-    "BambaMixer",
-    "Zamba2MambaMixer",
-    "NemotronHMamba2Mixer",
-    "FalconH1Mixer",
-)
+    path, reason = mixer_path(kind, device or _device_of(mixer), getattr(mixer, "_forced_path", None))
+    label = {"torch": _torch_label(kind), "kernels": "mamba-ssm kernels", "reference": "reference recurrence"}[path]
+    return label, reason
 
 
 def transformers_ssm_path(mixer: nn.Module, device: torch.device | None = None) -> tuple[str, str]:
-    """(path, reason) for a transformers-owned SSM mixer (Jamba, Mamba, Mamba-2) on `device`.
+    """(path, reason) for a transformers-owned SSM mixer (Jamba, Mamba, Mamba-2, ...) on `device`."""
+    path, reason = lm_layer_path(mixer, device or _device_of(mixer))
+    labels = {
+        "engine": f"hybrid_vlm engine ({_torch_label(lm_mixer_kind(mixer) or 'mamba2')})",
+        "transformers": "transformers torch reference",
+        "kernels": "mamba-ssm kernels (transformers)",
+    }
+    return labels[path], reason
 
-    transformers 4.x takes the kernels when mamba-ssm and causal-conv1d import and the weights are on CUDA (Jamba
-    also needs `use_mamba_kernels`); 5.x binds each kernel function at import when its package is installed.
-    """
-    device = device or _device_of(mixer)
-    from .ssm_engine import engine_path, mixer_kind
 
-    engine = engine_path(mixer, device)  # ssm.lm_mixer_path decides, where our engine is installed
-    if engine is not None:
-        path, reason = engine
-        if path == "engine":
-            kind = mixer_kind(mixer)
-            label = "torch chunked (SSD matmul form)" if kind == "mamba2" else "torch blocked scan"
-            return f"hybrid_vlm engine ({label})", reason
-        if path == "transformers":
-            return "transformers torch reference", reason
-        return "mamba-ssm kernels (transformers)", reason
-    missing = _missing(("mamba_ssm", "causal_conv1d"))
-    reference = "transformers torch reference"
-    if missing:
-        return reference, f"{' and '.join(missing)} not installed"
-    if device.type != "cuda":
-        return reference, f"tensors on {device.type} (the kernels are CUDA-only)"
-    if getattr(mixer, "use_fast_kernels", True) is False:
-        return reference, "use_mamba_kernels=False (switched off: kernels were not usable when the model was built)"
-    return "mamba-ssm kernels (transformers)", "kernels import and the weights are on CUDA"
+def ssm_layer_paths(model: nn.Module) -> dict[str, str]:
+    """Qualified name -> path of every SSM layer of `model` on its device, as `hybrid_vlm.ssm` decides it: ours
+    "kernels" / "torch" / "reference" (`ssm.COMPUTE_PATHS`), transformers' "kernels" / "engine" / "transformers"
+    (`ssm.LM_MIXER_PATHS`)."""
+    paths = {}
+    for name, module in model.named_modules():
+        if isinstance(module, _SSMMixerBase):
+            paths[name] = mixer_path(module.kind, _device_of(module), module._forced_path)[0]
+        elif lm_mixer_kind(module) is not None:
+            paths[name] = lm_layer_path(module, _device_of(module))[0]
+    return paths
 
 
 def _attention_path(module: nn.Module, implementation: str | None, cross: bool) -> tuple[str, str]:
@@ -159,8 +118,6 @@ def _attention_path(module: nn.Module, implementation: str | None, cross: bool) 
 
 def _classify(name: str, module: nn.Module) -> tuple[str, str, str] | None:
     """(component, path, reason) of one module, or None for modules that choose no path."""
-    from .ssm import _SSMMixerBase
-
     if isinstance(module, _SSMMixerBase):
         where = (
             "projector SSM"
@@ -171,7 +128,7 @@ def _classify(name: str, module: nn.Module) -> tuple[str, str, str] | None:
         )
         return (f"{where} ({module.kind}, hybrid_vlm.ssm)", *own_ssm_path(module))
     cls = type(module).__name__
-    if cls in _TRANSFORMERS_SSM_CLASSES and type(module).__module__.startswith("transformers."):
+    if lm_mixer_kind(module) is not None:
         return (f"LM SSM layers ({cls})", *transformers_ssm_path(module))
     config = getattr(module, "config", None)
     if cls.endswith("Attention") and config is not None and hasattr(config, "_attn_implementation"):
