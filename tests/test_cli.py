@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from hybrid_vlm.cli import demo_image, expanded_layout, main
+from hybrid_vlm.cli import main
+from hybrid_vlm.cli.demo import demo_image, expanded_layout
 
 
 def test_demo_generates_saves_and_reloads(tmp_path, capsys):
@@ -97,7 +98,7 @@ def test_generate_reports_bad_media_in_one_line(tmp_path, capsys):
 
 
 def test_generate_answers_about_a_video_and_with_a_preset(tmp_path, capsys):
-    from hybrid_vlm.cli import demo_video
+    from hybrid_vlm.cli.demo import demo_video
 
     clip = demo_video(tmp_path / "clip.mp4", num_frames=8)
     assert main(["generate", "llava-tiny", "--video", str(clip), "--prompt", "What moves?",
@@ -164,7 +165,7 @@ def test_launcher_refuses_a_bad_model_before_importing_torch(tmp_path):
 
 def test_launcher_parses_model_arguments_and_knows_every_preset():
     import hybrid_vlm
-    from hybrid_vlm.model_args import PRESET_NAMES, model_argument, quick_check
+    from hybrid_vlm.cli.model_args import PRESET_NAMES, model_argument, quick_check
 
     assert PRESET_NAMES == tuple(hybrid_vlm.list_presets())
     assert model_argument(["generate", "--image", "a.png", "m", "--prompt", "p"]) == "m"
