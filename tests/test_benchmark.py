@@ -19,6 +19,7 @@ from hybrid_vlm import benchmark as bm
 from hybrid_vlm.anyres import anyres_token_count
 from hybrid_vlm.benchmark import cli as bench_cli
 from hybrid_vlm.benchmark import sweeps
+from hybrid_vlm.presets import preset_config
 from hybrid_vlm.token_counts import VisualTokenSpec
 
 FAST = bm.BenchSettings(size="tiny", repeats=1, warmup=0, decode_tokens=2, progress=False)
@@ -164,13 +165,13 @@ def test_sizes_give_every_family_the_same_width_and_depth():
     for size in ("tiny", "small", "1b"):
         shapes = set()
         for family in bm.FAMILY_PRESETS:
-            config = bm.preset_config(bm.family_preset(family), **bm.size_overrides(family, size))
+            config = preset_config(bm.family_preset(family), **bm.size_overrides(family, size))
             shapes.add((config.text_config.hidden_size, config.text_config.num_hidden_layers))
         assert shapes == {(bm.SIZES[size].hidden_size, bm.SIZES[size].num_hidden_layers)}
 
 
 def test_mambavlm_family_is_a_mamba1_lm_of_the_size():
-    config = bm.preset_config(bm.family_preset("mambavlm"), **bm.size_overrides("mambavlm", "small"))
+    config = preset_config(bm.family_preset("mambavlm"), **bm.size_overrides("mambavlm", "small"))
     text = config.text_config
     assert text.model_type == "mamba" and config.vision_fusion == "sequence"
     assert (text.hidden_size, text.intermediate_size, text.state_size, text.time_step_rank) == (128, 256, 16, 8)

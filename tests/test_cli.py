@@ -175,3 +175,47 @@ def test_launcher_parses_model_arguments_and_knows_every_preset():
     assert quick_check(["generate", "vamba-tiny", "--image", "a"]) is None
     assert quick_check(["generate", "owner/repo", "--image", "a"]) is None  # may be a Hub id: checked later
     assert "Did you mean vamba-tiny" in quick_check(["generate", "vamba-tin", "--image", "a"])
+
+
+def test_every_registered_command_has_its_functions_and_its_own_help(capsys):
+    import importlib
+
+    import pytest
+
+    from hybrid_vlm.cli.registry import COMMANDS
+
+    assert len({command.name for command in COMMANDS}) == len(COMMANDS)
+    for command in COMMANDS:
+        module = importlib.import_module(command.module)
+        assert callable(getattr(module, command.add)) and callable(getattr(module, command.run)), command
+        with pytest.raises(SystemExit) as exit_info:
+            main([command.name, "--help"])
+        assert exit_info.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: hybrid-vlm {command.name} "), command.name
+
+
+def test_top_level_help_imports_no_command_and_no_torch():
+    """`hybrid-vlm --help` is printed from the registry alone. The package's own `__init__` (which imports the models)
+    is left out here, so this measures what the cli package itself imports."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent.parent / "src" / "hybrid_vlm"
+    code = (
+        "import sys, types\n"
+        f"package = types.ModuleType('hybrid_vlm'); package.__path__ = [{str(package)!r}]\n"
+        "sys.modules['hybrid_vlm'] = package\n"
+        "from hybrid_vlm.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as exit:\n    assert exit.code == 0\n"
+        "heavy = {'torch', 'transformers', 'numpy', 'PIL'} & set(sys.modules)\n"
+        "ours = sorted(m for m in sys.modules if m.startswith('hybrid_vlm.'))\n"
+        "assert not heavy, heavy\n"
+        "assert ours == ['hybrid_vlm.cli', 'hybrid_vlm.cli.main', 'hybrid_vlm.cli.registry'], ours\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    from hybrid_vlm.cli.registry import COMMANDS
+
+    for command in COMMANDS:
+        assert f"    {command.name}  " in result.stdout or f"    {command.name}\n" in result.stdout, command.name
