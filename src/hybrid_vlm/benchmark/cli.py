@@ -279,7 +279,6 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m hybrid_vlm.benchmark ...`: the same as `hybrid-vlm bench ...`."""
     parser = argparse.ArgumentParser(prog="python -m hybrid_vlm.benchmark", description=DESCRIPTION)

@@ -67,7 +67,6 @@ def demo_video(path: Path, num_frames: int = 24, fps: int = 8, side: int = 32) -
     return path
 
 
-
 def expanded_layout(processor, input_ids, limit: int = 400) -> str:
     """The prompt after placeholder expansion, shortened: runs of a placeholder as `<image>×144`, repeated frame
     groups as `[...]×7`, newlines as `\\n`, and the middle cut when it is still longer than `limit` characters."""

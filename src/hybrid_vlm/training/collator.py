@@ -66,7 +66,6 @@ def apply_overflow_policy(
     return keep
 
 
-
 _IMAGE_PAYLOAD_KEYS = ("image", "url", "path", "base64")
 _VIDEO_PAYLOAD_KEYS = ("video", "url", "path")
 # Per-token outputs of a processor (sliced when truncating); everything else is per image/video.

@@ -22,7 +22,6 @@ def causal_lm_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any =
     return ForCausalLMLoss(logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch)
 
 
-
 def topk_distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
