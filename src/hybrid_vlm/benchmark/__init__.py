@@ -28,123 +28,87 @@ One module per job: `models` (families at matched sizes, `BenchModel`), `inputs`
 `python -m hybrid_vlm.benchmark`). Every public name is importable from `hybrid_vlm.benchmark`.
 """
 
-from .budget import (
-    BudgetResult,
-    estimate_max_tokens,
-    fit_memory_model,
-    measure_max_tokens,
-    search_max_tokens,
-    tokens_within,
-)
-from .cli import (
-    DEFAULT_TOKENS,
-    INFERENCE_METRICS,
-    QUICK,
-    TRAINING_METRICS,
-    add_bench_arguments,
-    add_bench_subcommand,
-    main,
-    run_bench,
-)
-from .fits import fit_power_law, growth_exponents, ratio_rows
-from .inputs import (
-    ANYRES_PATCH,
-    ANYRES_TILE,
-    LONGLLAVA_TOKENS_PER_FRAME,
-    SweepPoint,
-    anyres_resolution_tokens,
-    frame_points,
-    frames_to_tokens,
-    resolution_points,
-    token_points,
-)
-from .measure import (
-    GenerationResult,
-    InferenceResult,
-    TrainingResult,
-    is_oom,
-    measure_generation,
-    measure_inference,
-    measure_training,
-)
-from .memory import MIB, TensorMemoryTracker, tensor_bytes
-from .models import (
-    DTYPES,
-    FAMILY_PRESETS,
-    PROMPT_PREFIX,
-    PROMPT_SUFFIX,
-    SIZES,
-    BenchModel,
-    ModelSize,
-    family_preset,
-    fixed_visual_features,
-    lm_parameter_count,
-    matched_intermediate_size,
-    size_overrides,
-)
-from .plots import plot_results, pyplot
-from .sweeps import BenchSettings, ModelSpec, baseline_of, model_specs, run_inference_sweep, run_training_sweep
-from .tables import format_table, header_line, rows_of, write_csv
+from __future__ import annotations
 
-__all__ = [
-    "ANYRES_PATCH",
-    "ANYRES_TILE",
-    "DEFAULT_TOKENS",
-    "DTYPES",
-    "FAMILY_PRESETS",
-    "INFERENCE_METRICS",
-    "LONGLLAVA_TOKENS_PER_FRAME",
-    "MIB",
-    "PROMPT_PREFIX",
-    "PROMPT_SUFFIX",
-    "QUICK",
-    "SIZES",
-    "TRAINING_METRICS",
-    "BenchModel",
-    "BenchSettings",
-    "BudgetResult",
-    "GenerationResult",
-    "InferenceResult",
-    "ModelSize",
-    "ModelSpec",
-    "SweepPoint",
-    "TensorMemoryTracker",
-    "TrainingResult",
-    "add_bench_arguments",
-    "add_bench_subcommand",
-    "anyres_resolution_tokens",
-    "baseline_of",
-    "estimate_max_tokens",
-    "family_preset",
-    "fit_memory_model",
-    "fit_power_law",
-    "fixed_visual_features",
-    "format_table",
-    "frame_points",
-    "frames_to_tokens",
-    "growth_exponents",
-    "header_line",
-    "is_oom",
-    "lm_parameter_count",
-    "main",
-    "matched_intermediate_size",
-    "measure_generation",
-    "measure_inference",
-    "measure_max_tokens",
-    "measure_training",
-    "model_specs",
-    "plot_results",
-    "pyplot",
-    "ratio_rows",
-    "resolution_points",
-    "rows_of",
-    "run_bench",
-    "run_inference_sweep",
-    "run_training_sweep",
-    "search_max_tokens",
-    "size_overrides",
-    "tensor_bytes",
-    "token_points",
-    "tokens_within",
-    "write_csv",
-]
+import importlib
+from typing import Any
+
+# Public name -> the module that defines it, imported on first use (so importing one module of the package
+# does not import the others).
+_PUBLIC_NAMES: dict[str, str] = {
+    "add_bench_arguments": ".cli",
+    "add_bench_subcommand": ".cli",
+    "ANYRES_PATCH": ".inputs",
+    "anyres_resolution_tokens": ".inputs",
+    "ANYRES_TILE": ".inputs",
+    "baseline_of": ".sweeps",
+    "BenchModel": ".models",
+    "BenchSettings": ".sweeps",
+    "BudgetResult": ".budget",
+    "DEFAULT_TOKENS": ".cli",
+    "DTYPES": ".models",
+    "estimate_max_tokens": ".budget",
+    "family_preset": ".models",
+    "FAMILY_PRESETS": ".models",
+    "fit_memory_model": ".budget",
+    "fit_power_law": ".fits",
+    "fixed_visual_features": ".models",
+    "format_table": ".tables",
+    "frame_points": ".inputs",
+    "frames_to_tokens": ".inputs",
+    "GenerationResult": ".measure",
+    "growth_exponents": ".fits",
+    "header_line": ".tables",
+    "INFERENCE_METRICS": ".cli",
+    "InferenceResult": ".measure",
+    "is_oom": ".measure",
+    "lm_parameter_count": ".models",
+    "LONGLLAVA_TOKENS_PER_FRAME": ".inputs",
+    "main": ".cli",
+    "matched_intermediate_size": ".models",
+    "measure_generation": ".measure",
+    "measure_inference": ".measure",
+    "measure_max_tokens": ".budget",
+    "measure_training": ".measure",
+    "MIB": ".memory",
+    "model_specs": ".sweeps",
+    "ModelSize": ".models",
+    "ModelSpec": ".sweeps",
+    "plot_results": ".plots",
+    "PROMPT_PREFIX": ".models",
+    "PROMPT_SUFFIX": ".models",
+    "pyplot": ".plots",
+    "QUICK": ".cli",
+    "ratio_rows": ".fits",
+    "resolution_points": ".inputs",
+    "rows_of": ".tables",
+    "run_bench": ".cli",
+    "run_inference_sweep": ".sweeps",
+    "run_training_sweep": ".sweeps",
+    "search_max_tokens": ".budget",
+    "size_overrides": ".models",
+    "SIZES": ".models",
+    "SweepPoint": ".inputs",
+    "tensor_bytes": ".memory",
+    "TensorMemoryTracker": ".memory",
+    "token_points": ".inputs",
+    "tokens_within": ".budget",
+    "TRAINING_METRICS": ".cli",
+    "TrainingResult": ".measure",
+    "write_csv": ".tables",
+}
+
+__all__ = sorted(_PUBLIC_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _PUBLIC_NAMES.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

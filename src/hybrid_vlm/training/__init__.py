@@ -21,27 +21,42 @@ TRL's `SFTTrainer` trains these models unmodified on TRL's vision format (a `mes
 peft, trl and bitsandbytes are imported only by the functions that need them (`pip install hybrid_vlm[train]`).
 """
 
-from ..precision import warn_if_fp16_with_ssm
-from .collator import OVERFLOW_POLICIES, VideoSFTCollator, apply_overflow_policy, chat_as_blocks
-from .fsdp import fsdp_wrap_classes
-from .lora import lora_config, lora_target_modules, qlora_config, qlora_skip_modules
-from .losses import causal_lm_loss, topk_distillation_loss
-from .stages import TRAINING_STAGES, count_parameters, freeze_for_stage
+from __future__ import annotations
 
-__all__ = [
-    "OVERFLOW_POLICIES",
-    "TRAINING_STAGES",
-    "VideoSFTCollator",
-    "apply_overflow_policy",
-    "causal_lm_loss",
-    "chat_as_blocks",
-    "count_parameters",
-    "topk_distillation_loss",
-    "freeze_for_stage",
-    "fsdp_wrap_classes",
-    "lora_config",
-    "lora_target_modules",
-    "qlora_config",
-    "qlora_skip_modules",
-    "warn_if_fp16_with_ssm",
-]
+import importlib
+from typing import Any
+
+# Public name -> the module that defines it, imported on first use (so importing one module of the package
+# does not import the others).
+_PUBLIC_NAMES: dict[str, str] = {
+    "apply_overflow_policy": ".collator",
+    "causal_lm_loss": ".losses",
+    "chat_as_blocks": ".collator",
+    "count_parameters": ".stages",
+    "freeze_for_stage": ".stages",
+    "fsdp_wrap_classes": ".fsdp",
+    "lora_config": ".lora",
+    "lora_target_modules": ".lora",
+    "OVERFLOW_POLICIES": ".collator",
+    "qlora_config": ".lora",
+    "qlora_skip_modules": ".lora",
+    "topk_distillation_loss": ".losses",
+    "TRAINING_STAGES": ".stages",
+    "VideoSFTCollator": ".collator",
+    "warn_if_fp16_with_ssm": "..precision",
+}
+
+__all__ = sorted(_PUBLIC_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _PUBLIC_NAMES.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
