@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hybrid_vlm import from_preset, prefill_in_chunks
-from hybrid_vlm.benchmark import MIB, TensorMemoryTracker, _pyplot, format_table, write_csv
+from hybrid_vlm.benchmark import MIB, TensorMemoryTracker, format_table, pyplot, write_csv
 from hybrid_vlm.token_counts import video_frame_tokens
 
 PRESETS = {"mamba2": "mamba2-llava-tiny", "mambavlm": "mambavlm-tiny", "jamba": "jamba-llava-tiny",
@@ -78,7 +78,7 @@ def measure(families: Sequence[str], frames: Sequence[int], chunk_frames: int, o
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
     for family in dict.fromkeys(r["family"] for r in rows):
         points = [r for r in rows if r["family"] == family]

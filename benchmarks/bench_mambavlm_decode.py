@@ -28,10 +28,10 @@ from hybrid_vlm.benchmark import (
     SIZES,
     BenchModel,
     BenchSettings,
-    _header_line,
-    _pyplot,
     format_table,
+    header_line,
     measure_generation,
+    pyplot,
     rows_of,
     write_csv,
 )
@@ -56,7 +56,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def plot(rows: list[dict], path: Path) -> Path | None:
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         print(f"matplotlib is not installed: skipped {path.name}")
         return None
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = BenchSettings(size=args.size, device=args.device, dtype=DTYPES[args.dtype], repeats=args.repeats)
-    print(_header_line(torch.device(args.device), args.dtype, args.size, args.repeats, "median"))
+    print(header_line(torch.device(args.device), args.dtype, args.size, args.repeats, "median"))
     results, described = [], []
     for family, token_counts in (
         (args.hybrid, [args.visual_tokens]),

@@ -22,8 +22,8 @@ from hybrid_vlm.benchmark import (
     SIZES,
     BenchModel,
     TensorMemoryTracker,
-    _header_line,
     format_table,
+    header_line,
     tensor_bytes,
 )
 
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(_header_line(device, args.dtype, args.size, 1, "single run"))
+    print(header_line(device, args.dtype, args.size, 1, "single run"))
     unit = "cuda" if device.type == "cuda" else "cpu"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if unit == "cuda" else [])
     sorts = [args.sort] if args.sort else [f"self_{unit}_time_total", f"self_{unit}_memory_usage"]

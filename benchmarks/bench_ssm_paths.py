@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hybrid_vlm.benchmark import DTYPES, SIZES, _header_line, format_table
+from hybrid_vlm.benchmark import DTYPES, SIZES, format_table, header_line
 from hybrid_vlm.path_report import own_ssm_path
 from hybrid_vlm.ssm import Mamba1Mixer, Mamba2Mixer
 
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype, shape = torch.device(args.device), DTYPES[args.dtype], SIZES[args.size]
-    print(_header_line(device, args.dtype, args.size, args.repeats, "median"))
+    print(header_line(device, args.dtype, args.size, args.repeats, "median"))
     rows = []
     for kind in args.kinds.split(","):
         torch.manual_seed(0)

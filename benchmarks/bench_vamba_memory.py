@@ -41,10 +41,10 @@ from hybrid_vlm import HybridVLMForConditionalGeneration
 from hybrid_vlm.benchmark import (
     MIB,
     TensorMemoryTracker,
-    _fixed_visual_features,
-    _pyplot,
     fit_power_law,
+    fixed_visual_features,
     format_table,
+    pyplot,
     write_csv,
 )
 from hybrid_vlm.presets import QWEN2VL_7B_TEXT, preset_config
@@ -139,7 +139,7 @@ def peak_bytes(model: Any, ids: torch.Tensor, features: torch.Tensor, training: 
     """Peak bytes of the tensors a prefill (or a forward + backward with checkpointing) creates, weights excluded."""
     stub = torch.zeros(1, 3, 1, 1)
     weights = [*model.parameters(), *model.buffers()]
-    with fused_attention_memory(), _fixed_visual_features(model, features), TensorMemoryTracker(weights) as tracker:
+    with fused_attention_memory(), fixed_visual_features(model, features), TensorMemoryTracker(weights) as tracker:
         if training:
             model.train()
             labels = ids.masked_fill(ids == model.config.image_token_id, -100)
@@ -209,7 +209,7 @@ def exponents(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(table: Sequence[dict[str, Any]], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     modes = list(dict.fromkeys(r["mode"] for r in table))
     figure, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), squeeze=False)
     for axis, mode in zip(axes[0], modes):

@@ -23,7 +23,11 @@ STATEMENTS = {
     "import hybrid_vlm": [sys.executable, "-c", "import hybrid_vlm"],
     "from hybrid_vlm import HybridVLMConfig": [sys.executable, "-c", "from hybrid_vlm import HybridVLMConfig"],
     "import hybrid_vlm; AutoConfig lookup": [
-        sys.executable, "-c", "import hybrid_vlm; from transformers import AutoConfig; AutoConfig.for_model('hybrid_vlm')"
+        sys.executable, "-c",
+        "import hybrid_vlm; from transformers import AutoConfig; AutoConfig.for_model('hybrid_vlm')",
+    ],
+    "from hybrid_vlm import HybridVLMForConditionalGeneration": [
+        sys.executable, "-c", "from hybrid_vlm import HybridVLMForConditionalGeneration",
     ],
 }
 

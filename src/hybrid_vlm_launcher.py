@@ -1,7 +1,7 @@
 """The `hybrid-vlm` command: checks a `generate` / `train` model argument before the package (and torch) is imported.
 
 Importing hybrid_vlm takes seconds (torch, transformers); a mistyped model name should not. The check loads
-`hybrid_vlm/model_args.py` by path (standard library only); everything else is `hybrid_vlm.cli.main`.
+`hybrid_vlm/cli/model_args.py` by path (standard library only); everything else is `hybrid_vlm.cli.main`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def _model_args():
     spec = importlib.util.find_spec("hybrid_vlm")  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "model_args.py"
+    path = Path(next(iter(spec.submodule_search_locations))) / "cli" / "model_args.py"
     module_spec = importlib.util.spec_from_file_location("_hybrid_vlm_model_args", path)
     if module_spec is None or module_spec.loader is None:
         return None

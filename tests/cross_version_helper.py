@@ -12,7 +12,7 @@ import torch
 
 
 def reference_inputs(processor):
-    from hybrid_vlm.cli import demo_image
+    from hybrid_vlm.cli.demo import demo_image
 
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the picture."}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -113,7 +113,7 @@ def test_remote_code_loads_without_the_package(tmp_path, preset):
 
 
 def _tiny_preset_inputs(processor):
-    from hybrid_vlm.cli import demo_image
+    from hybrid_vlm.cli.demo import demo_image
 
     return processor(text="<image>What is this?", images=[demo_image()], return_tensors="pt")
 

@@ -17,6 +17,9 @@ import torch
 
 from hybrid_vlm import benchmark as bm
 from hybrid_vlm.anyres import anyres_token_count
+from hybrid_vlm.benchmark import cli as bench_cli
+from hybrid_vlm.benchmark import sweeps
+from hybrid_vlm.presets import preset_config
 from hybrid_vlm.token_counts import VisualTokenSpec
 
 FAST = bm.BenchSettings(size="tiny", repeats=1, warmup=0, decode_tokens=2, progress=False)
@@ -162,13 +165,13 @@ def test_sizes_give_every_family_the_same_width_and_depth():
     for size in ("tiny", "small", "1b"):
         shapes = set()
         for family in bm.FAMILY_PRESETS:
-            config = bm.preset_config(bm.family_preset(family), **bm.size_overrides(family, size))
+            config = preset_config(bm.family_preset(family), **bm.size_overrides(family, size))
             shapes.add((config.text_config.hidden_size, config.text_config.num_hidden_layers))
         assert shapes == {(bm.SIZES[size].hidden_size, bm.SIZES[size].num_hidden_layers)}
 
 
 def test_mambavlm_family_is_a_mamba1_lm_of_the_size():
-    config = bm.preset_config(bm.family_preset("mambavlm"), **bm.size_overrides("mambavlm", "small"))
+    config = preset_config(bm.family_preset("mambavlm"), **bm.size_overrides("mambavlm", "small"))
     text = config.text_config
     assert text.model_type == "mamba" and config.vision_fusion == "sequence"
     assert (text.hidden_size, text.intermediate_size, text.state_size, text.time_step_rank) == (128, 256, 16, 8)
@@ -179,7 +182,7 @@ def test_mambavlm_family_is_a_mamba1_lm_of_the_size():
 def test_generation_speed_is_consistent_with_its_timings():
     bench = bm.BenchModel.build("mambavlm", "tiny")
     result = bm.measure_generation(bench, 12, output_tokens=4, repeats=1)
-    assert (result.visual_tokens, result.output_tokens, result.seq_len) == (12, 4, 12 + bm._prompt_length(bench))
+    assert (result.visual_tokens, result.output_tokens, result.seq_len) == (12, 4, 12 + bench.prompt_length)
     assert result.decode_tok_s == pytest.approx(3 / result.decode_s)
     assert result.e2e_tok_s == pytest.approx(4 / (result.prefill_s + result.decode_s))
     assert bench.describe()["lm_type"] == "mamba" and bench.describe()["ssm_path"] == "engine"
@@ -261,7 +264,7 @@ def test_sweep_skips_after_oom_and_time_limit(monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
         return bm.InferenceResult(bench.name, bench.family, point.label, point.visual_tokens, 0, 5.0, 1.0, 1.0, 1, 1)
 
-    monkeypatch.setattr(bm, "measure_inference", fake_measure)
+    monkeypatch.setattr(sweeps, "measure_inference", fake_measure)
     specs = [bm.ModelSpec("llava", "llava")]
     points = bm.token_points([8, 16, 32, 64])
     results, _ = bm.run_inference_sweep(specs, points, FAST)
@@ -312,11 +315,11 @@ def test_bench_command_writes_csv_and_prints_tables(tmp_path, capsys):
 def test_quick_fills_only_defaulted_options():
     parser = bm.add_bench_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["--quick", "--repeats", "2"])
-    bm._apply_quick(args)
+    bench_cli._apply_quick(args)
     assert args.tokens == bm.QUICK["tokens"] and args.repeats == 2 and args.size == "small"
     args = parser.parse_args(["--quick", "--frames", "8,16"])
-    bm._apply_quick(args)
-    assert args.tokens is None and [a for a, *_ in bm._axes(args)] == ["frames"]
+    bench_cli._apply_quick(args)
+    assert args.tokens is None and [a for a, *_ in bench_cli._axes(args)] == ["frames"]
 
 
 # ------------------------------------------------------------------------------------------------ scripts

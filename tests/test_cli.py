@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from hybrid_vlm.cli import demo_image, expanded_layout, main
+from hybrid_vlm.cli import main
+from hybrid_vlm.cli.demo import demo_image, expanded_layout
 
 
 def test_demo_generates_saves_and_reloads(tmp_path, capsys):
@@ -97,7 +98,7 @@ def test_generate_reports_bad_media_in_one_line(tmp_path, capsys):
 
 
 def test_generate_answers_about_a_video_and_with_a_preset(tmp_path, capsys):
-    from hybrid_vlm.cli import demo_video
+    from hybrid_vlm.cli.demo import demo_video
 
     clip = demo_video(tmp_path / "clip.mp4", num_frames=8)
     assert main(["generate", "llava-tiny", "--video", str(clip), "--prompt", "What moves?",
@@ -164,7 +165,7 @@ def test_launcher_refuses_a_bad_model_before_importing_torch(tmp_path):
 
 def test_launcher_parses_model_arguments_and_knows_every_preset():
     import hybrid_vlm
-    from hybrid_vlm.model_args import PRESET_NAMES, model_argument, quick_check
+    from hybrid_vlm.cli.model_args import PRESET_NAMES, model_argument, quick_check
 
     assert PRESET_NAMES == tuple(hybrid_vlm.list_presets())
     assert model_argument(["generate", "--image", "a.png", "m", "--prompt", "p"]) == "m"
@@ -174,3 +175,47 @@ def test_launcher_parses_model_arguments_and_knows_every_preset():
     assert quick_check(["generate", "vamba-tiny", "--image", "a"]) is None
     assert quick_check(["generate", "owner/repo", "--image", "a"]) is None  # may be a Hub id: checked later
     assert "Did you mean vamba-tiny" in quick_check(["generate", "vamba-tin", "--image", "a"])
+
+
+def test_every_registered_command_has_its_functions_and_its_own_help(capsys):
+    import importlib
+
+    import pytest
+
+    from hybrid_vlm.cli.registry import COMMANDS
+
+    assert len({command.name for command in COMMANDS}) == len(COMMANDS)
+    for command in COMMANDS:
+        module = importlib.import_module(command.module)
+        assert callable(getattr(module, command.add)) and callable(getattr(module, command.run)), command
+        with pytest.raises(SystemExit) as exit_info:
+            main([command.name, "--help"])
+        assert exit_info.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: hybrid-vlm {command.name} "), command.name
+
+
+def test_top_level_help_imports_no_command_and_no_torch():
+    """`hybrid-vlm --help` is printed from the registry alone. The package's own `__init__` (which imports the models)
+    is left out here, so this measures what the cli package itself imports."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent.parent / "src" / "hybrid_vlm"
+    code = (
+        "import sys, types\n"
+        f"package = types.ModuleType('hybrid_vlm'); package.__path__ = [{str(package)!r}]\n"
+        "sys.modules['hybrid_vlm'] = package\n"
+        "from hybrid_vlm.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as exit:\n    assert exit.code == 0\n"
+        "heavy = {'torch', 'transformers', 'numpy', 'PIL'} & set(sys.modules)\n"
+        "ours = sorted(m for m in sys.modules if m.startswith('hybrid_vlm.'))\n"
+        "assert not heavy, heavy\n"
+        "assert ours == ['hybrid_vlm.cli', 'hybrid_vlm.cli.parser', 'hybrid_vlm.cli.registry'], ours\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    from hybrid_vlm.cli.registry import COMMANDS
+
+    for command in COMMANDS:
+        assert f"    {command.name}  " in result.stdout or f"    {command.name}\n" in result.stdout, command.name

@@ -87,14 +87,14 @@ def _saved_model(folder: Path, preset: str = "llava-tiny") -> None:
 
 
 def _photo(path: Path) -> None:
-    from hybrid_vlm.cli import demo_image
+    from hybrid_vlm.cli.demo import demo_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
     demo_image(64).save(path)
 
 
 def _video(path: Path) -> None:
-    from hybrid_vlm.cli import demo_video
+    from hybrid_vlm.cli.demo import demo_video
 
     path.parent.mkdir(parents=True, exist_ok=True)
     demo_video(path, num_frames=8)

@@ -163,7 +163,7 @@ def test_one_log_line_on_first_forward_per_device(caplog):
 
 
 def test_env_prints_the_paths_of_tiny_presets(capsys):
-    from hybrid_vlm.cli import ENV_PATH_PRESETS, run_env
+    from hybrid_vlm.cli.info import ENV_PATH_PRESETS, run_env
 
     assert run_env() == 0
     out = capsys.readouterr().out
@@ -206,7 +206,7 @@ def test_wrapper_reaches_the_same_attention_path_as_the_bare_lm(family, dtype, m
     ids, features = bench.inputs(24)
     mask = torch.ones_like(ids)
     calls = record_sdpa(monkeypatch)
-    with torch.no_grad(), bm._fixed_visual_features(model, features.float()):
+    with torch.no_grad(), bm.fixed_visual_features(model, features.float()):
         model(input_ids=ids, pixel_values=bench._pixel_stub(), attention_mask=mask)
     wrapped = self_attention_calls(calls)
     layers = sum(type(m).__name__.endswith("Attention") and "Cross" not in type(m).__name__

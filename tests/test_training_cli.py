@@ -11,7 +11,7 @@ from PIL import Image
 
 import hybrid_vlm
 from hybrid_vlm.cli import build_parser, main
-from hybrid_vlm.train_cli import load_jsonl
+from hybrid_vlm.training.cli import load_jsonl
 
 pytest.importorskip("trl")
 pytest.importorskip("peft")

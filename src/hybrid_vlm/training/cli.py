@@ -14,19 +14,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .training import chat_as_blocks
+import torch
+
+from ..cli.loading import load_model
+from ..cli.model_args import resolve_model_source
+from ..cli.registry import command_help
+from ..path_report import compute_paths, say_torch_ssm_path_once
+from .collator import VideoSFTCollator, chat_as_blocks
+from .lora import lora_config
+from .stages import TRAINING_STAGES, count_parameters, freeze_for_stage
 
 STAGE_ALIASES = {"vamba-stage1": "new-layers", "vamba-stage2": "full", "lm": "projector+lm"}
 
 
 def add_train_subcommand(commands: Any) -> argparse.ArgumentParser:
-    """Register `train` on the CLI's sub-parsers (`cli.build_parser` calls this)."""
-    from .training import TRAINING_STAGES
-
+    """Register `train` on the `hybrid-vlm` sub-parsers (`hybrid_vlm.cli.registry` names this function)."""
     stages = [*TRAINING_STAGES, *STAGE_ALIASES]
     parser = commands.add_parser(
         "train",
-        help="fine-tune on a JSONL chat dataset (TRL vision format) with TRL's SFTTrainer",
+        help=command_help("train"),
         description=__doc__.split("\n\n")[0] + " Stages: "
         + "; ".join(f"{name}: {text}" for name, text in TRAINING_STAGES.items())
         + ". Aliases: " + ", ".join(f"{a} = {s}" for a, s in STAGE_ALIASES.items()) + ".",
@@ -124,10 +130,6 @@ def load_jsonl(data: str) -> list[dict[str, Any]]:
 
 
 def _load_model(name: str, bf16: bool) -> tuple[Any, Any, str]:
-    import torch
-
-    from .cli import load_model
-
     model, processor, kind = load_model(name, torch.bfloat16 if bf16 else torch.float32, allow_adapter=False)
     return model, processor, kind
 
@@ -147,24 +149,17 @@ def _record_adapter_base(output_dir: str, name: str, kind: str) -> None:
 
 def _note_torch_ssm_path(model: Any) -> None:
     """Say before the progress bar starts (not in the middle of it) that SSM layers run without CUDA kernels."""
-    from .path_report import compute_paths, say_torch_ssm_path_once
-
     if any(path.path.startswith(("torch", "transformers torch")) for path in compute_paths(model)):
         say_torch_ssm_path_once()
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Build the model, freeze for the stage (or configure LoRA), train with SFTTrainer, save."""
-    import torch
-    from datasets import Dataset
+    from datasets import Dataset  # (optional dependencies: pip install hybrid_vlm[train])
     from trl import SFTConfig, SFTTrainer
-
-    from .training import VideoSFTCollator, count_parameters, freeze_for_stage, lora_config
 
     if args.lora and args.stage is not None:
         raise SystemExit("error: --lora trains adapters on the language model; it does not combine with --stage.")
-    from .model_args import resolve_model_source
-
     resolve_model_source(args.model)  # a typo fails here, at once, not after the dataset or a network wait
     rows = load_jsonl(args.data)
     model, processor, kind = _load_model(args.model, args.bf16)

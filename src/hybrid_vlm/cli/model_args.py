@@ -128,7 +128,7 @@ def resolve_model_source(name: str) -> tuple[str, str]:
     network before failing. A Hub id already in the local cache resolves to its cached folder (no network); one that is
     not is refused at once when `HF_HUB_OFFLINE` is set. Raises ValueError naming both options otherwise.
     """
-    from .presets import list_presets
+    from ..presets import list_presets  # (here, not at the top: the launcher loads this file without the package)
 
     presets = list(list_presets())
     kind, source = local_kind(name, presets)
