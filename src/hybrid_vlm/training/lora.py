@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..modeling_hybrid_vlm import HybridVLMForConditionalGeneration
-from .model_parts import find_name, is_moe_block, is_ssm_mixer, required_part, unwrap
+from ..ssm import is_ssm_mixer
+from .model_parts import find_name, is_moe_block, required_part, unwrap
 
 if TYPE_CHECKING:  # pragma: no cover
     from peft import LoraConfig
