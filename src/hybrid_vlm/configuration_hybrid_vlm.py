@@ -15,14 +15,12 @@ from .compat import decode_special_floats, portable_rope_fields
 from .projectors import validate_projector_settings
 from .qwen2vl_vision import QWEN2VL_VISION_MODEL_TYPES, check_feature_layers, qwen2vl_vision_config
 from .ssm import SSMBlock  # noqa: F401
-from .token_counts import VisualTokenSpec  # noqa: F401
+from .token_counts import ANYRES_MERGES, FEATURE_SELECT_STRATEGIES, VisualTokenSpec
 from .vision_encoders import VISION_FUSIONS
 
 # Values accepted by the structural settings. Later families extend these tuples; the model dispatches on them.
 DECODERS = ("interleaved", "vamba")
 PROJECTOR_TYPES = ("mlp2x_gelu", "mlp3x_gelu", "pool2d_mlp", "pool1d_mlp", "conv2d_adapter", "mamba", "identity")
-FEATURE_SELECT_STRATEGIES = ("default", "full")
-ANYRES_MERGES = ("spatial", "flat")
 # Vision encoders whose output layout (prefix tokens + a square patch grid) the token-count function knows.
 VISION_MODEL_TYPES = (
     "clip_vision_model", "siglip_vision_model", "dinov2", "dinov2_with_registers", *QWEN2VL_VISION_MODEL_TYPES

@@ -26,6 +26,7 @@ cost of every marker segment is then measured with the tokenizer, so counts with
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import json
 import os
@@ -40,7 +41,7 @@ from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ImagesKwargs, MultiModalData, ProcessorMixin
 from transformers.utils import logging
 
-from .anyres import anyres_token_count  # direct import: transformers 4.x remote code copies only direct imports
+from .anyres import check_flat_anyres_packing, image_runs
 from .caching import has_ssm_layers  # noqa: F401  (configuration's imports, for 4.x remote code: see there)
 from .compat import (
     CHAT_TEMPLATE_TAKES_PROCESSOR_KWARGS,
@@ -49,7 +50,7 @@ from .compat import (
     processor_view_with_attributes,
     record_processor_class,
 )
-from .configuration_hybrid_vlm import FEATURE_SELECT_STRATEGIES, HybridVLMConfig
+from .configuration_hybrid_vlm import HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor
 from .projectors import build_projector  # noqa: F401
 from .qwen2vl_vision import Qwen2VLVisionEncoder  # noqa: F401  (configuration's imports, for 4.x remote code)
@@ -81,12 +82,14 @@ from .tokenization_utils import (
     make_tokenizer_files_portable,
 )
 from .vamba import VambaOptions  # noqa: F401
+from .video_decoding import open_video  # noqa: F401  (the video processor's imports, for 4.x remote code)
 from .video_processing_hybrid_vlm import (
     VIDEO_PROCESSOR_FILE,
     HybridVLMVideoProcessor,
     is_video,
     make_video_list,
 )
+from .video_sampling import SAMPLING_RULES  # noqa: F401
 from .vision_encoders import VISION_FUSIONS  # noqa: F401  (configuration's imports, for 4.x remote code)
 
 logger = logging.get_logger(__name__)
@@ -127,7 +130,6 @@ _IGNORED_KWARGS = frozenset(
 )
 # Video-processor options that are also image-processor options: a flat keyword applies to both, as in transformers.
 _VIDEO_ONLY_OPTIONS = frozenset({"return_metadata"})
-_ANYRES_MERGES = ("spatial", "flat")  # HybridVLMConfig.anyres_merge
 
 # Chat templates per layout: each family's turn format. Image/video blocks become one `<image>` / `<video>` each (the
 # processor lays them out); the assistant's words and end-of-turn token sit in {% generation %} for assistant-only loss.
@@ -162,6 +164,41 @@ _HUB_KWARGS = frozenset(
 )
 # Nested per-modality dicts, as transformers processors accept them (`common_kwargs` is 4.x's shared dict).
 _NESTED_KWARGS = ("text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs", "common_kwargs")
+
+
+# Flat keys of processor configs saved before the token spec was nested -> the spec's field for each. The old
+# `vision_pooled_grid` was the effective pooled side (model-side or projector pooling), the spec's `pooled_grid`; the
+# model config's `vision_pooled_grid` is the model-side pooling only.
+LEGACY_SPEC_KEYS: dict[str, str] = {
+    "patch_size": "patch_size",
+    "num_prefix_tokens": "num_prefix_tokens",
+    "vision_feature_select_strategy": "vision_feature_select_strategy",
+    "vision_pooled_grid": "pooled_grid",
+    "projector_conv": "projector_conv",
+    "num_vision_maps": "num_maps",
+    "image_newline": "image_newline",
+    "anyres_unpad": "anyres_unpad",
+    "anyres_merge": "anyres_merge",
+    "anyres_max_feature_tiles": "anyres_max_feature_tiles",
+    "video_pool_stride": "video_pool_stride",
+    "video_newline": "video_newline",
+    "video_temporal_patch": "video_temporal_patch",
+}
+
+
+def _token_spec(spec: VisualTokenSpec | dict[str, Any] | None, flat: dict[str, Any]) -> VisualTokenSpec:
+    """The spec from a `VisualTokenSpec`, its dict, and/or the old flat keys (popped from `flat`; they override)."""
+    overrides = {LEGACY_SPEC_KEYS[key]: flat.pop(key) for key in list(flat) if key in LEGACY_SPEC_KEYS}
+    if spec is None:
+        if "patch_size" not in overrides or "num_prefix_tokens" not in overrides:
+            raise ValueError(
+                f"{_NAME} needs a visual_token_spec (the model's patch_size and num_prefix_tokens at least) to count "
+                f"image tokens; build it with {_NAME}.from_model_config(config, tokenizer), which derives it from the "
+                "model config."
+            )
+        return VisualTokenSpec(**overrides)
+    spec = VisualTokenSpec.from_dict(spec)
+    return dataclasses.replace(spec, **overrides) if overrides else spec
 
 
 def _is_single_image(item: Any) -> bool:
@@ -274,55 +311,31 @@ class HybridVLMProcessor(ProcessorMixin):
         image_processor: BaseImageProcessor | None = None,
         tokenizer: Any = None,
         video_processor: HybridVLMVideoProcessor | None = None,
-        patch_size: int | None = None,
-        num_prefix_tokens: int | None = None,
-        vision_feature_select_strategy: str = "default",
+        visual_token_spec: VisualTokenSpec | dict[str, Any] | None = None,
         image_token: str = IMAGE_TOKEN,
         video_token: str = VIDEO_TOKEN,
-        video_layout: str = "plain",
-        chat_template: str | dict[str, str] | None = None,
-        image_newline: bool = False,
-        anyres_unpad: bool = True,
         image_layout: str = "llava",
+        video_layout: str = "plain",
         layout_markers: str = "special",
-        anyres_merge: str = "spatial",
-        vision_pooled_grid: int | None = None,
-        projector_conv: list[int] | None = None,
-        num_vision_maps: int = 1,
-        anyres_max_feature_tiles: int | None = None,
-        video_pool_stride: int | None = None,
-        video_newline: bool = False,
-        video_temporal_patch: int = 1,
+        chat_template: str | dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         if image_processor is None or tokenizer is None:
             raise ValueError(f"{_NAME} needs both an image_processor and a tokenizer.")
-        if patch_size is None or num_prefix_tokens is None:
-            raise ValueError(
-                f"{_NAME} needs patch_size and num_prefix_tokens to count image tokens; build it with "
-                f"{_NAME}.from_model_config(config, tokenizer), which takes them from the model config."
-            )
-        for name, value, low in (("patch_size", patch_size, 1), ("num_prefix_tokens", num_prefix_tokens, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{_NAME}: {name} must be an int >= {low}, got {value!r}.")
-        if vision_feature_select_strategy not in FEATURE_SELECT_STRATEGIES:
-            raise ValueError(
-                f"{_NAME}: unknown vision_feature_select_strategy {vision_feature_select_strategy!r}; use one of "
-                f"{list(FEATURE_SELECT_STRATEGIES)}."
-            )
         # Keys transformers itself may put into a saved processor config; nothing else is silently accepted.
         for key in ("processor_class", "auto_map", "_processor_class"):
             kwargs.pop(key, None)
+        spec = _token_spec(visual_token_spec, kwargs)
         if kwargs:
             raise TypeError(f"{_NAME}.__init__ got unexpected keyword argument(s) {sorted(kwargs)}.")
-
-        image_token_id = tokenizer.convert_tokens_to_ids(image_token)
-        if image_token_id is None or image_token_id == tokenizer.unk_token_id:
+        self.visual_token_spec = spec
+        self.image_token_id = _token_id_or_none(tokenizer, image_token)
+        if self.image_token_id is None:
             raise ValueError(
                 f"{_NAME}: the tokenizer does not know the image token {image_token!r}. Add it as a special token "
                 "(tokenizer.add_special_tokens) and resize the model's embeddings."
             )
-        if tokenizer.encode(image_token, add_special_tokens=False) != [image_token_id]:
+        if tokenizer.encode(image_token, add_special_tokens=False) != [self.image_token_id]:
             raise ValueError(
                 f"{_NAME}: the tokenizer splits {image_token!r} into several tokens; it must be one special token."
             )
@@ -332,53 +345,45 @@ class HybridVLMProcessor(ProcessorMixin):
             raise ValueError(f"{_NAME}: unknown image_layout {image_layout!r}; use one of {list(IMAGE_LAYOUTS)}.")
         if layout_markers not in MARKER_STYLES:
             raise ValueError(f"{_NAME}: unknown layout_markers {layout_markers!r}; use one of {list(MARKER_STYLES)}.")
-        if anyres_merge not in _ANYRES_MERGES:
-            raise ValueError(f"{_NAME}: unknown anyres_merge {anyres_merge!r}; use one of {list(_ANYRES_MERGES)}.")
-        # Layouts are explicit choices: their markers must exist now, not at the first image or video.
-        video_token_id = _token_id_or_none(tokenizer, video_token)
-        self._image_token_layout = _measure_layout(tokenizer, image_layout, "image", layout_markers, image_token)
-        self._video_token_layout = _measure_layout(
-            tokenizer, video_layout, "video", layout_markers, video_token if video_token_id is not None else None
-        )
-        self.image_layout = image_layout
-        self.layout_markers = layout_markers
-        self.anyres_merge = anyres_merge
-        if video_processor is None:
-            # frame counts must be multiples of the frames the tower encodes together (Qwen2-VL: 2)
-            extra = {"temporal_patch_size": video_temporal_patch} if video_temporal_patch > 1 else {}
-            video_processor = HybridVLMVideoProcessor.from_image_processor(image_processor, **extra)
-        self.patch_size = patch_size
-        self.num_prefix_tokens = num_prefix_tokens
-        self.vision_feature_select_strategy = vision_feature_select_strategy
-        # AnyRes / pooling settings of the model, needed to count its tokens (HybridVLMConfig fields of the same name)
-        self.image_newline = bool(image_newline)
-        self.anyres_unpad = bool(anyres_unpad)
-        self.vision_pooled_grid = vision_pooled_grid  # the effective pooled side (model-side or projector pooling)
-        self.projector_conv = list(projector_conv) if projector_conv is not None else None  # conv2d_adapter (k, s)
-        if isinstance(num_vision_maps, bool) or not isinstance(num_vision_maps, int) or num_vision_maps < 1:
-            raise ValueError(f"{_NAME}: num_vision_maps must be an int >= 1, got {num_vision_maps!r}.")
-        self.num_vision_maps = num_vision_maps  # encoders fused along the sequence (MambaVLM), else 1
-        # LLaVA-OneVision's token rules (HybridVLMConfig fields of the same name)
-        self.anyres_max_feature_tiles = anyres_max_feature_tiles
-        self.video_pool_stride = video_pool_stride
-        self.video_newline = bool(video_newline)
-        patch = video_temporal_patch
-        if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
-            raise ValueError(f"{_NAME}: video_temporal_patch must be an int >= 1, got {video_temporal_patch!r}.")
-        self.video_temporal_patch = video_temporal_patch  # frames per temporal patch (Qwen2-VL towers: 2)
-        self.image_token = image_token
-        self.image_token_id = image_token_id
-        self.video_token = video_token
-        self.video_layout = video_layout
         # Checked when a video is processed: an image-only tokenizer without a video token must still work for images.
         self.video_token_id = _token_id_or_none(tokenizer, video_token)
+        # Layouts are explicit choices: their markers must exist now, not at the first image or video.
+        self._image_token_layout = _measure_layout(tokenizer, image_layout, "image", layout_markers, image_token)
+        self._video_token_layout = _measure_layout(
+            tokenizer, video_layout, "video", layout_markers, video_token if self.video_token_id is not None else None
+        )
+        self.image_token, self.video_token = image_token, video_token
+        self.image_layout, self.video_layout, self.layout_markers = image_layout, video_layout, layout_markers
+        if video_processor is None:
+            # frame counts must be multiples of the frames the tower encodes together (Qwen2-VL: 2)
+            patch = spec.video_temporal_patch
+            extra = {"temporal_patch_size": patch} if patch > 1 else {}
+            video_processor = HybridVLMVideoProcessor.from_image_processor(image_processor, **extra)
         if isinstance(chat_template, str) and chat_template in VIDEO_LAYOUTS:  # a layout's name: its family's template
             chat_template = chat_template_for_layout(chat_template)
         if chat_template is None:
             chat_template = getattr(tokenizer, "chat_template", None) or CHAT_TEMPLATES[image_layout]
         if image_layout == "longllava" and self._anyres_layout(1, 1, image_processor) is not None:
-            self._check_longllava_anyres()
+            check_flat_anyres_packing(spec)
         super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template)
+
+    def to_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The parent's dict (4.x takes `legacy_serialization=`), with the token spec nested (`visual_token_spec`)."""
+        output = super().to_dict(*args, **kwargs)
+        output["visual_token_spec"] = self.visual_token_spec.to_dict()
+        return output
+
+    @classmethod
+    def from_args_and_dict(cls, args: Any, processor_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """transformers' constructor from a saved dict, which passes only `__init__`'s named parameters: the flat
+        token-count keys of folders saved before the spec was nested are folded into `visual_token_spec` first."""
+        processor_dict = dict(processor_dict)
+        for key in [k for k in kwargs if k in LEGACY_SPEC_KEYS]:
+            processor_dict[key] = kwargs.pop(key)
+        legacy = {key: processor_dict.pop(key) for key in list(processor_dict) if key in LEGACY_SPEC_KEYS}
+        if legacy:
+            processor_dict["visual_token_spec"] = _token_spec(processor_dict.get("visual_token_spec"), legacy)
+        return super().from_args_and_dict(args, processor_dict, **kwargs)
 
     @staticmethod
     def get_possibly_dynamic_module(module_name: str) -> Any:
@@ -422,101 +427,39 @@ class HybridVLMProcessor(ProcessorMixin):
         layout: str | None = None,
         **kwargs: Any,
     ) -> HybridVLMProcessor:
-        """The processor that matches `config`: token-count settings from the same spec the model derives.
+        """The processor that matches `config`: the token spec the model derives (`VisualTokenSpec.from_config`).
 
         `layout` sets `image_layout` and `video_layout` at once (either may still be given on its own).
         """
         if layout is not None:
             kwargs.setdefault("image_layout", canonical_layout(layout))
             kwargs.setdefault("video_layout", canonical_layout(layout))
-        kwargs.setdefault("anyres_merge", getattr(config, "anyres_merge", "spatial"))
-        spec = VisualTokenSpec.from_config(config)
         if image_processor is None:
             image_processor = HybridVLMImageProcessor.from_vision_config(
                 getattr(config, "vision_configs", None) or config.vision_config
             )
-        processor = cls(
-            image_processor,
-            tokenizer,
-            video_processor,
-            patch_size=spec.patch_size,
-            num_prefix_tokens=spec.num_prefix_tokens,
-            vision_feature_select_strategy=spec.vision_feature_select_strategy,
-            image_newline=config.image_newline,
-            anyres_unpad=config.anyres_unpad,
-            vision_pooled_grid=spec.pooled_grid,
-            projector_conv=list(spec.projector_conv) if spec.projector_conv is not None else None,
-            num_vision_maps=spec.num_maps,
-            anyres_max_feature_tiles=spec.anyres_max_feature_tiles,
-            video_pool_stride=spec.video_pool_stride,
-            video_newline=spec.video_newline,
-            video_temporal_patch=spec.video_temporal_patch,
-            **kwargs,
-        )
-        config_id = getattr(config, "image_token_id", None)
-        if config_id is not None and config_id != processor.image_token_id:
-            raise ValueError(
-                f"{_NAME}: the tokenizer gives {processor.image_token!r} the id {processor.image_token_id} but the "
-                f"model config has image_token_id={config_id}. Set config.image_token_id to "
-                f"{processor.image_token_id} (or use the tokenizer the model was trained with)."
-            )
-        video_id = getattr(config, "video_token_id", None)
-        if video_id is not None and processor.video_token_id is not None and video_id != processor.video_token_id:
-            raise ValueError(
-                f"{_NAME}: the tokenizer gives {processor.video_token!r} the id {processor.video_token_id} but the "
-                f"model config has video_token_id={video_id}. Set config.video_token_id to {processor.video_token_id} "
-                "(or use the tokenizer the model was trained with)."
-            )
+        spec = VisualTokenSpec.from_config(config)
+        processor = cls(image_processor, tokenizer, video_processor, visual_token_spec=spec, **kwargs)
+        for kind in ("image", "video"):
+            config_id, token_id = getattr(config, f"{kind}_token_id", None), getattr(processor, f"{kind}_token_id")
+            if config_id is not None and token_id is not None and config_id != token_id:
+                token = getattr(processor, f"{kind}_token")
+                raise ValueError(
+                    f"{_NAME}: the tokenizer gives {token!r} the id {token_id} but the model config has "
+                    f"{kind}_token_id={config_id}. Set config.{kind}_token_id to {token_id} (or use the tokenizer the "
+                    "model was trained with)."
+                )
         return processor
 
     # ------------------------------------------------------------------ token counts
-
-    @property
-    def visual_token_spec(self) -> VisualTokenSpec:
-        conv = tuple(self.projector_conv) if self.projector_conv is not None else None
-        return VisualTokenSpec(
-            self.patch_size, self.num_prefix_tokens, self.vision_feature_select_strategy, self.vision_pooled_grid, conv,
-            getattr(self, "num_vision_maps", 1),
-            anyres_max_feature_tiles=getattr(self, "anyres_max_feature_tiles", None),
-            video_pool_stride=getattr(self, "video_pool_stride", None),
-            video_newline=getattr(self, "video_newline", False),
-            video_temporal_patch=getattr(self, "video_temporal_patch", 1),
-        )
 
     def num_image_tokens(self, height: int, width: int) -> int:
         """Image tokens for one image of `height` x `width` pixels as fed to the encoder."""
         return count_image_tokens(self.visual_token_spec, int(height), int(width))
 
-    def _check_longllava_anyres(self) -> None:
-        """The longllava AnyRes layout puts plain-text `\n`s between the global view and tile rows; the model must
-        then pack every tile whole, row by row, with no learned newline and no un-padding (`anyres_merge="flat"`)."""
-        if self.image_newline or self.anyres_unpad or self.anyres_merge != "flat":
-            raise ValueError(
-                f"{_NAME}: the 'longllava' image layout writes an AnyRes image as the global view, then its tile rows "
-                "separated by a '\\n' text token, so the model must pack whole tiles row by row without its own "
-                f"newline or un-padding; got image_newline={self.image_newline}, anyres_unpad={self.anyres_unpad}, "
-                f"anyres_merge={self.anyres_merge!r}. Set image_newline=False, anyres_unpad=False, anyres_merge='flat' "
-                "in the model config (and build the processor with from_model_config), or use image_layout='llava'."
-            )
-
     def _image_runs(self, image_size: Any, grid: Any, tile_size: tuple[int, int]) -> list[int]:
-        """Placeholder runs of one image in this processor's image layout (`token_counts.layout_pieces`).
-
-        Single resolution (`grid` None): `count_image_tokens`. AnyRes: `anyres.anyres_token_count`, the function the
-        model checks its packing against; the longllava layout splits the same count into global view + tile rows.
-        """
-        spec = self.visual_token_spec
-        if grid is None:
-            return [count_image_tokens(spec, int(tile_size[0]), int(tile_size[1]))]
-        size, grid = tuple(int(v) for v in image_size), tuple(int(v) for v in grid)
-        if self.image_layout != "longllava":
-            count = anyres_token_count(spec, size, grid, tile_size, newline=self.image_newline, unpad=self.anyres_unpad)
-            return [count]
-        self._check_longllava_anyres()
-        total = anyres_token_count(spec, size, grid, tile_size, newline=False, unpad=False)
-        tiles = anyres_token_count(spec, size, grid, tile_size, newline=False, unpad=False, base_view=False)
-        rows = grid[0]
-        return [total - tiles] + [tiles // rows] * rows
+        """Placeholder runs of one image in this processor's image layout (`anyres.image_runs`)."""
+        return image_runs(self.visual_token_spec, self._image_token_layout.name, tile_size, image_size, grid)
 
     def image_token_count(self, height: int, width: int, include_markers: bool = True, **overrides: Any) -> int:
         """Tokens of one image of original size `height` x `width`, without processing pixels.

@@ -8,7 +8,7 @@ register tokens, pooling), which otherwise surfaces as a shape error deep inside
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from numbers import Integral
 from typing import Any
 
@@ -101,21 +101,39 @@ def projector_output_grid(
 
 
 
+# vision_feature_select_strategy: "default" drops the encoder's prefix tokens (CLS, registers), "full" keeps them.
+FEATURE_SELECT_STRATEGIES = ("default", "full")
+# anyres_merge: "spatial" stitches an AnyRes image's tiles into one feature map (LLaVA-NeXT); "flat" keeps every tile
+# whole, the global view first, then tile after tile row by row (LongLLaVA).
+ANYRES_MERGES = ("spatial", "flat")
+
+
 @dataclass(frozen=True)
 class VisualTokenSpec:
-    """What the token count of one image depends on; the processor stores it, the model derives it."""
+    """Everything the token count of one image or video depends on; the model derives it from its config
+    (:meth:`from_config`), the processor stores it (saved as a nested dict in ``processor_config.json``).
+
+    A new token rule is a field here (with a default that means "off"), read from the config in :meth:`from_config`
+    and used by the counting functions of this module; the processor saves, loads and passes the spec as a whole.
+    """
 
     patch_size: int
     num_prefix_tokens: int
     vision_feature_select_strategy: str = "default"
-    # Side each view's patch grid is pooled to, by the model (`vision_pooled_grid`) or inside the projector
-    # (`pool2d_mlp` / `pool1d_mlp`: `projector_pooled_grid`); LongLLaVA: 24x24 -> 12x12. None: no pooling.
+    # Side each view's patch grid is pooled to, whoever pools it: the model before the projector (the config's
+    # `vision_pooled_grid`) or the projector itself (`pool2d_mlp` / `pool1d_mlp`: the config's `projector_pooled_grid`).
+    # LongLLaVA: 24x24 -> 12x12. None: no pooling.
     pooled_grid: int | None = None
     # (kernel, stride) of the `conv2d_adapter` projector, which shrinks each view's grid; None for other projectors.
     projector_conv: tuple[int, int] | None = None
     # Patch maps per image that reach the LM one after another: the number of encoders with
     # `vision_fusion="sequence"` (MambaVLM's visual long sequence), else 1.
     num_maps: int = 1
+    # AnyRes packing (the config's fields of the same name): a learned newline after every row of stitched tile
+    # features, un-padding of the stitched map, and how tiles are merged (ANYRES_MERGES).
+    image_newline: bool = False
+    anyres_unpad: bool = True
+    anyres_merge: str = "spatial"
     # LLaVA-OneVision's "anyres_max_N": the un-padded tile feature map is scaled down (bilinear) to about N views'
     # worth of tokens when it is more than 1.1x larger. None: no cap.
     anyres_max_feature_tiles: int | None = None
@@ -126,6 +144,31 @@ class VisualTokenSpec:
     # Consecutive video frames encoded together as one temporal patch (Qwen2-VL's tower, and so Vamba: 2): a video
     # gets one token grid per group, and its frame count must be a multiple of this.
     video_temporal_patch: int = 1
+
+    def __post_init__(self) -> None:
+        for name, low in (("patch_size", 1), ("num_prefix_tokens", 0), ("num_maps", 1), ("video_temporal_patch", 1)):
+            _check_int(getattr(self, name), name, low)
+        for name in ("pooled_grid", "anyres_max_feature_tiles", "video_pool_stride"):
+            if getattr(self, name) is not None:
+                _check_int(getattr(self, name), name, 1)
+        if self.vision_feature_select_strategy not in FEATURE_SELECT_STRATEGIES:
+            raise ValueError(
+                f"VisualTokenSpec: unknown vision_feature_select_strategy {self.vision_feature_select_strategy!r}; "
+                f"use one of {list(FEATURE_SELECT_STRATEGIES)}."
+            )
+        if self.anyres_merge not in ANYRES_MERGES:
+            raise ValueError(
+                f"VisualTokenSpec: unknown anyres_merge {self.anyres_merge!r}; use one of {list(ANYRES_MERGES)}."
+            )
+        if self.projector_conv is not None:
+            conv = tuple(self.projector_conv)  # a JSON list when loaded
+            if len(conv) != 2:
+                raise ValueError(f"VisualTokenSpec: projector_conv is (kernel, stride), got {self.projector_conv!r}.")
+            for value in conv:
+                _check_int(value, "projector_conv", 1)
+            object.__setattr__(self, "projector_conv", conv)
+        for name in ("image_newline", "anyres_unpad", "video_newline"):
+            object.__setattr__(self, name, bool(getattr(self, name)))
 
     @classmethod
     def from_config(cls, config: Any) -> VisualTokenSpec:
@@ -146,14 +189,41 @@ class VisualTokenSpec:
             pooled_grid=pooled_grid,
             projector_conv=projector_conv,
             num_maps=_sequence_maps(config),
+            image_newline=bool(getattr(config, "image_newline", False)),
+            anyres_unpad=bool(getattr(config, "anyres_unpad", True)),
+            anyres_merge=getattr(config, "anyres_merge", "spatial"),
             anyres_max_feature_tiles=getattr(config, "anyres_max_feature_tiles", None),
             video_pool_stride=getattr(config, "video_pool_stride", None),
             video_newline=bool(getattr(config, "video_newline", False)),
             video_temporal_patch=vision_temporal_patch(vision_config),
         )
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VisualTokenSpec:
+        """The spec from :meth:`to_dict`'s output (as read back from JSON); unknown keys are an error."""
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, dict):
+            raise TypeError(f"VisualTokenSpec.from_dict needs a dict, got {type(data).__name__}.")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"VisualTokenSpec: unknown field(s) {unknown}; known: {[f.name for f in fields(cls)]}. Was it saved by "
+                "a newer hybrid_vlm?"
+            )
+        return cls(**data)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON-able fields (``projector_conv`` as a list)."""
+        data = asdict(self)
+        if data["projector_conv"] is not None:
+            data["projector_conv"] = list(data["projector_conv"])
+        return data
+
+
+def _check_int(value: Any, name: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+        raise ValueError(f"VisualTokenSpec: {name} must be an int >= {low}, got {value!r}.")
 
 
 def _sequence_maps(config: Any) -> int:

@@ -436,7 +436,7 @@ class HybridVLMVideoProcessor(_VideoProcessorBase):
             raise ValueError(f"{_NAME}: unknown video_layout {layout!r}; use one of {list(VIDEO_LAYOUTS)}.")
         spec = call.get("visual_token_spec")
         if isinstance(spec, dict):
-            spec = VisualTokenSpec(**spec)
+            spec = VisualTokenSpec.from_dict(spec)
         max_tokens = pick("max_visual_tokens")
         if max_tokens is not None and not isinstance(spec, VisualTokenSpec):
             raise ValueError(
