@@ -109,3 +109,29 @@ def test_flat_settings_and_spec_overrides():
         HybridVLMProcessor(expected.image_processor, expected.tokenizer, visual_token_spec={"patch_sise": 14})
     with pytest.raises(ValueError, match="num_maps must be an int >= 1"):
         HybridVLMProcessor(expected.image_processor, expected.tokenizer, visual_token_spec=spec, num_vision_maps=0)
+
+
+def test_processing_kwargs_route_flat_and_nested_keywords_on_every_line():
+    """transformers' `_merge_kwargs` routes the keywords (`HybridVLMProcessorKwargs`); a flat keyword beside a nested
+    dict still arrives (4.57's `_merge_kwargs` alone would drop it), and `_defaults` apply when nothing is given."""
+    from hybrid_vlm.processing_hybrid_vlm import HybridVLMProcessorKwargs
+
+    assert HybridVLMProcessorKwargs._defaults["text_kwargs"]["padding"] is False
+    processor, _ = expected_processor("conv")
+    image = PIL.Image.fromarray(np.full((56, 56, 3), 200, dtype=np.uint8))
+    plain = processor(text=["<image> a", "<image> a b c d"], images=[image, image])
+    assert len(plain["input_ids"][0]) < len(plain["input_ids"][1])  # no padding by default
+    out = processor(
+        text=["<image> a", "<image> a b c d"], images=[image, image], images_kwargs={"do_normalize": False},
+        padding="max_length", max_length=40, return_tensors="pt", return_mm_token_type_ids=True,
+    )
+    assert tuple(out["input_ids"].shape) == (2, 40)  # flat text keywords and return_tensors beside images_kwargs
+    assert float(out["pixel_values"].max()) == pytest.approx(200 / 255, abs=1e-5)  # the nested image keyword
+    assert out["mm_token_type_ids"].tolist()[0].count(1) == processor.num_image_tokens(56, 56)
+    # a flat frame keyword reaches images and video frames; nested for one modality, it reaches that one only
+    frames = [image] * 2
+    both = processor(text="<image><video>", images=[image], videos=[frames], do_rescale=False, return_tensors="np")
+    assert both["pixel_values"].max() > 100 and both["pixel_values_videos"].max() > 100  # not rescaled to [0, 1]
+    one = processor(text="<image><video>", images=[image], videos=[frames], images_kwargs={"do_rescale": False},
+                    return_tensors="np")
+    assert one["pixel_values"].max() > 100 and one["pixel_values_videos"].max() < 5

@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
+import inspect
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
-from transformers.processing_utils import ImagesKwargs, MultiModalData, ProcessorMixin
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin, TextKwargs
 from transformers.utils import logging
 
 from .anyres import check_flat_anyres_packing, image_runs
@@ -46,12 +47,13 @@ from .caching import has_ssm_layers  # noqa: F401  (configuration's imports, for
 from .compat import (
     CHAT_TEMPLATE_TAKES_PROCESSOR_KWARGS,
     PROCESSOR_ATTRIBUTES_FROM_SIGNATURE,
+    merge_processor_kwargs,
     processor_attribute_names,
     processor_view_with_attributes,
     record_processor_class,
 )
 from .configuration_hybrid_vlm import HybridVLMConfig
-from .image_processing_hybrid_vlm import HybridVLMImageProcessor
+from .image_processing_hybrid_vlm import HybridVLMImageProcessor, HybridVLMImageProcessorKwargs
 from .projectors import build_projector  # noqa: F401
 from .qwen2vl_vision import Qwen2VLVisionEncoder  # noqa: F401  (configuration's imports, for 4.x remote code)
 from .remote_code import write_processor_remote_code, write_text_atomic
@@ -86,6 +88,7 @@ from .video_decoding import open_video  # noqa: F401  (the video processor's imp
 from .video_processing_hybrid_vlm import (
     VIDEO_PROCESSOR_FILE,
     HybridVLMVideoProcessor,
+    HybridVLMVideoProcessorKwargs,
     is_video,
     make_video_list,
 )
@@ -97,28 +100,39 @@ logger = logging.get_logger(__name__)
 _NAME = "HybridVLMProcessor"
 _IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 
-# Keyword arguments of the tokenizer's __call__ that the processor forwards (both transformers lines accept them).
-_TOKENIZER_KWARGS = frozenset(
-    {
-        "add_special_tokens",
-        "padding",
-        "truncation",
-        "max_length",
-        "stride",
-        "pad_to_multiple_of",
-        "padding_side",
-        "return_attention_mask",
-        "return_token_type_ids",
-        "return_overflowing_tokens",
-        "return_special_tokens_mask",
-        "return_offsets_mapping",
-        "return_length",
-        "verbose",
+class HybridVLMTextKwargs(TextKwargs, total=False):
+    """The tokenizer's options, plus the processor's own text options (transformers 5's names; 4.57's TextKwargs
+    lacks `return_text_replacement_offsets`)."""
+
+    return_mm_token_type_ids: bool | None
+    return_text_replacement_offsets: bool | None
+
+
+class HybridVLMProcessorKwargs(ProcessingKwargs, total=False):
+    """Per-call keyword arguments, flat or per modality (`text_kwargs`, `images_kwargs`, `videos_kwargs`), routed by
+    transformers' `ProcessorMixin._merge_kwargs`: a flat key goes to every modality that declares it (frame `size`,
+    normalisation ... reach images and video frames alike)."""
+
+    text_kwargs: HybridVLMTextKwargs
+    images_kwargs: HybridVLMImageProcessorKwargs
+    videos_kwargs: HybridVLMVideoProcessorKwargs
+    _defaults = {  # noqa: RUF012  (transformers reads this class attribute)
+        "text_kwargs": {"padding": False, "return_token_type_ids": False},  # 4.x tokenizers return token_type_ids
+        "videos_kwargs": {"return_metadata": False},  # video_metadata is no model input: only on request
     }
+
+
+# transformers reads the per-modality TypedDicts from `__annotations__`, which `from __future__ import annotations`
+# leaves as strings.
+HybridVLMProcessorKwargs.__annotations__.update(
+    text_kwargs=HybridVLMTextKwargs,
+    images_kwargs=HybridVLMImageProcessorKwargs,
+    videos_kwargs=HybridVLMVideoProcessorKwargs,
 )
-# Options the processor itself implements on top of the tokenizer (transformers 5's names).
-_PROCESSOR_TEXT_OPTIONS = frozenset({"return_text_replacement_offsets", "return_mm_token_type_ids"})
-# Accepted and ignored: apply_chat_template of either line may pass these; they mean nothing without audio/video.
+
+
+_TEXT_OPTIONS = ("return_mm_token_type_ids", "return_text_replacement_offsets")  # the processor's, not the tokenizer's
+# Accepted and ignored: apply_chat_template of either line may pass these; they mean nothing without audio.
 _IGNORED_KWARGS = frozenset(
     {
         "sanitize_control_tokens",
@@ -128,8 +142,8 @@ _IGNORED_KWARGS = frozenset(
         "load_audio_from_video",
     }
 )
-# Video-processor options that are also image-processor options: a flat keyword applies to both, as in transformers.
-_VIDEO_ONLY_OPTIONS = frozenset({"return_metadata"})
+# Nested per-modality dicts, as transformers processors accept them (`common_kwargs` is 4.x's shared dict).
+_NESTED_KWARGS = ("text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs", "common_kwargs")
 
 # Chat templates per layout: each family's turn format. Image/video blocks become one `<image>` / `<video>` each (the
 # processor lays them out); the assistant's words and end-of-turn token sit in {% generation %} for assistant-only loss.
@@ -158,12 +172,6 @@ def chat_template_for_layout(layout: str) -> str:
     return CHAT_TEMPLATES[canonical_layout(layout)]
 # mm_token_type_ids values (transformers 5's convention): 0 text, 1 image, 2 video.
 _MM_TYPE_IMAGE, _MM_TYPE_VIDEO = 1, 2
-# Hub/cache arguments of from_pretrained that the video processor's loader needs too.
-_HUB_KWARGS = frozenset(
-    {"cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies", "user_agent"}
-)
-# Nested per-modality dicts, as transformers processors accept them (`common_kwargs` is 4.x's shared dict).
-_NESTED_KWARGS = ("text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs", "common_kwargs")
 
 
 # Flat keys of processor configs saved before the token spec was nested -> the spec's field for each. The old
@@ -649,72 +657,51 @@ class HybridVLMProcessor(ProcessorMixin):
             output["text_replacement_offsets"] = replacement_offsets
         return output
 
-    def _image_kwarg_names(self) -> set[str]:
-        """Per-call options the image processor takes (its declared kwargs and saved parameters)."""
-        names = set(getattr(getattr(self.image_processor, "valid_kwargs", None), "__annotations__", {}))
-        names |= set(ImagesKwargs.__annotations__) | set(getattr(self.image_processor, "_param_names", ()))
-        return names - {"return_tensors"}
-
-    def _video_kwarg_names(self) -> set[str]:
-        """Per-call options the video processor takes (`video_layout` and the token spec are the processor's own)."""
-        names = set(getattr(getattr(self.video_processor, "valid_kwargs", None), "__annotations__", {}))
-        names |= set(getattr(self.video_processor, "_param_names", ())) | {"video_metadata", "return_metadata"}
-        return names - {"return_tensors", "visual_token_spec", "video_layout"}
+    def _call_kwarg_names(self) -> set[str]:
+        """Every keyword `__call__` routes: the modalities' declared options and the nested dict names."""
+        names = set(_NESTED_KWARGS)
+        for modality in ("text_kwargs", "images_kwargs", "videos_kwargs"):
+            names |= set(HybridVLMProcessorKwargs.__annotations__[modality].__annotations__)
+        return names
 
     def _split_kwargs(
         self, kwargs: dict[str, Any], explicit: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """Route flat and nested keyword arguments to the tokenizer, the image and video processors or the processor.
+        """Route flat and nested keyword arguments with transformers' `_merge_kwargs` (`HybridVLMProcessorKwargs`).
 
         Returns (tokenizer kwargs, image processor kwargs, processor options); the video processor's kwargs are in
-        `options["videos_kwargs"]`. A flat key both processors take goes to both (frame `size`, normalisation ...).
-        A key given both flat and nested with different values is an error, as in transformers' processors.
+        `options["videos_kwargs"]`. A key given both flat and nested with different values is an error.
         """
-        nested = {name: dict(kwargs.pop(name, None) or {}) for name in _NESTED_KWARGS}
-        if nested["audio_kwargs"]:
-            raise ValueError(f"{_NAME} does not take audio; got audio_kwargs={nested['audio_kwargs']}.")
-        image_keys = self._image_kwarg_names()
-        video_keys = self._video_kwarg_names()
-        options: dict[str, Any] = {name: False for name in _PROCESSOR_TEXT_OPTIONS}
-        options["return_tensors"] = None
-        text_kwargs: dict[str, Any] = {}
-        image_kwargs = {k: v for k, v in nested["images_kwargs"].items() if k != "return_tensors"}
-        video_kwargs = {k: v for k, v in nested["videos_kwargs"].items() if k != "return_tensors"}
-        nested_text = {**nested["common_kwargs"], **nested["text_kwargs"]}
-        for key, value in nested_text.items():
-            (options if key in options else text_kwargs)[key] = value
-
-        flat = {key: value for key, value in explicit.items() if value is not None}
-        flat.update(kwargs)
-        unknown = []
-        for key, value in flat.items():
-            if key in options or key in _TOKENIZER_KWARGS:
-                routes = [((options if key in options else text_kwargs), nested_text, "text_kwargs")]
-            else:
-                routes = []
-                if key in image_keys and key not in _VIDEO_ONLY_OPTIONS:
-                    routes.append((image_kwargs, nested["images_kwargs"], "images_kwargs"))
-                if key in video_keys:
-                    routes.append((video_kwargs, nested["videos_kwargs"], "videos_kwargs"))
-            if not routes:
-                if key not in _IGNORED_KWARGS:
-                    unknown.append(key)
-                continue
-            for target, source, name in routes:
-                if key in source and source[key] != value:
+        for key in _IGNORED_KWARGS:
+            kwargs.pop(key, None)
+        if kwargs.get("audio_kwargs"):
+            raise ValueError(f"{_NAME} does not take audio; got audio_kwargs={kwargs['audio_kwargs']}.")
+        kwargs.pop("audio_kwargs", None)
+        kwargs.update({key: value for key, value in explicit.items() if value is not None})
+        for name in _NESTED_KWARGS:
+            nested = dict(kwargs.get(name) or {})
+            for key in [k for k in nested if k in kwargs]:
+                if nested[key] != kwargs[key]:
                     raise TypeError(
                         f"{_NAME}: `{key}` was passed both as a keyword and in {name}, with different values."
                     )
-                target[key] = value
-        if unknown:
-            logger.warning_once(f"{_NAME}: ignoring unknown keyword argument(s) {sorted(unknown)}.")
-        # video_metadata (per-video frame indices, timestamps) is no model input: only on request.
+                del nested[key]  # the same value flat: the flat key reaches this modality anyway
+            if name in kwargs:
+                kwargs[name] = nested
+        # No tokenizer_init_kwargs: transformers would copy every init setting of the tokenizer whose name any
+        # modality declares into that modality (a 5.x tokenizer's `backend="tokenizers"` into the video `backend`).
+        merged = merge_processor_kwargs(self, HybridVLMProcessorKwargs, **kwargs)
+        text_kwargs, image_kwargs, video_kwargs = (
+            merged[name] for name in ("text_kwargs", "images_kwargs", "videos_kwargs")
+        )
+        options: dict[str, Any] = {"return_tensors": text_kwargs.pop("return_tensors", None)}
+        for name in _TEXT_OPTIONS:  # transformers 5 also keeps them flat in the merged dict
+            options[name] = bool(text_kwargs.pop(name, merged.get(name, False)))
+        text_kwargs.pop("sanitize_control_tokens", None)
+        for modality_kwargs in (image_kwargs, video_kwargs):
+            modality_kwargs.pop("return_tensors", None)
         options["return_metadata"] = bool(video_kwargs.pop("return_metadata", False))
         options["videos_kwargs"] = video_kwargs
-
-        text_kwargs.setdefault("padding", False)
-        # 4.x tokenizers also return token_type_ids; the model has no use for them.
-        text_kwargs.setdefault("return_token_type_ids", False)
         if text_kwargs.get("return_overflowing_tokens"):
             raise ValueError(
                 f"{_NAME}: return_overflowing_tokens would split prompts across rows and separate image tokens from "
@@ -930,8 +917,8 @@ class HybridVLMProcessor(ProcessorMixin):
         if routes_kwargs and tokenize:
             # 5.x routes unknown kwargs to __call__ anyway, but warns on every call (TRL's collator passes padding=).
             processor_kwargs = dict(kwargs.pop("processor_kwargs", None) or {})
-            known = _TOKENIZER_KWARGS | _PROCESSOR_TEXT_OPTIONS | self._image_kwarg_names() | set(_NESTED_KWARGS)
-            known |= self._video_kwarg_names()
+            # the parent's own parameters (return_tensors, ...) stay with it
+            known = self._call_kwarg_names() - set(inspect.signature(ProcessorMixin.apply_chat_template).parameters)
             for key in [k for k in kwargs if k in known]:
                 if key in processor_kwargs:
                     raise TypeError(f"{_NAME}: `{key}` was passed both as a keyword and in processor_kwargs.")
@@ -1210,4 +1197,4 @@ def _without_video_processor(cls: type) -> type:
     return processor_view_with_attributes(cls, names)
 
 
-__all__ = ["HybridVLMProcessor"]
+__all__ = ["HybridVLMProcessor", "HybridVLMProcessorKwargs"]
