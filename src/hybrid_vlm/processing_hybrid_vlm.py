@@ -54,24 +54,25 @@ from .compat import (
 )
 from .configuration_hybrid_vlm import HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor, HybridVLMImageProcessorKwargs
+from .multimodal_inputs import flatten_sample_images, flatten_sample_videos, has_frame_blocks, prepare_conversations
 from .projectors import build_projector  # noqa: F401
 from .qwen2vl_vision import Qwen2VLVisionEncoder  # noqa: F401  (configuration's imports, for 4.x remote code)
 from .remote_code import write_processor_remote_code, write_text_atomic
 from .ssm import SSMBlock  # noqa: F401
 from .token_counts import (
     IMAGE_LAYOUTS,
-    LAYOUT_MARKERS,
     MARKER_STYLES,
     VIDEO_LAYOUTS,
-    TokenLayout,
     VisualTokenSpec,
-    all_layout_segments,
     canonical_layout,
     count_image_tokens,
     count_layout_tokens,
     count_video_tokens,
     layout_pieces,
     layout_segments,
+    measure_token_layout,
+    single_token_id,
+    token_id_or_none,
     video_runs,
 )
 from .tokenization_utils import (
@@ -89,8 +90,6 @@ from .video_processing_hybrid_vlm import (
     VIDEO_PROCESSOR_FILE,
     HybridVLMVideoProcessor,
     HybridVLMVideoProcessorKwargs,
-    is_video,
-    make_video_list,
 )
 from .video_sampling import SAMPLING_RULES  # noqa: F401
 from .vision_encoders import VISION_FUSIONS  # noqa: F401  (configuration's imports, for 4.x remote code)
@@ -209,44 +208,6 @@ def _token_spec(spec: VisualTokenSpec | dict[str, Any] | None, flat: dict[str, A
     return dataclasses.replace(spec, **overrides) if overrides else spec
 
 
-def _is_single_image(item: Any) -> bool:
-    """What the image processor treats as one image (a 4-D array or tensor is a batch of them)."""
-    if isinstance(item, (np.ndarray, torch.Tensor)):
-        return item.ndim in (2, 3)
-    return not isinstance(item, (list, tuple))
-
-
-def _image_items(item: Any) -> list[Any]:
-    """One user-level item -> the images it contains (a 4-D array/tensor holds several)."""
-    if isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 4:
-        return list(item)
-    return [item]
-
-
-def _flatten_sample_images(images: Any, num_samples: int) -> tuple[list[Any], list[list[Any]] | None]:
-    """Flat list of images, and the per-sample lists when `images` was nested (one list per text)."""
-    if images is None:
-        return [], None
-    if _is_single_image(images) or isinstance(images, (np.ndarray, torch.Tensor)):
-        return _image_items(images), None
-    items = list(images)
-    nested = [isinstance(item, (list, tuple)) for item in items]
-    if any(nested) and not all(nested):
-        raise ValueError(
-            f"{_NAME}: `images` mixes single images and lists. Pass either a flat list of images or one list of "
-            "images per text sample (use [] for a sample without images)."
-        )
-    if items and all(nested):
-        if len(items) != num_samples:
-            raise ValueError(
-                f"{_NAME}: `images` holds {len(items)} per-sample image lists but there are {num_samples} text "
-                "sample(s). Pass one list per text (use [] for a sample without images)."
-            )
-        per_sample = [[image for item in sample for image in _image_items(item)] for sample in items]
-        return [image for sample in per_sample for image in sample], per_sample
-    return [image for item in items for image in _image_items(item)], None
-
-
 def _map_offsets_to_input(
     offsets: Sequence[Sequence[int]], replacements: list[dict[str, Any]]
 ) -> list[tuple[int, int]]:
@@ -337,7 +298,7 @@ class HybridVLMProcessor(ProcessorMixin):
         if kwargs:
             raise TypeError(f"{_NAME}.__init__ got unexpected keyword argument(s) {sorted(kwargs)}.")
         self.visual_token_spec = spec
-        self.image_token_id = _token_id_or_none(tokenizer, image_token)
+        self.image_token_id = token_id_or_none(tokenizer, image_token)
         if self.image_token_id is None:
             raise ValueError(
                 f"{_NAME}: the tokenizer does not know the image token {image_token!r}. Add it as a special token "
@@ -354,10 +315,10 @@ class HybridVLMProcessor(ProcessorMixin):
         if layout_markers not in MARKER_STYLES:
             raise ValueError(f"{_NAME}: unknown layout_markers {layout_markers!r}; use one of {list(MARKER_STYLES)}.")
         # Checked when a video is processed: an image-only tokenizer without a video token must still work for images.
-        self.video_token_id = _token_id_or_none(tokenizer, video_token)
+        self.video_token_id = token_id_or_none(tokenizer, video_token)
         # Layouts are explicit choices: their markers must exist now, not at the first image or video.
-        self._image_token_layout = _measure_layout(tokenizer, image_layout, "image", layout_markers, image_token)
-        self._video_token_layout = _measure_layout(
+        self._image_token_layout = measure_token_layout(tokenizer, image_layout, "image", layout_markers, image_token)
+        self._video_token_layout = measure_token_layout(
             tokenizer, video_layout, "video", layout_markers, video_token if self.video_token_id is not None else None
         )
         self.image_token, self.video_token = image_token, video_token
@@ -611,7 +572,7 @@ class HybridVLMProcessor(ProcessorMixin):
             raise ValueError(f"{_NAME} needs text (and optionally images).")
         texts = self._text_batch(text)
         video_inputs, video_replacements = self._process_videos(texts, videos, options["videos_kwargs"])
-        flat_images, per_sample = _flatten_sample_images(images, len(texts))
+        flat_images, per_sample = flatten_sample_images(images, len(texts))
         placeholder_counts = [sample.count(self.image_token) for sample in texts]
         self._check_placeholders(placeholder_counts, flat_images, per_sample)
 
@@ -870,7 +831,7 @@ class HybridVLMProcessor(ProcessorMixin):
         counts = [sample.count(self.video_token) for sample in texts]
         if videos is None and not any(counts):
             return {}, []
-        flat, per_sample = _flatten_sample_videos(videos, len(texts))
+        flat, per_sample = flatten_sample_videos(videos, len(texts))
         self._check_placeholders(counts, flat, per_sample, kind="video")
         if not flat:
             return {}, []
@@ -879,7 +840,7 @@ class HybridVLMProcessor(ProcessorMixin):
                 f"{_NAME}: the tokenizer does not know the video token {self.video_token!r}. Add it as a special token "
                 "(tokenizer.add_special_tokens), resize the model's embeddings and set config.video_token_id."
             )
-        _single_token_id(self.tokenizer, self.video_token, "the video token")
+        single_token_id(self.tokenizer, self.video_token, "the video token")
         kwargs = dict(video_kwargs)
         # The video processor needs the token spec and the layout to turn a max_visual_tokens budget into frames.
         kwargs.update(
@@ -909,9 +870,9 @@ class HybridVLMProcessor(ProcessorMixin):
         videos = kwargs.pop("videos", None)
         tokenize = bool(kwargs.get("tokenize", False))
         routes_kwargs = CHAT_TEMPLATE_TAKES_PROCESSOR_KWARGS
-        frames = _has_frame_blocks(conversation)
+        frames = has_frame_blocks(conversation)
         if images is not None or videos is not None or (tokenize and not routes_kwargs) or frames:
-            conversation = _prepare_conversations(
+            conversation = prepare_conversations(
                 conversation, images, blocks_for_strings=not routes_kwargs, videos=videos
             )
         if routes_kwargs and tokenize:
@@ -990,199 +951,9 @@ def _nest_auto_map(processor_config: Path) -> None:
         write_text_atomic(processor_config, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _copy_conversation(conversation: list[dict[str, Any]], blocks_for_strings: bool) -> list[dict[str, Any]]:
-    """Copies of the messages (the caller's dicts are never modified); optionally string content -> a text block."""
-    copied = []
-    for message in conversation:
-        message = dict(message)
-        content = message.get("content")
-        if isinstance(content, str) and blocks_for_strings:
-            message["content"] = [{"type": "text", "text": content}]
-        elif isinstance(content, (list, tuple)):
-            message["content"] = [_frames_block(block) if isinstance(block, dict) else block for block in content]
-        copied.append(message)
-    return copied
-
-
-def _frames_block(block: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a content block; a video block given as ``"frames"`` (images or image paths, in order) becomes one
-    whose ``"video"`` is that list of frames (transformers' loaders know no ``frames`` key)."""
-    block = dict(block)
-    if block.get("type") != "video" or "frames" not in block:
-        return block
-    if any(key in block for key in ("video", "url", "path")):
-        raise ValueError(f'{_NAME}: a video block has both "frames" and a video source; give one of them.')
-    frames = block.pop("frames")
-    if isinstance(frames, (str, os.PathLike)) or not isinstance(frames, (list, tuple)) or not frames:
-        raise ValueError(f'{_NAME}: a video block\'s "frames" must be a non-empty list of images or image paths.')
-    loaded = []
-    for frame in frames:
-        if isinstance(frame, (str, os.PathLike)):
-            from PIL import Image
-
-            with Image.open(frame) as opened:
-                frame = opened.convert("RGB")
-        loaded.append(frame)
-    block["video"] = loaded
-    return block
-
-
-def _has_frame_blocks(conversation: Any) -> bool:
-    """Whether any message (of one conversation or a batch) has a video block given as ``"frames"``."""
-    stack = [conversation]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if item.get("type") == "video" and "frames" in item:
-                return True
-            content = item.get("content")
-            if isinstance(content, (list, tuple)):
-                stack.extend(content)
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return False
-
-
-def _prepare_conversations(conversation: Any, images: Any, blocks_for_strings: bool, videos: Any = None) -> Any:
-    """Put separately given images (videos) into the image (video) blocks that carry none; keep the batch shape."""
-    is_batched = (
-        isinstance(conversation, (list, tuple))
-        and bool(conversation)
-        and (isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "content"))
-    )
-    conversations = [
-        _copy_conversation(c, blocks_for_strings) for c in (conversation if is_batched else [conversation])
-    ]
-    if images is not None:
-        bare = [
-            [
-                block
-                for message in conv
-                for block in (message.get("content") if isinstance(message.get("content"), list) else [])
-                if isinstance(block, dict)
-                and block.get("type") == "image"
-                and not any(key in block for key in ("image", "url", "path", "base64"))
-            ]
-            for conv in conversations
-        ]
-        flat, per_conversation = _flatten_sample_images(images, len(conversations))
-        groups = per_conversation if per_conversation is not None else [flat]
-        targets = bare if per_conversation is not None else [[b for blocks in bare for b in blocks]]
-        for index, (blocks, given) in enumerate(zip(targets, groups)):
-            if len(blocks) != len(given):
-                where = f"conversation {index}" if per_conversation is not None else "the conversation(s)"
-                raise ValueError(
-                    f"{_NAME}: {where} has {len(blocks)} image block(s) without image data but {len(given)} image(s) "
-                    'were passed with images=. Give one image per {"type": "image"} block.'
-                )
-            for block, image in zip(blocks, given):
-                block["image"] = image
-    if videos is not None:
-        bare = [
-            [
-                block
-                for message in conv
-                for block in (message.get("content") if isinstance(message.get("content"), list) else [])
-                if isinstance(block, dict)
-                and block.get("type") == "video"
-                and not any(key in block for key in ("video", "url", "path"))
-            ]
-            for conv in conversations
-        ]
-        flat, per_conversation = _flatten_sample_videos(videos, len(conversations))
-        groups = per_conversation if per_conversation is not None else [flat]
-        targets = bare if per_conversation is not None else [[b for blocks in bare for b in blocks]]
-        for index, (blocks, given) in enumerate(zip(targets, groups)):
-            if len(blocks) != len(given):
-                where = f"conversation {index}" if per_conversation is not None else "the conversation(s)"
-                raise ValueError(
-                    f"{_NAME}: {where} has {len(blocks)} video block(s) without video data but {len(given)} video(s) "
-                    'were passed with videos=. Give one video per {"type": "video"} block.'
-                )
-            for block, video in zip(blocks, given):
-                block["video"] = video
-    return conversations if is_batched else conversations[0]
-
-
-def _flatten_sample_videos(videos: Any, num_samples: int) -> tuple[list[Any], list[list[Any]] | None]:
-    """Flat list of videos, and the per-sample lists when `videos` was nested (one list of videos per text).
-
-    A list of frames is one video, not a sample: a nested list is per-sample only when its items are lists of videos.
-    """
-    if videos is None:
-        return [], None
-    if not isinstance(videos, (list, tuple)) or is_video(videos):
-        return make_video_list(videos), None
-    items = list(videos)
-    if items and all(isinstance(item, (list, tuple)) and not is_video(item) for item in items):
-        if len(items) != num_samples:
-            raise ValueError(
-                f"{_NAME}: `videos` holds {len(items)} per-sample video lists but there are {num_samples} text "
-                "sample(s). Pass one list per text (use [] for a sample without videos)."
-            )
-        per_sample = [make_video_list(sample) if sample else [] for sample in items]
-        return [video for sample in per_sample for video in sample], per_sample
-    return make_video_list(items), None
-
-
 def _render(pieces: Sequence[str | int], placeholder: str) -> str:
     """Layout pieces -> text: a run of n placeholder tokens is the placeholder n times."""
     return "".join(piece if isinstance(piece, str) else placeholder * piece for piece in pieces)
-
-
-def _measure_layout(tokenizer: Any, layout: str, kind: str, markers: str, placeholder: str | None) -> TokenLayout:
-    """The layout with the token cost of each of its text segments measured where it sits, next to placeholder
-    tokens (the tokenizer splits text at special tokens, so that is exactly what the expansion costs on its own).
-
-    With `markers="special"` (and always for qwen2vl, whose markers every Qwen2-VL tokenizer has) each marker must be
-    one token of the tokenizer.
-    """
-    name = canonical_layout(layout)
-    if name == "longllava-chat" and markers != "text":
-        raise ValueError(
-            f"{_NAME}: the 'longllava-chat' video layout reproduces LongLLaVA's chat prompt, whose markers are plain "
-            "text (and one of them, '</img', is cut short); use it with layout_markers='text', or use the "
-            "'longllava' layout for special-token markers."
-        )
-    if markers == "special" or name == "qwen2vl":
-        for marker in LAYOUT_MARKERS[name]:
-            try:
-                _single_token_id(tokenizer, marker, f"a marker of the {name!r} {kind} layout")
-            except ValueError as error:
-                hint = ""
-                if name == "longllava":
-                    hint = " (A converted LongLLaVA checkpoint, whose markers were plain text: layout_markers='text'.)"
-                raise ValueError(f"{error}{hint}") from None
-    if placeholder is None:  # no placeholder token to measure against: videos are refused later anyway
-        return TokenLayout(name, markers)
-    costs: dict[str, int] = {}
-    for segments in all_layout_segments(name, kind):
-        for segment, text in zip(segments, ("{s}{p}", "{p}{s}{p}", "{p}{s}")):
-            if segment and segment not in costs:
-                probe = text.format(s=segment, p=placeholder)
-                costs[segment] = len(tokenizer.encode(probe, add_special_tokens=False)) - probe.count(placeholder)
-    return TokenLayout(name, markers, tuple(costs.items()))
-
-
-def _token_id_or_none(tokenizer: Any, token: str) -> int | None:
-    """The id of `token`, or None when the tokenizer does not know it."""
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    if token_id is None or token_id == tokenizer.unk_token_id:
-        return None
-    return int(token_id)
-
-
-def _single_token_id(tokenizer: Any, token: str, role: str) -> int:
-    """The id of `token`, which must be one never-split token of the tokenizer (a special token)."""
-    token_id = _token_id_or_none(tokenizer, token)
-    if token_id is None:
-        raise ValueError(
-            f"{_NAME}: the tokenizer does not know {token!r} ({role}). Add it as a special token "
-            "(tokenizer.add_special_tokens) and resize the model's embeddings."
-        )
-    if tokenizer.encode(token, add_special_tokens=False) != [token_id]:
-        raise ValueError(f"{_NAME}: the tokenizer splits {token!r} ({role}) into several tokens; make it special.")
-    return token_id
 
 
 def _sub_processor_names(cls: type) -> list[str]:

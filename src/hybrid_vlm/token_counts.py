@@ -429,6 +429,68 @@ def _marker_tokens(layout: TokenLayout, kind: str, num_runs: int) -> int:
                if segment and times)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Layouts against a tokenizer: what each marker segment costs, and the single-token checks.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def measure_token_layout(tokenizer: Any, layout: str, kind: str, markers: str, placeholder: str | None) -> TokenLayout:
+    """The layout with the token cost of each of its text segments measured where it sits, next to placeholder
+    tokens (the tokenizer splits text at special tokens, so that is exactly what the expansion costs on its own).
+
+    With `markers="special"` (and always for qwen2vl, whose markers every Qwen2-VL tokenizer has) each marker must be
+    one token of the tokenizer.
+    """
+    name = canonical_layout(layout)
+    if name == "longllava-chat" and markers != "text":
+        raise ValueError(
+            "HybridVLMProcessor: the 'longllava-chat' video layout reproduces LongLLaVA's chat prompt, whose markers "
+            "are plain text (and one of them, '</img', is cut short); use it with layout_markers='text', or use the "
+            "'longllava' layout for special-token markers."
+        )
+    if markers == "special" or name == "qwen2vl":
+        for marker in LAYOUT_MARKERS[name]:
+            try:
+                single_token_id(tokenizer, marker, f"a marker of the {name!r} {kind} layout")
+            except ValueError as error:
+                hint = ""
+                if name == "longllava":
+                    hint = " (A converted LongLLaVA checkpoint, whose markers were plain text: layout_markers='text'.)"
+                raise ValueError(f"{error}{hint}") from None
+    if placeholder is None:  # no placeholder token to measure against: videos are refused later anyway
+        return TokenLayout(name, markers)
+    costs: dict[str, int] = {}
+    for segments in all_layout_segments(name, kind):
+        for segment, text in zip(segments, ("{s}{p}", "{p}{s}{p}", "{p}{s}")):
+            if segment and segment not in costs:
+                probe = text.format(s=segment, p=placeholder)
+                costs[segment] = len(tokenizer.encode(probe, add_special_tokens=False)) - probe.count(placeholder)
+    return TokenLayout(name, markers, tuple(costs.items()))
+
+
+def token_id_or_none(tokenizer: Any, token: str) -> int | None:
+    """The id of `token`, or None when the tokenizer does not know it."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        return None
+    return int(token_id)
+
+
+def single_token_id(tokenizer: Any, token: str, role: str) -> int:
+    """The id of `token`, which must be one never-split token of the tokenizer (a special token)."""
+    token_id = token_id_or_none(tokenizer, token)
+    if token_id is None:
+        raise ValueError(
+            f"HybridVLMProcessor: the tokenizer does not know {token!r} ({role}). Add it as a special token "
+            "(tokenizer.add_special_tokens) and resize the model's embeddings."
+        )
+    if tokenizer.encode(token, add_special_tokens=False) != [token_id]:
+        raise ValueError(
+            f"HybridVLMProcessor: the tokenizer splits {token!r} ({role}) into several tokens; make it special."
+        )
+    return token_id
+
+
 def capped_feature_size(height: int, width: int, max_tiles: int | None, view_tokens: int) -> tuple[int, int]:
     """LLaVA-OneVision's anyres_max_N cap of an un-padded (height, width) tile feature map.
 
