@@ -25,7 +25,6 @@ cost of every marker segment is then measured with the tokenizer, so counts with
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import functools
 import inspect
@@ -56,6 +55,7 @@ from .configuration_hybrid_vlm import HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor, HybridVLMImageProcessorKwargs
 from .multimodal_inputs import flatten_sample_images, flatten_sample_videos, has_frame_blocks, prepare_conversations
 from .projectors import build_projector  # noqa: F401
+from .prompt_expansion import expand_placeholders, map_offsets_to_input, render
 from .qwen2vl_vision import Qwen2VLVisionEncoder  # noqa: F401  (configuration's imports, for 4.x remote code)
 from .remote_code import write_processor_remote_code, write_text_atomic
 from .ssm import SSMBlock  # noqa: F401
@@ -69,7 +69,6 @@ from .token_counts import (
     count_layout_tokens,
     count_video_tokens,
     layout_pieces,
-    layout_segments,
     measure_token_layout,
     single_token_id,
     token_id_or_none,
@@ -206,39 +205,6 @@ def _token_spec(spec: VisualTokenSpec | dict[str, Any] | None, flat: dict[str, A
         return VisualTokenSpec(**overrides)
     spec = VisualTokenSpec.from_dict(spec)
     return dataclasses.replace(spec, **overrides) if overrides else spec
-
-
-def _map_offsets_to_input(
-    offsets: Sequence[Sequence[int]], replacements: list[dict[str, Any]]
-) -> list[tuple[int, int]]:
-    """Token offsets into the expanded text -> offsets into the caller's text.
-
-    Every token of an expanded placeholder maps to the placeholder's own span; other positions shift back by the
-    characters the expansions before them added. Zero-width tokens (padding, added specials) stay zero-width.
-    """
-    if not replacements:
-        return [(int(s), int(e)) for s, e in offsets]
-    new_starts = [r["new_span"][0] for r in replacements]
-    new_ends = [r["new_span"][1] for r in replacements]
-    gained = [0]
-    for r in replacements:
-        gained.append(gained[-1] + (r["new_span"][1] - r["new_span"][0]) - (r["span"][1] - r["span"][0]))
-
-    def position(pos: int, is_end: bool) -> int:
-        char = pos - 1 if is_end else pos  # the character a start points at, or an end follows
-        k = bisect.bisect_right(new_starts, char) - 1
-        if k >= 0 and char < new_ends[k]:
-            return replacements[k]["span"][1 if is_end else 0]
-        return pos - gained[bisect.bisect_right(new_ends, pos)]
-
-    mapped = []
-    for start, end in offsets:
-        start, end = int(start), int(end)
-        if start == end:
-            mapped.append((position(start, False),) * 2)
-        else:
-            mapped.append((position(start, False), position(end, True)))
-    return mapped
 
 
 class HybridVLMProcessor(ProcessorMixin):
@@ -458,7 +424,7 @@ class HybridVLMProcessor(ProcessorMixin):
             grid = image_inputs["image_grids"][image_idx]
             image_size = image_inputs["image_sizes"][image_idx]
         runs = self._image_runs(image_size, grid, tile_size)
-        return _render(layout_pieces(self._image_token_layout, "image", runs), self.image_token)
+        return render(layout_pieces(self._image_token_layout, "image", runs), self.image_token)
 
     def num_video_tokens(self, num_frames: int, height: int, width: int, include_markers: bool = True) -> int:
         """Tokens of one video of `num_frames` frames of `height` x `width` pixels as fed to the encoder.
@@ -479,7 +445,7 @@ class HybridVLMProcessor(ProcessorMixin):
         num_frames, _, height, width = video_inputs["pixel_values_videos"][video_idx].shape
         runs = video_runs(self.visual_token_spec, int(num_frames), int(height), int(width))
         pieces = layout_pieces(self._video_token_layout, "video", runs)
-        return _render(pieces, self.video_token)
+        return render(pieces, self.video_token)
 
     def _anyres_layout(self, height: int, width: int, image_processor: Any = None, **overrides: Any) -> Any:
         """The image processor's AnyRes grid for an image of this size (with per-call `overrides` such as
@@ -581,7 +547,13 @@ class HybridVLMProcessor(ProcessorMixin):
         if flat_images:
             image_inputs = dict(self.image_processor(flat_images, **image_kwargs))
             replacements = [self.replace_image_token(image_inputs, i) for i in range(len(flat_images))]
-        expanded, replacement_offsets = self._expand_placeholders(texts, replacements, video_replacements)
+        expanded, replacement_offsets = expand_placeholders(
+            texts,
+            [
+                (self.image_token, "image", replacements, self._image_token_layout),
+                (self.video_token, "video", video_replacements, self._video_token_layout),
+            ],
+        )
 
         want_offsets = bool(text_kwargs.get("return_offsets_mapping"))
         text_kwargs = self._no_second_bos(texts, text_kwargs)
@@ -594,7 +566,7 @@ class HybridVLMProcessor(ProcessorMixin):
         data: dict[str, Any] = dict(encoding)
         if want_offsets and not options["return_text_replacement_offsets"]:
             data["offset_mapping"] = [
-                _map_offsets_to_input(offsets, replacement_offsets[i])
+                map_offsets_to_input(offsets, replacement_offsets[i])
                 for i, offsets in enumerate(encoding["offset_mapping"])
             ]
         if options["return_mm_token_type_ids"]:
@@ -728,65 +700,6 @@ class HybridVLMProcessor(ProcessorMixin):
         raise ValueError(
             f"{_NAME}: the text has {total} {token} placeholder(s) (per sample: {counts}) but {given}. {hint}"
         )
-
-    def _expand_placeholders(
-        self, texts: list[str], replacements: list[str], video_replacements: Sequence[str] = ()
-    ) -> tuple[list[str], list[list[dict[str, Any]]]]:
-        """Replace the i-th image (video) placeholder of the batch by `replacements[i]` (`video_replacements[i]`) in
-        one pass over each text; record where (5.x offset format), so offsets map back to the caller's text."""
-        kinds = [
-            (token, kind, iter(pending))
-            for token, kind, pending in (
-                (self.image_token, "image", replacements),
-                (self.video_token, "video", video_replacements),
-            )
-            if pending
-        ]
-        expanded: list[str] = []
-        all_offsets: list[list[dict[str, Any]]] = []
-        for sample in texts:
-            pieces: list[str] = []
-            offsets: list[dict[str, Any]] = []
-            last = new_length = 0
-            next_at = [sample.find(token) for token, _, _ in kinds]
-            while any(at != -1 for at in next_at):
-                start, which = min((at, k) for k, at in enumerate(next_at) if at != -1)
-                token, kind, pending = kinds[which]
-                end = start + len(token)
-                replacement = self._unwrapped(next(pending), sample, start, end, kind)
-                pieces.append(sample[last:start])
-                new_start = new_length + (start - last)
-                offsets.append(
-                    {
-                        "type": kind,
-                        "span": (start, end),
-                        "new_span": (new_start, new_start + len(replacement)),
-                        "text": token,
-                        "replacement": replacement,
-                    }
-                )
-                pieces.append(replacement)
-                new_length = new_start + len(replacement)
-                last = end
-                next_at = [sample.find(t, end) if at != -1 else -1 for (t, _, _), at in zip(kinds, next_at)]
-            pieces.append(sample[last:])
-            expanded.append("".join(pieces))
-            all_offsets.append(offsets)
-        return expanded, all_offsets
-
-    def _unwrapped(self, replacement: str, sample: str, start: int, end: int, kind: str) -> str:
-        """In the qwen2vl layout, a placeholder the prompt already wraps in `<|vision_start|>`/`<|vision_end|>`
-        (Qwen2-VL's own templates write `<|vision_start|><|image_pad|><|vision_end|>`) gets the expansion without those
-        markers, not twice."""
-        layout = self._image_token_layout if kind == "image" else self._video_token_layout
-        if layout.name != "qwen2vl":
-            return replacement
-        first, _, last = layout_segments(layout, kind)
-        if not (replacement.startswith(first) and replacement.endswith(last)):
-            return replacement
-        if sample.endswith(first, 0, start) and sample.startswith(last, end):
-            return replacement[len(first) : len(replacement) - len(last)]
-        return replacement
 
     def _check_visual_tokens(
         self,
@@ -949,11 +862,6 @@ def _nest_auto_map(processor_config: Path) -> None:
             changed = True
     if changed:
         write_text_atomic(processor_config, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _render(pieces: Sequence[str | int], placeholder: str) -> str:
-    """Layout pieces -> text: a run of n placeholder tokens is the placeholder n times."""
-    return "".join(piece if isinstance(piece, str) else placeholder * piece for piece in pieces)
 
 
 def _sub_processor_names(cls: type) -> list[str]:
