@@ -1,26 +1,10 @@
-"""HybridVLMProcessor: tokenizer + image processor, with `<image>` placeholders expanded to the model's token count.
+"""HybridVLMProcessor: tokenizer, image and video processors, with every `<image>` / `<video>` placeholder expanded to
+the tokens the model fills with its features.
 
-The number of tokens an image becomes comes from `token_counts.count_image_tokens`, the same function the model uses
-to check its features, so processor and model cannot disagree. Truncation that would cut into visual
-tokens is an error here, with the numbers, instead of a shape mismatch deep inside the model.
-
-One class serves transformers 4.57 and 5.x. The two `ProcessorMixin`s differ in how they find the sub-processors
-(4.x: the `attributes` list and `*_class` names; 5.x: the parameter names of `__init__`) and in how they save
-(4.x: `preprocessor_config.json` next to `processor_config.json`; 5.x: one nested `processor_config.json`);
-`save_pretrained` writes a folder with both, and tokenizer files both lines read.
-
-Videos: `videos=` go to `HybridVLMVideoProcessor` (decoding by seeking, frame sampling; `num_frames`, `fps`, ... route
-there) and each `<video>` placeholder becomes the frames' tokens.
-
-Layouts (`image_layout`, `video_layout`, saved with the processor; docs/layouts.md): `"llava"` (plain runs of
-placeholder tokens; `"plain"` is the video layout's older name), `"longllava"` (`<img>...</img>`, AnyRes as the global
-view then tile rows separated by `\n`; videos `<vid>`, `<img>...</img>` per frame separated by `<t>`, `</vid>`) and
-`"qwen2vl"` (`<|vision_start|>...<|vision_end|>`), plus the video-only `"longllava-chat"` (LongLLaVA's chat code's
-video prompt byte for byte, for converted checkpoints). `token_counts.layout_pieces` says what each expansion is made
-of; every visual feature is one placeholder token (`image_token_id` / `video_token_id`), which the model fills in order;
-the markers are ordinary tokens to it. `layout_markers="special"` wants every marker to be one token of the tokenizer
-(new models); `"text"` lets the tokenizer split them, as LongLLaVA's reference code did (converted checkpoints): the
-cost of every marker segment is then measured with the tokenizer, so counts with markers stay exact.
+The counts come from the processor's `VisualTokenSpec` (`token_counts`, `anyres`), the functions the model checks its
+features against, so processor and model cannot disagree; truncation that would cut visual tokens is an error here.
+How an expansion is laid out (`image_layout`, `video_layout`, `layout_markers`) is docs/layouts.md. One class serves
+transformers 4.57 and 5.x, whose `ProcessorMixin`s find, save and load sub-processors differently (see compat).
 """
 
 from __future__ import annotations
@@ -98,6 +82,7 @@ logger = logging.get_logger(__name__)
 _NAME = "HybridVLMProcessor"
 _IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 
+
 class HybridVLMTextKwargs(TextKwargs, total=False):
     """The tokenizer's options, plus the processor's own text options (transformers 5's names; 4.57's TextKwargs
     lacks `return_text_replacement_offsets`)."""
@@ -168,6 +153,8 @@ CHAT_TEMPLATES: dict[str, str] = {
 def chat_template_for_layout(layout: str) -> str:
     """The chat template of a layout's model family (`chat_template="longllava"` etc. picks it in the processor)."""
     return CHAT_TEMPLATES[canonical_layout(layout)]
+
+
 # mm_token_type_ids values (transformers 5's convention): 0 text, 1 image, 2 video.
 _MM_TYPE_IMAGE, _MM_TYPE_VIDEO = 1, 2
 
@@ -221,15 +208,15 @@ class HybridVLMProcessor(ProcessorMixin):
         tokenizer: a tokenizer that has `image_token` as a single, never-split token.
         video_processor: a [`HybridVLMVideoProcessor`]; `None` builds one whose frames get the image processor's
             resize and normalisation.
-        patch_size: the vision encoder's patch size.
-        num_prefix_tokens: tokens the encoder emits before its patch grid (CLS, registers).
-        vision_feature_select_strategy: `"default"` (patch tokens only) or `"full"`, as in the model config.
-        image_token: the placeholder string for one image in prompts.
+        visual_token_spec: what the token counts depend on ([`VisualTokenSpec`] or its dict), the model's
+            `VisualTokenSpec.from_config(config)`; the flat names of older saved folders (`patch_size`,
+            `num_prefix_tokens`, `vision_pooled_grid`, ...: `LEGACY_SPEC_KEYS`) are accepted and override its fields.
+        image_token: the placeholder string for one image in prompts; also the token every image feature occupies.
         video_token: the placeholder string for one video in prompts; also the token every video feature occupies.
-        video_layout: how a video's frames are laid out, `"plain"` or `"longllava"` (see the module docstring).
-        chat_template: Jinja chat template; defaults to the tokenizer's.
+        image_layout, video_layout, layout_markers: how expansions are laid out (docs/layouts.md).
+        chat_template: Jinja chat template, or a layout's name for its family's; defaults to the tokenizer's.
 
-    Use [`HybridVLMProcessor.from_model_config`] to fill the token-count settings from a model config.
+    Use [`HybridVLMProcessor.from_model_config`] to take the token spec from a model config.
     """
 
     # transformers 4.x finds sub-processors through these; 5.x reads `__init__`'s parameters and warns about
