@@ -135,3 +135,21 @@ def test_processing_kwargs_route_flat_and_nested_keywords_on_every_line():
     one = processor(text="<image><video>", images=[image], videos=[frames], images_kwargs={"do_rescale": False},
                     return_tensors="np")
     assert one["pixel_values"].max() > 100 and one["pixel_values_videos"].max() < 5
+
+
+def test_every_spec_field_round_trips_without_the_processor_naming_it(tmp_path):
+    """The processor saves and loads the spec as a whole: a field (a new token rule) needs no processor code."""
+    spec = VisualTokenSpec(
+        patch_size=14, num_prefix_tokens=1, vision_feature_select_strategy="full", pooled_grid=2,
+        projector_conv=(2, 1), num_maps=2, image_newline=True, anyres_unpad=False, anyres_merge="flat",
+        anyres_max_feature_tiles=3, video_pool_stride=2, video_newline=True, video_temporal_patch=2,
+    )
+    defaults = [f for f in dataclasses.fields(VisualTokenSpec) if f.default is not dataclasses.MISSING]
+    assert all(getattr(spec, f.name) != f.default for f in defaults)  # every field off its default
+    expected, _ = expected_processor("conv")
+    processor = HybridVLMProcessor(expected.image_processor, expected.tokenizer, visual_token_spec=spec)
+    processor.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "processor_config.json").read_text(encoding="utf-8"))["visual_token_spec"] == {
+        **dataclasses.asdict(spec), "projector_conv": [2, 1]
+    }
+    assert HybridVLMProcessor.from_pretrained(tmp_path).visual_token_spec == spec

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel, ProcessorMixin
 from transformers.generation import utils as _generation_utils
 from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.processing_utils import ProcessingKwargs
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 TRANSFORMERS_VERSION: str = transformers.__version__
@@ -601,8 +602,6 @@ assumed list-of-blocks message contents when tokenizing, so strings are turned i
 def _merge_keeps_flat_beside_nested() -> bool:
     """Whether `ProcessorMixin._merge_kwargs` still routes a flat keyword when a nested per-modality dict is given too
     (5.x); 4.x then takes the nested dicts only and drops every flat keyword silently."""
-    from transformers.processing_utils import ProcessingKwargs
-
     probe = object.__new__(ProcessorMixin)  # _merge_kwargs reads no processor state without tokenizer kwargs
     merged = probe._merge_kwargs(ProcessingKwargs, text_kwargs={"padding": True}, max_length=3)
     return merged["text_kwargs"].get("max_length") == 3

@@ -39,7 +39,13 @@ from .configuration_hybrid_vlm import HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor, HybridVLMImageProcessorKwargs
 from .multimodal_inputs import flatten_sample_images, flatten_sample_videos, has_frame_blocks, prepare_conversations
 from .projectors import build_projector  # noqa: F401
-from .prompt_expansion import expand_placeholders, map_offsets_to_input, render
+from .prompt_expansion import (
+    check_placeholders,
+    check_visual_tokens_kept,
+    expand_placeholders,
+    map_offsets_to_input,
+    render,
+)
 from .qwen2vl_vision import Qwen2VLVisionEncoder  # noqa: F401  (configuration's imports, for 4.x remote code)
 from .remote_code import write_processor_remote_code, write_text_atomic
 from .ssm import SSMBlock  # noqa: F401
@@ -527,7 +533,7 @@ class HybridVLMProcessor(ProcessorMixin):
         video_inputs, video_replacements = self._process_videos(texts, videos, options["videos_kwargs"])
         flat_images, per_sample = flatten_sample_images(images, len(texts))
         placeholder_counts = [sample.count(self.image_token) for sample in texts]
-        self._check_placeholders(placeholder_counts, flat_images, per_sample)
+        check_placeholders(placeholder_counts, flat_images, per_sample, self.image_token, "image")
 
         image_inputs: dict[str, Any] = {}
         replacements: list[str] = []
@@ -546,9 +552,11 @@ class HybridVLMProcessor(ProcessorMixin):
         text_kwargs = self._no_second_bos(texts, text_kwargs)
         encoding = self.tokenizer(expanded, **text_kwargs)
         input_ids = [list(row) for row in encoding["input_ids"]]
-        self._check_visual_tokens(input_ids, expanded, texts, text_kwargs)
+        check_visual_tokens_kept(self.tokenizer, input_ids, expanded, texts, text_kwargs, self.image_token, "image")
         if video_replacements:
-            self._check_visual_tokens(input_ids, expanded, texts, text_kwargs, kind="video")
+            check_visual_tokens_kept(
+                self.tokenizer, input_ids, expanded, texts, text_kwargs, self.video_token, "video"
+            )
 
         data: dict[str, Any] = dict(encoding)
         if want_offsets and not options["return_text_replacement_offsets"]:
@@ -658,72 +666,6 @@ class HybridVLMProcessor(ProcessorMixin):
             return list(text)
         raise TypeError(f"{_NAME}: text must be a string or a list of strings, got {type(text).__name__}.")
 
-    def _check_placeholders(
-        self, counts: list[int], flat_items: list[Any], per_sample: list[list[Any]] | None, kind: str = "image"
-    ) -> None:
-        """One placeholder per image (video), per sample when the items came per sample, else in total."""
-        token = self.image_token if kind == "image" else self.video_token
-        hint = (
-            f"Put one {token} in the text where each {kind} goes (apply_chat_template does this for "
-            f'{{"type": "{kind}"}} blocks), or pass exactly the {kind}s the text refers to.'
-        )
-        if per_sample is not None:
-            for index, (count, sample_items) in enumerate(zip(counts, per_sample)):
-                if count != len(sample_items):
-                    raise ValueError(
-                        f"{_NAME}: sample {index} has {count} {token} placeholder(s) in its text but "
-                        f"{len(sample_items)} {kind}(s) were given for it. {hint}"
-                    )
-            return
-        total = sum(counts)
-        if total == len(flat_items):
-            return
-        if not flat_items and kind == "image":
-            raise ValueError(
-                f"{_NAME}: the text has {total} {token} placeholder(s) (per sample: {counts}) but no images were "
-                f"given. Pass images=..., or remove the placeholders."
-            )
-        given = f"{len(flat_items)} {kind}(s) were given" if flat_items else f"no {kind}s were given"
-        raise ValueError(
-            f"{_NAME}: the text has {total} {token} placeholder(s) (per sample: {counts}) but {given}. {hint}"
-        )
-
-    def _check_visual_tokens(
-        self,
-        input_ids: list[list[int]],
-        expanded: list[str],
-        texts: list[str],
-        text_kwargs: dict[str, Any],
-        kind: str = "image",
-    ) -> None:
-        """Every sample must still hold all its image (or video) tokens after tokenization; truncation must not cut
-        them."""
-        token, token_id = (self.image_token, self.image_token_id) if kind == "image" else (
-            self.video_token, self.video_token_id
-        )
-        fewer = "drop images from this sample" if kind == "image" else (
-            "sample fewer frames (num_frames=..., max_visual_tokens=...)"
-        )
-        for index, (ids, sample) in enumerate(zip(input_ids, expanded)):
-            expected = sample.count(token)
-            found = ids.count(token_id)
-            if found == expected:
-                continue
-            num_items = texts[index].count(token)
-            if text_kwargs.get("truncation") not in (None, False, "do_not_truncate"):
-                untruncated = {k: v for k, v in text_kwargs.items() if k not in ("truncation", "max_length", "padding")}
-                needed = len(self.tokenizer(sample, **untruncated)["input_ids"])
-                limit = text_kwargs.get("max_length") or self.tokenizer.model_max_length
-                raise ValueError(
-                    f"{_NAME}: truncation to max_length={limit} would cut visual tokens of sample {index}: it keeps "
-                    f"{found} of its {expected} {kind} tokens ({num_items} {kind}(s)); the sample needs {needed} "
-                    f"tokens. Raise max_length to at least that, {fewer}, or disable truncation."
-                )
-            raise ValueError(
-                f"{_NAME}: sample {index} should hold {expected} {kind} tokens (id {token_id}) after "
-                f"tokenization but holds {found}. Does the text contain the {kind} token in another form?"
-            )
-
     def _process_videos(
         self, texts: list[str], videos: Any, video_kwargs: dict[str, Any]
     ) -> tuple[dict[str, Any], list[str]]:
@@ -732,7 +674,7 @@ class HybridVLMProcessor(ProcessorMixin):
         if videos is None and not any(counts):
             return {}, []
         flat, per_sample = flatten_sample_videos(videos, len(texts))
-        self._check_placeholders(counts, flat, per_sample, kind="video")
+        check_placeholders(counts, flat, per_sample, self.video_token, "video")
         if not flat:
             return {}, []
         if self.video_token_id is None:

@@ -1,5 +1,6 @@
-"""The expanded prompt: each `<image>` / `<video>` placeholder replaced by the text of its layout pieces, with the
-offsets that map token positions of the expanded text back to the caller's text.
+"""The expanded prompt: each `<image>` / `<video>` placeholder replaced by the text of its layout pieces, the offsets
+that map token positions of the expanded text back to the caller's text, and the checks that every image and video has
+its placeholder and keeps all its tokens through tokenization.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .token_counts import TokenLayout, layout_segments
+
+_NAME = "HybridVLMProcessor"
 
 
 def render(pieces: Sequence[str | int], placeholder: str) -> str:
@@ -104,5 +107,74 @@ def map_offsets_to_input(
             mapped.append((position(start, False), position(end, True)))
     return mapped
 
+def check_placeholders(
+    counts: list[int], flat_items: list[Any], per_sample: list[list[Any]] | None, token: str, kind: str
+) -> None:
+    """One `token` placeholder per image (video): per sample when the items came per sample, else in total."""
+    hint = (
+        f"Put one {token} in the text where each {kind} goes (apply_chat_template does this for "
+        f'{{"type": "{kind}"}} blocks), or pass exactly the {kind}s the text refers to.'
+    )
+    if per_sample is not None:
+        for index, (count, sample_items) in enumerate(zip(counts, per_sample)):
+            if count != len(sample_items):
+                raise ValueError(
+                    f"{_NAME}: sample {index} has {count} {token} placeholder(s) in its text but "
+                    f"{len(sample_items)} {kind}(s) were given for it. {hint}"
+                )
+        return
+    total = sum(counts)
+    if total == len(flat_items):
+        return
+    if not flat_items and kind == "image":
+        raise ValueError(
+            f"{_NAME}: the text has {total} {token} placeholder(s) (per sample: {counts}) but no images were "
+            f"given. Pass images=..., or remove the placeholders."
+        )
+    given = f"{len(flat_items)} {kind}(s) were given" if flat_items else f"no {kind}s were given"
+    raise ValueError(f"{_NAME}: the text has {total} {token} placeholder(s) (per sample: {counts}) but {given}. {hint}")
 
-__all__ = ["expand_placeholders", "map_offsets_to_input", "render"]
+
+def check_visual_tokens_kept(
+    tokenizer: Any,
+    input_ids: list[list[int]],
+    expanded: list[str],
+    texts: list[str],
+    text_kwargs: dict[str, Any],
+    token: str,
+    kind: str,
+) -> None:
+    """Every sample must still hold all its image (or video) tokens after tokenization; truncation must not cut
+    them."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    fewer = "drop images from this sample" if kind == "image" else (
+        "sample fewer frames (num_frames=..., max_visual_tokens=...)"
+    )
+    for index, (ids, sample) in enumerate(zip(input_ids, expanded)):
+        expected = sample.count(token)
+        found = ids.count(token_id)
+        if found == expected:
+            continue
+        num_items = texts[index].count(token)
+        if text_kwargs.get("truncation") not in (None, False, "do_not_truncate"):
+            untruncated = {k: v for k, v in text_kwargs.items() if k not in ("truncation", "max_length", "padding")}
+            needed = len(tokenizer(sample, **untruncated)["input_ids"])
+            limit = text_kwargs.get("max_length") or tokenizer.model_max_length
+            raise ValueError(
+                f"{_NAME}: truncation to max_length={limit} would cut visual tokens of sample {index}: it keeps "
+                f"{found} of its {expected} {kind} tokens ({num_items} {kind}(s)); the sample needs {needed} "
+                f"tokens. Raise max_length to at least that, {fewer}, or disable truncation."
+            )
+        raise ValueError(
+            f"{_NAME}: sample {index} should hold {expected} {kind} tokens (id {token_id}) after "
+            f"tokenization but holds {found}. Does the text contain the {kind} token in another form?"
+        )
+
+
+__all__ = [
+    "check_placeholders",
+    "check_visual_tokens_kept",
+    "expand_placeholders",
+    "map_offsets_to_input",
+    "render",
+]
