@@ -362,7 +362,7 @@ def test_auto_processor_round_trip_restores_layouts(tmp_path, clip):
     processor.save_pretrained(tmp_path / "saved")
     loaded = AutoProcessor.from_pretrained(tmp_path / "saved")
     assert type(loaded) is HybridVLMProcessor
-    for name in ("image_layout", "video_layout", "layout_markers", "anyres_merge", "image_newline", "anyres_unpad"):
+    for name in ("image_layout", "video_layout", "layout_markers", "visual_token_spec"):
         assert getattr(loaded, name) == getattr(processor, name), name
     assert loaded._image_token_layout == processor._image_token_layout
     assert loaded._video_token_layout == processor._video_token_layout

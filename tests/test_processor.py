@@ -121,9 +121,9 @@ def describe(processor: Any) -> dict[str, Any]:
         "chat_input_ids": chat["input_ids"].tolist(),
         "rendered": processor.apply_chat_template(conversations(), tokenize=False),
         "settings": [
-            processor.patch_size,
-            processor.num_prefix_tokens,
-            processor.vision_feature_select_strategy,
+            processor.visual_token_spec.patch_size,
+            processor.visual_token_spec.num_prefix_tokens,
+            processor.visual_token_spec.vision_feature_select_strategy,
             processor.image_token,
             processor.image_token_id,
         ],
@@ -292,7 +292,7 @@ def test_truncation_through_image_tokens_raises(processor):
 
 def test_bad_construction_is_explained(processor):
     tokenizer = processor.tokenizer
-    with pytest.raises(ValueError, match="needs patch_size and num_prefix_tokens"):
+    with pytest.raises(ValueError, match="needs a visual_token_spec"):
         HybridVLMProcessor(processor.image_processor, tokenizer)
     config = tiny_config(tokenizer)
     config.image_token_id = 3
@@ -413,12 +413,15 @@ def test_save_and_auto_load_round_trip(processor, tmp_path):
     for name in ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "processor_config.json").read_text(encoding="utf-8"))
-    assert {k: saved[k] for k in ("patch_size", "num_prefix_tokens", "vision_feature_select_strategy")} == {
+    spec = saved["visual_token_spec"]  # the token spec, nested; no flat token-count keys beside it
+    assert {k: spec[k] for k in ("patch_size", "num_prefix_tokens", "vision_feature_select_strategy")} == {
         "patch_size": 14,
         "num_prefix_tokens": 1,
         "vision_feature_select_strategy": "default",
     }
+    assert not set(saved) & {"patch_size", "num_prefix_tokens", "vision_pooled_grid", "num_vision_maps"}
     loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert loaded.visual_token_spec == processor.visual_token_spec
     assert isinstance(loaded, HybridVLMProcessor)
     assert loaded.chat_template == processor.chat_template
     assert describe(loaded) == describe(processor)

@@ -22,6 +22,7 @@ import PIL.Image
 import pytest
 import torch
 
+from hybrid_vlm import video_decoding
 from hybrid_vlm import video_processing_hybrid_vlm as vpm
 from hybrid_vlm.image_processing_hybrid_vlm import HybridVLMImageProcessor
 from hybrid_vlm.token_counts import VisualTokenSpec, count_video_tokens
@@ -421,7 +422,7 @@ def test_video_shorter_than_requested(vp, media, caplog):
 def test_every_decode_is_bounded(vp, media, monkeypatch):
     with pytest.raises(VideoDecodingError, match="after decode_timeout=1e-09 s"):
         vp(media["long"], decode_timeout=1e-9)
-    monkeypatch.setattr(vpm, "MAX_PACKETS", 100)
+    monkeypatch.setattr(video_decoding, "MAX_PACKETS", 100)
     with pytest.raises(VideoDecodingError, match="more than 100 packets; refusing to index it"):
         vp(media["long"])
     with pytest.raises(ValueError, match="decode_timeout must be a positive number"):

@@ -297,6 +297,42 @@ def anyres_token_count(
     return total
 
 
+def check_flat_anyres_packing(spec: VisualTokenSpec) -> None:
+    """The ``longllava`` image layout puts plain-text newlines between an AnyRes image's global view and tile rows, so
+    the model must pack every tile whole, row by row, with no learned newline and no un-padding (``merge="flat"``)."""
+    if spec.image_newline or spec.anyres_unpad or spec.anyres_merge != "flat":
+        raise ValueError(
+            "HybridVLMProcessor: the 'longllava' image layout writes an AnyRes image as the global view, then its tile "
+            "rows separated by a '\\n' text token, so the model must pack whole tiles row by row without its own "
+            f"newline or un-padding; got image_newline={spec.image_newline}, anyres_unpad={spec.anyres_unpad}, "
+            f"anyres_merge={spec.anyres_merge!r}. Set image_newline=False, anyres_unpad=False, anyres_merge='flat' "
+            "in the model config (and build the processor with from_model_config), or use image_layout='llava'."
+        )
+
+
+def image_runs(
+    spec: VisualTokenSpec, layout: str, tile_size: Any, image_size: Any = None, grid: Any = None
+) -> list[int]:
+    """Placeholder runs of one image in ``layout`` (``token_counts.layout_pieces`` writes them), in feature order.
+
+    Single resolution (``grid`` None): one run of ``count_image_tokens`` for the ``tile_size`` fed to the encoder.
+    AnyRes: :func:`anyres_token_count` with the spec's packing, the count the model checks its features against; the
+    ``longllava`` layout splits that count into the global view and then one run per tile row.
+    """
+    tile_h, tile_w = as_size(tile_size, "tile_size")
+    if grid is None:
+        return [count_image_tokens(spec, tile_h, tile_w)]
+    size, grid = as_size(image_size, "image_size"), _as_grid(grid)
+    if layout != "longllava":
+        return [anyres_token_count(spec, size, grid, (tile_h, tile_w), newline=spec.image_newline,
+                                   unpad=spec.anyres_unpad)]
+    check_flat_anyres_packing(spec)
+    total = anyres_token_count(spec, size, grid, (tile_h, tile_w), newline=False, unpad=False)
+    tiles = anyres_token_count(spec, size, grid, (tile_h, tile_w), newline=False, unpad=False, base_view=False)
+    rows = grid[0]
+    return [total - tiles] + [tiles // rows] * rows
+
+
 # ------------------------------------------------------------------------------------------------- model side
 
 
@@ -459,10 +495,12 @@ __all__ = [
     "best_grid",
     "best_grid_max_tiles",
     "best_grid_pinpoints",
+    "check_flat_anyres_packing",
     "check_max_tiles",
     "check_pinpoints",
     "fit_size",
     "grid_resolution",
+    "image_runs",
     "llava_next_layouts",
     "max_tiles_grids",
     "merge_tiles",

@@ -615,6 +615,41 @@ def _chat_template_takes_processor_kwargs() -> bool:
     return "processor_kwargs" in inspect.signature(ProcessorMixin.apply_chat_template).parameters
 
 
+@_probe("MERGE_KWARGS_KEEPS_FLAT_BESIDE_NESTED")
+def _merge_keeps_flat_beside_nested() -> bool:
+    """Whether `ProcessorMixin._merge_kwargs` still routes a flat keyword when a nested per-modality dict is given too
+    (5.x); 4.x then takes the nested dicts only and drops every flat keyword silently."""
+    from transformers import ProcessorMixin
+    from transformers.processing_utils import ProcessingKwargs
+
+    probe = object.__new__(ProcessorMixin)  # _merge_kwargs reads no processor state without tokenizer kwargs
+    merged = probe._merge_kwargs(ProcessingKwargs, text_kwargs={"padding": True}, max_length=3)
+    return merged["text_kwargs"].get("max_length") == 3
+
+
+def merge_processor_kwargs(processor: Any, kwargs_class: Any, **kwargs: Any) -> dict[str, dict[str, Any]]:
+    """transformers' `processor._merge_kwargs(kwargs_class, **kwargs)`, with flat keywords beside nested dicts routed
+    on every line: where `_merge_kwargs` would drop them, each goes into the nested dict of every modality declaring
+    it first (a value given nested wins, as in transformers)."""
+    modalities = {
+        name: set(getattr(typed, "__annotations__", {}))
+        for name, typed in kwargs_class.__annotations__.items()
+        if name.endswith("_kwargs")
+    }
+    if _merge_keeps_flat_beside_nested() or not any(name in kwargs for name in modalities):
+        return processor._merge_kwargs(kwargs_class, **kwargs)
+    nested = {name: dict(kwargs.pop(name) or {}) for name in list(kwargs) if name in modalities}
+    for key in list(kwargs):
+        targets = [name for name, keys in modalities.items() if key in keys]
+        for name in targets:
+            nested.setdefault(name, {}).setdefault(key, kwargs[key])
+        if targets:
+            del kwargs[key]
+    if kwargs:
+        warnings.warn(f"Ignoring keyword argument(s) {sorted(kwargs)}: not valid for this processor.", stacklevel=3)
+    return processor._merge_kwargs(kwargs_class, **nested)
+
+
 def record_processor_class(image_processor: Any, processor_class: str) -> None:
     """Record the owning processor's class in an image processor's saved JSON where transformers does so (4.x has
     `_set_processor_class`; 5.x nests sub-processors in processor_config.json instead)."""

@@ -16,15 +16,20 @@ from typing import Any
 from transformers import PretrainedConfig
 
 from .model_types import QWEN2VL_VISION_MODEL_TYPES
-from .token_counts import GRID_ONLY_PROJECTORS, POOLING_PROJECTORS, _positive_int, vision_prefix_token_count
+from .token_counts import (  # noqa: F401  (ANYRES_MERGES, FEATURE_SELECT_STRATEGIES: the spec owns them)
+    ANYRES_MERGES,
+    FEATURE_SELECT_STRATEGIES,
+    GRID_ONLY_PROJECTORS,
+    POOLING_PROJECTORS,
+    _positive_int,
+    vision_prefix_token_count,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Choices of the structural settings. The model dispatches on them; a new one is added here first.
 
 DECODERS = ("interleaved", "vamba")
 PROJECTOR_TYPES = ("mlp2x_gelu", "mlp3x_gelu", "pool2d_mlp", "pool1d_mlp", "conv2d_adapter", "mamba", "identity")
-FEATURE_SELECT_STRATEGIES = ("default", "full")
-ANYRES_MERGES = ("spatial", "flat")
 # Vision-fusion modes for several encoders. "channel": one map of the concatenated widths (Cobra, N tokens);
 # "sequence": the maps one after another (MambaVLM's visual long sequence, num_encoders * N tokens).
 VISION_FUSIONS = ("channel", "sequence")

@@ -1,32 +1,17 @@
-"""HybridVLMProcessor: tokenizer + image processor, with `<image>` placeholders expanded to the model's token count.
+"""HybridVLMProcessor: tokenizer, image and video processors, with every `<image>` / `<video>` placeholder expanded to
+the tokens the model fills with its features.
 
-The number of tokens an image becomes comes from `token_counts.count_image_tokens`, the same function the model uses
-to check its features, so processor and model cannot disagree. Truncation that would cut into visual
-tokens is an error here, with the numbers, instead of a shape mismatch deep inside the model.
-
-One class serves transformers 4.57 and 5.x. The two `ProcessorMixin`s differ in how they find the sub-processors
-(4.x: the `attributes` list and `*_class` names; 5.x: the parameter names of `__init__`) and in how they save
-(4.x: `preprocessor_config.json` next to `processor_config.json`; 5.x: one nested `processor_config.json`);
-`save_pretrained` writes a folder with both, and tokenizer files both lines read.
-
-Videos: `videos=` go to `HybridVLMVideoProcessor` (decoding by seeking, frame sampling; `num_frames`, `fps`, ... route
-there) and each `<video>` placeholder becomes the frames' tokens.
-
-Layouts (`image_layout`, `video_layout`, saved with the processor; docs/layouts.md): `"llava"` (plain runs of
-placeholder tokens; `"plain"` is the video layout's older name), `"longllava"` (`<img>...</img>`, AnyRes as the global
-view then tile rows separated by `\n`; videos `<vid>`, `<img>...</img>` per frame separated by `<t>`, `</vid>`) and
-`"qwen2vl"` (`<|vision_start|>...<|vision_end|>`), plus the video-only `"longllava-chat"` (LongLLaVA's chat code's
-video prompt byte for byte, for converted checkpoints). `token_counts.layout_pieces` says what each expansion is made
-of; every visual feature is one placeholder token (`image_token_id` / `video_token_id`), which the model fills in order;
-the markers are ordinary tokens to it. `layout_markers="special"` wants every marker to be one token of the tokenizer
-(new models); `"text"` lets the tokenizer split them, as LongLLaVA's reference code did (converted checkpoints): the
-cost of every marker segment is then measured with the tokenizer, so counts with markers stay exact.
+The counts come from the processor's `VisualTokenSpec` (`token_counts`, `anyres`), the functions the model checks its
+features against, so processor and model cannot disagree; truncation that would cut visual tokens is an error here.
+How an expansion is laid out (`image_layout`, `video_layout`, `layout_markers`) is docs/layouts.md. One class serves
+transformers 4.57 and 5.x, whose `ProcessorMixin`s find, save and load sub-processors differently (see compat).
 """
 
 from __future__ import annotations
 
-import bisect
+import dataclasses
 import functools
+import inspect
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -37,10 +22,10 @@ import numpy as np
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
-from transformers.processing_utils import ImagesKwargs, MultiModalData, ProcessorMixin
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin, TextKwargs
 from transformers.utils import logging
 
-from .anyres import anyres_token_count  # direct import: transformers 4.x remote code copies only direct imports
+from .anyres import check_flat_anyres_packing, image_runs
 from .chat_templates import (
     CHAT_TEMPLATE,
     IMAGE_TOKEN,
@@ -51,42 +36,51 @@ from .chat_templates import (
 from .compat import (
     CHAT_TEMPLATE_TAKES_PROCESSOR_KWARGS,
     PROCESSOR_ATTRIBUTES_FROM_SIGNATURE,
+    merge_processor_kwargs,
     processor_attribute_names,
     processor_view_with_attributes,
     record_processor_class,
 )
 from .config_options import VambaOptions  # noqa: F401  (configuration's imports, for 4.x remote code)
-from .configuration_hybrid_vlm import FEATURE_SELECT_STRATEGIES, HybridVLMConfig
-from .image_processing_hybrid_vlm import HybridVLMImageProcessor
+from .configuration_hybrid_vlm import HybridVLMConfig
+from .image_processing_hybrid_vlm import HybridVLMImageProcessor, HybridVLMImageProcessorKwargs
 from .model_types import has_ssm_layers  # noqa: F401  (configuration's imports, for 4.x remote code: see there)
+from .multimodal_inputs import flatten_sample_images, flatten_sample_videos, has_frame_blocks, prepare_conversations
 from .projectors import build_projector  # noqa: F401
+from .prompt_expansion import (
+    check_placeholders,
+    check_visual_tokens_kept,
+    expand_placeholders,
+    map_offsets_to_input,
+    render,
+)
 from .qwen2vl_vision import Qwen2VLVisionEncoder  # noqa: F401  (configuration's imports, for 4.x remote code)
 from .remote_code import write_processor_remote_code, write_text_atomic
 from .ssm import SSMBlock  # noqa: F401
 from .token_counts import (
     IMAGE_LAYOUTS,
-    LAYOUT_MARKERS,
     MARKER_STYLES,
     VIDEO_LAYOUTS,
-    TokenLayout,
     VisualTokenSpec,
-    all_layout_segments,
     canonical_layout,
     count_image_tokens,
     count_layout_tokens,
     count_video_tokens,
     layout_pieces,
-    layout_segments,
+    measure_token_layout,
+    single_token_id,
+    token_id_or_none,
     video_runs,
 )
 from .tokenizer_files import make_tokenizer_files_portable
 from .vamba import VambaLanguageModel  # noqa: F401
+from .video_decoding import open_video  # noqa: F401  (the video processor's imports, for 4.x remote code)
 from .video_processing_hybrid_vlm import (
     VIDEO_PROCESSOR_FILE,
     HybridVLMVideoProcessor,
-    is_video,
-    make_video_list,
+    HybridVLMVideoProcessorKwargs,
 )
+from .video_sampling import SAMPLING_RULES  # noqa: F401
 from .vision_encoders import VISION_FUSIONS  # noqa: F401  (configuration's imports, for 4.x remote code)
 
 logger = logging.get_logger(__name__)
@@ -94,28 +88,40 @@ logger = logging.get_logger(__name__)
 _NAME = "HybridVLMProcessor"
 _IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 
-# Keyword arguments of the tokenizer's __call__ that the processor forwards (both transformers lines accept them).
-_TOKENIZER_KWARGS = frozenset(
-    {
-        "add_special_tokens",
-        "padding",
-        "truncation",
-        "max_length",
-        "stride",
-        "pad_to_multiple_of",
-        "padding_side",
-        "return_attention_mask",
-        "return_token_type_ids",
-        "return_overflowing_tokens",
-        "return_special_tokens_mask",
-        "return_offsets_mapping",
-        "return_length",
-        "verbose",
+
+class HybridVLMTextKwargs(TextKwargs, total=False):
+    """The tokenizer's options, plus the processor's own text options (transformers 5's names; 4.57's TextKwargs
+    lacks `return_text_replacement_offsets`)."""
+
+    return_mm_token_type_ids: bool | None
+    return_text_replacement_offsets: bool | None
+
+
+class HybridVLMProcessorKwargs(ProcessingKwargs, total=False):
+    """Per-call keyword arguments, flat or per modality (`text_kwargs`, `images_kwargs`, `videos_kwargs`), routed by
+    transformers' `ProcessorMixin._merge_kwargs`: a flat key goes to every modality that declares it (frame `size`,
+    normalisation ... reach images and video frames alike)."""
+
+    text_kwargs: HybridVLMTextKwargs
+    images_kwargs: HybridVLMImageProcessorKwargs
+    videos_kwargs: HybridVLMVideoProcessorKwargs
+    _defaults = {  # noqa: RUF012  (transformers reads this class attribute)
+        "text_kwargs": {"padding": False, "return_token_type_ids": False},  # 4.x tokenizers return token_type_ids
+        "videos_kwargs": {"return_metadata": False},  # video_metadata is no model input: only on request
     }
+
+
+# transformers reads the per-modality TypedDicts from `__annotations__`, which `from __future__ import annotations`
+# leaves as strings.
+HybridVLMProcessorKwargs.__annotations__.update(
+    text_kwargs=HybridVLMTextKwargs,
+    images_kwargs=HybridVLMImageProcessorKwargs,
+    videos_kwargs=HybridVLMVideoProcessorKwargs,
 )
-# Options the processor itself implements on top of the tokenizer (transformers 5's names).
-_PROCESSOR_TEXT_OPTIONS = frozenset({"return_text_replacement_offsets", "return_mm_token_type_ids"})
-# Accepted and ignored: apply_chat_template of either line may pass these; they mean nothing without audio/video.
+
+
+_TEXT_OPTIONS = ("return_mm_token_type_ids", "return_text_replacement_offsets")  # the processor's, not the tokenizer's
+# Accepted and ignored: apply_chat_template of either line may pass these; they mean nothing without audio.
 _IGNORED_KWARGS = frozenset(
     {
         "sanitize_control_tokens",
@@ -125,9 +131,8 @@ _IGNORED_KWARGS = frozenset(
         "load_audio_from_video",
     }
 )
-# Video-processor options that are also image-processor options: a flat keyword applies to both, as in transformers.
-_VIDEO_ONLY_OPTIONS = frozenset({"return_metadata"})
-_ANYRES_MERGES = ("spatial", "flat")  # HybridVLMConfig.anyres_merge
+# Nested per-modality dicts, as transformers processors accept them (`common_kwargs` is 4.x's shared dict).
+_NESTED_KWARGS = ("text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs", "common_kwargs")
 
 # Chat templates per layout (chat_templates.py): each family's turn format. llava: ChatML, the tiny tokenizer's own
 # template; LongLLaVA: one template for converted and new checkpoints; Qwen2-VL / Vamba: ChatML with Qwen's default
@@ -143,85 +148,45 @@ CHAT_TEMPLATES: dict[str, str] = {
 def chat_template_for_layout(layout: str) -> str:
     """The chat template of a layout's model family (`chat_template="longllava"` etc. picks it in the processor)."""
     return CHAT_TEMPLATES[canonical_layout(layout)]
+
+
 # mm_token_type_ids values (transformers 5's convention): 0 text, 1 image, 2 video.
 _MM_TYPE_IMAGE, _MM_TYPE_VIDEO = 1, 2
-# Hub/cache arguments of from_pretrained that the video processor's loader needs too.
-_HUB_KWARGS = frozenset(
-    {"cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies", "user_agent"}
-)
-# Nested per-modality dicts, as transformers processors accept them (`common_kwargs` is 4.x's shared dict).
-_NESTED_KWARGS = ("text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs", "common_kwargs")
 
 
-def _is_single_image(item: Any) -> bool:
-    """What the image processor treats as one image (a 4-D array or tensor is a batch of them)."""
-    if isinstance(item, (np.ndarray, torch.Tensor)):
-        return item.ndim in (2, 3)
-    return not isinstance(item, (list, tuple))
+# Flat keys of processor configs saved before the token spec was nested -> the spec's field for each. The old
+# `vision_pooled_grid` was the effective pooled side (model-side or projector pooling), the spec's `pooled_grid`; the
+# model config's `vision_pooled_grid` is the model-side pooling only.
+LEGACY_SPEC_KEYS: dict[str, str] = {
+    "patch_size": "patch_size",
+    "num_prefix_tokens": "num_prefix_tokens",
+    "vision_feature_select_strategy": "vision_feature_select_strategy",
+    "vision_pooled_grid": "pooled_grid",
+    "projector_conv": "projector_conv",
+    "num_vision_maps": "num_maps",
+    "image_newline": "image_newline",
+    "anyres_unpad": "anyres_unpad",
+    "anyres_merge": "anyres_merge",
+    "anyres_max_feature_tiles": "anyres_max_feature_tiles",
+    "video_pool_stride": "video_pool_stride",
+    "video_newline": "video_newline",
+    "video_temporal_patch": "video_temporal_patch",
+}
 
 
-def _image_items(item: Any) -> list[Any]:
-    """One user-level item -> the images it contains (a 4-D array/tensor holds several)."""
-    if isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 4:
-        return list(item)
-    return [item]
-
-
-def _flatten_sample_images(images: Any, num_samples: int) -> tuple[list[Any], list[list[Any]] | None]:
-    """Flat list of images, and the per-sample lists when `images` was nested (one list per text)."""
-    if images is None:
-        return [], None
-    if _is_single_image(images) or isinstance(images, (np.ndarray, torch.Tensor)):
-        return _image_items(images), None
-    items = list(images)
-    nested = [isinstance(item, (list, tuple)) for item in items]
-    if any(nested) and not all(nested):
-        raise ValueError(
-            f"{_NAME}: `images` mixes single images and lists. Pass either a flat list of images or one list of "
-            "images per text sample (use [] for a sample without images)."
-        )
-    if items and all(nested):
-        if len(items) != num_samples:
+def _token_spec(spec: VisualTokenSpec | dict[str, Any] | None, flat: dict[str, Any]) -> VisualTokenSpec:
+    """The spec from a `VisualTokenSpec`, its dict, and/or the old flat keys (popped from `flat`; they override)."""
+    overrides = {LEGACY_SPEC_KEYS[key]: flat.pop(key) for key in list(flat) if key in LEGACY_SPEC_KEYS}
+    if spec is None:
+        if "patch_size" not in overrides or "num_prefix_tokens" not in overrides:
             raise ValueError(
-                f"{_NAME}: `images` holds {len(items)} per-sample image lists but there are {num_samples} text "
-                "sample(s). Pass one list per text (use [] for a sample without images)."
+                f"{_NAME} needs a visual_token_spec (the model's patch_size and num_prefix_tokens at least) to count "
+                f"image tokens; build it with {_NAME}.from_model_config(config, tokenizer), which derives it from the "
+                "model config."
             )
-        per_sample = [[image for item in sample for image in _image_items(item)] for sample in items]
-        return [image for sample in per_sample for image in sample], per_sample
-    return [image for item in items for image in _image_items(item)], None
-
-
-def _map_offsets_to_input(
-    offsets: Sequence[Sequence[int]], replacements: list[dict[str, Any]]
-) -> list[tuple[int, int]]:
-    """Token offsets into the expanded text -> offsets into the caller's text.
-
-    Every token of an expanded placeholder maps to the placeholder's own span; other positions shift back by the
-    characters the expansions before them added. Zero-width tokens (padding, added specials) stay zero-width.
-    """
-    if not replacements:
-        return [(int(s), int(e)) for s, e in offsets]
-    new_starts = [r["new_span"][0] for r in replacements]
-    new_ends = [r["new_span"][1] for r in replacements]
-    gained = [0]
-    for r in replacements:
-        gained.append(gained[-1] + (r["new_span"][1] - r["new_span"][0]) - (r["span"][1] - r["span"][0]))
-
-    def position(pos: int, is_end: bool) -> int:
-        char = pos - 1 if is_end else pos  # the character a start points at, or an end follows
-        k = bisect.bisect_right(new_starts, char) - 1
-        if k >= 0 and char < new_ends[k]:
-            return replacements[k]["span"][1 if is_end else 0]
-        return pos - gained[bisect.bisect_right(new_ends, pos)]
-
-    mapped = []
-    for start, end in offsets:
-        start, end = int(start), int(end)
-        if start == end:
-            mapped.append((position(start, False),) * 2)
-        else:
-            mapped.append((position(start, False), position(end, True)))
-    return mapped
+        return VisualTokenSpec(**overrides)
+    spec = VisualTokenSpec.from_dict(spec)
+    return dataclasses.replace(spec, **overrides) if overrides else spec
 
 
 class HybridVLMProcessor(ProcessorMixin):
@@ -238,15 +203,15 @@ class HybridVLMProcessor(ProcessorMixin):
         tokenizer: a tokenizer that has `image_token` as a single, never-split token.
         video_processor: a [`HybridVLMVideoProcessor`]; `None` builds one whose frames get the image processor's
             resize and normalisation.
-        patch_size: the vision encoder's patch size.
-        num_prefix_tokens: tokens the encoder emits before its patch grid (CLS, registers).
-        vision_feature_select_strategy: `"default"` (patch tokens only) or `"full"`, as in the model config.
-        image_token: the placeholder string for one image in prompts.
+        visual_token_spec: what the token counts depend on ([`VisualTokenSpec`] or its dict), the model's
+            `VisualTokenSpec.from_config(config)`; the flat names of older saved folders (`patch_size`,
+            `num_prefix_tokens`, `vision_pooled_grid`, ...: `LEGACY_SPEC_KEYS`) are accepted and override its fields.
+        image_token: the placeholder string for one image in prompts; also the token every image feature occupies.
         video_token: the placeholder string for one video in prompts; also the token every video feature occupies.
-        video_layout: how a video's frames are laid out, `"plain"` or `"longllava"` (see the module docstring).
-        chat_template: Jinja chat template; defaults to the tokenizer's.
+        image_layout, video_layout, layout_markers: how expansions are laid out (docs/layouts.md).
+        chat_template: Jinja chat template, or a layout's name for its family's; defaults to the tokenizer's.
 
-    Use [`HybridVLMProcessor.from_model_config`] to fill the token-count settings from a model config.
+    Use [`HybridVLMProcessor.from_model_config`] to take the token spec from a model config.
     """
 
     # transformers 4.x finds sub-processors through these; 5.x reads `__init__`'s parameters and warns about
@@ -263,55 +228,31 @@ class HybridVLMProcessor(ProcessorMixin):
         image_processor: BaseImageProcessor | None = None,
         tokenizer: Any = None,
         video_processor: HybridVLMVideoProcessor | None = None,
-        patch_size: int | None = None,
-        num_prefix_tokens: int | None = None,
-        vision_feature_select_strategy: str = "default",
+        visual_token_spec: VisualTokenSpec | dict[str, Any] | None = None,
         image_token: str = IMAGE_TOKEN,
         video_token: str = VIDEO_TOKEN,
-        video_layout: str = "plain",
-        chat_template: str | dict[str, str] | None = None,
-        image_newline: bool = False,
-        anyres_unpad: bool = True,
         image_layout: str = "llava",
+        video_layout: str = "plain",
         layout_markers: str = "special",
-        anyres_merge: str = "spatial",
-        vision_pooled_grid: int | None = None,
-        projector_conv: list[int] | None = None,
-        num_vision_maps: int = 1,
-        anyres_max_feature_tiles: int | None = None,
-        video_pool_stride: int | None = None,
-        video_newline: bool = False,
-        video_temporal_patch: int = 1,
+        chat_template: str | dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         if image_processor is None or tokenizer is None:
             raise ValueError(f"{_NAME} needs both an image_processor and a tokenizer.")
-        if patch_size is None or num_prefix_tokens is None:
-            raise ValueError(
-                f"{_NAME} needs patch_size and num_prefix_tokens to count image tokens; build it with "
-                f"{_NAME}.from_model_config(config, tokenizer), which takes them from the model config."
-            )
-        for name, value, low in (("patch_size", patch_size, 1), ("num_prefix_tokens", num_prefix_tokens, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{_NAME}: {name} must be an int >= {low}, got {value!r}.")
-        if vision_feature_select_strategy not in FEATURE_SELECT_STRATEGIES:
-            raise ValueError(
-                f"{_NAME}: unknown vision_feature_select_strategy {vision_feature_select_strategy!r}; use one of "
-                f"{list(FEATURE_SELECT_STRATEGIES)}."
-            )
         # Keys transformers itself may put into a saved processor config; nothing else is silently accepted.
         for key in ("processor_class", "auto_map", "_processor_class"):
             kwargs.pop(key, None)
+        spec = _token_spec(visual_token_spec, kwargs)
         if kwargs:
             raise TypeError(f"{_NAME}.__init__ got unexpected keyword argument(s) {sorted(kwargs)}.")
-
-        image_token_id = tokenizer.convert_tokens_to_ids(image_token)
-        if image_token_id is None or image_token_id == tokenizer.unk_token_id:
+        self.visual_token_spec = spec
+        self.image_token_id = token_id_or_none(tokenizer, image_token)
+        if self.image_token_id is None:
             raise ValueError(
                 f"{_NAME}: the tokenizer does not know the image token {image_token!r}. Add it as a special token "
                 "(tokenizer.add_special_tokens) and resize the model's embeddings."
             )
-        if tokenizer.encode(image_token, add_special_tokens=False) != [image_token_id]:
+        if tokenizer.encode(image_token, add_special_tokens=False) != [self.image_token_id]:
             raise ValueError(
                 f"{_NAME}: the tokenizer splits {image_token!r} into several tokens; it must be one special token."
             )
@@ -321,53 +262,45 @@ class HybridVLMProcessor(ProcessorMixin):
             raise ValueError(f"{_NAME}: unknown image_layout {image_layout!r}; use one of {list(IMAGE_LAYOUTS)}.")
         if layout_markers not in MARKER_STYLES:
             raise ValueError(f"{_NAME}: unknown layout_markers {layout_markers!r}; use one of {list(MARKER_STYLES)}.")
-        if anyres_merge not in _ANYRES_MERGES:
-            raise ValueError(f"{_NAME}: unknown anyres_merge {anyres_merge!r}; use one of {list(_ANYRES_MERGES)}.")
+        # Checked when a video is processed: an image-only tokenizer without a video token must still work for images.
+        self.video_token_id = token_id_or_none(tokenizer, video_token)
         # Layouts are explicit choices: their markers must exist now, not at the first image or video.
-        video_token_id = _token_id_or_none(tokenizer, video_token)
-        self._image_token_layout = _measure_layout(tokenizer, image_layout, "image", layout_markers, image_token)
-        self._video_token_layout = _measure_layout(
-            tokenizer, video_layout, "video", layout_markers, video_token if video_token_id is not None else None
+        self._image_token_layout = measure_token_layout(tokenizer, image_layout, "image", layout_markers, image_token)
+        self._video_token_layout = measure_token_layout(
+            tokenizer, video_layout, "video", layout_markers, video_token if self.video_token_id is not None else None
         )
-        self.image_layout = image_layout
-        self.layout_markers = layout_markers
-        self.anyres_merge = anyres_merge
+        self.image_token, self.video_token = image_token, video_token
+        self.image_layout, self.video_layout, self.layout_markers = image_layout, video_layout, layout_markers
         if video_processor is None:
             # frame counts must be multiples of the frames the tower encodes together (Qwen2-VL: 2)
-            extra = {"temporal_patch_size": video_temporal_patch} if video_temporal_patch > 1 else {}
+            patch = spec.video_temporal_patch
+            extra = {"temporal_patch_size": patch} if patch > 1 else {}
             video_processor = HybridVLMVideoProcessor.from_image_processor(image_processor, **extra)
-        self.patch_size = patch_size
-        self.num_prefix_tokens = num_prefix_tokens
-        self.vision_feature_select_strategy = vision_feature_select_strategy
-        # AnyRes / pooling settings of the model, needed to count its tokens (HybridVLMConfig fields of the same name)
-        self.image_newline = bool(image_newline)
-        self.anyres_unpad = bool(anyres_unpad)
-        self.vision_pooled_grid = vision_pooled_grid  # the effective pooled side (model-side or projector pooling)
-        self.projector_conv = list(projector_conv) if projector_conv is not None else None  # conv2d_adapter (k, s)
-        if isinstance(num_vision_maps, bool) or not isinstance(num_vision_maps, int) or num_vision_maps < 1:
-            raise ValueError(f"{_NAME}: num_vision_maps must be an int >= 1, got {num_vision_maps!r}.")
-        self.num_vision_maps = num_vision_maps  # encoders fused along the sequence (MambaVLM), else 1
-        # LLaVA-OneVision's token rules (HybridVLMConfig fields of the same name)
-        self.anyres_max_feature_tiles = anyres_max_feature_tiles
-        self.video_pool_stride = video_pool_stride
-        self.video_newline = bool(video_newline)
-        patch = video_temporal_patch
-        if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
-            raise ValueError(f"{_NAME}: video_temporal_patch must be an int >= 1, got {video_temporal_patch!r}.")
-        self.video_temporal_patch = video_temporal_patch  # frames per temporal patch (Qwen2-VL towers: 2)
-        self.image_token = image_token
-        self.image_token_id = image_token_id
-        self.video_token = video_token
-        self.video_layout = video_layout
-        # Checked when a video is processed: an image-only tokenizer without a video token must still work for images.
-        self.video_token_id = _token_id_or_none(tokenizer, video_token)
         if isinstance(chat_template, str) and chat_template in VIDEO_LAYOUTS:  # a layout's name: its family's template
             chat_template = chat_template_for_layout(chat_template)
         if chat_template is None:
             chat_template = getattr(tokenizer, "chat_template", None) or CHAT_TEMPLATES[image_layout]
         if image_layout == "longllava" and self._anyres_layout(1, 1, image_processor) is not None:
-            self._check_longllava_anyres()
+            check_flat_anyres_packing(spec)
         super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template)
+
+    def to_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The parent's dict (4.x takes `legacy_serialization=`), with the token spec nested (`visual_token_spec`)."""
+        output = super().to_dict(*args, **kwargs)
+        output["visual_token_spec"] = self.visual_token_spec.to_dict()
+        return output
+
+    @classmethod
+    def from_args_and_dict(cls, args: Any, processor_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """transformers' constructor from a saved dict, which passes only `__init__`'s named parameters: the flat
+        token-count keys of folders saved before the spec was nested are folded into `visual_token_spec` first."""
+        processor_dict = dict(processor_dict)
+        for key in [k for k in kwargs if k in LEGACY_SPEC_KEYS]:
+            processor_dict[key] = kwargs.pop(key)
+        legacy = {key: processor_dict.pop(key) for key in list(processor_dict) if key in LEGACY_SPEC_KEYS}
+        if legacy:
+            processor_dict["visual_token_spec"] = _token_spec(processor_dict.get("visual_token_spec"), legacy)
+        return super().from_args_and_dict(args, processor_dict, **kwargs)
 
     @staticmethod
     def get_possibly_dynamic_module(module_name: str) -> Any:
@@ -411,101 +344,39 @@ class HybridVLMProcessor(ProcessorMixin):
         layout: str | None = None,
         **kwargs: Any,
     ) -> HybridVLMProcessor:
-        """The processor that matches `config`: token-count settings from the same spec the model derives.
+        """The processor that matches `config`: the token spec the model derives (`VisualTokenSpec.from_config`).
 
         `layout` sets `image_layout` and `video_layout` at once (either may still be given on its own).
         """
         if layout is not None:
             kwargs.setdefault("image_layout", canonical_layout(layout))
             kwargs.setdefault("video_layout", canonical_layout(layout))
-        kwargs.setdefault("anyres_merge", getattr(config, "anyres_merge", "spatial"))
-        spec = VisualTokenSpec.from_config(config)
         if image_processor is None:
             image_processor = HybridVLMImageProcessor.from_vision_config(
                 getattr(config, "vision_configs", None) or config.vision_config
             )
-        processor = cls(
-            image_processor,
-            tokenizer,
-            video_processor,
-            patch_size=spec.patch_size,
-            num_prefix_tokens=spec.num_prefix_tokens,
-            vision_feature_select_strategy=spec.vision_feature_select_strategy,
-            image_newline=config.image_newline,
-            anyres_unpad=config.anyres_unpad,
-            vision_pooled_grid=spec.pooled_grid,
-            projector_conv=list(spec.projector_conv) if spec.projector_conv is not None else None,
-            num_vision_maps=spec.num_maps,
-            anyres_max_feature_tiles=spec.anyres_max_feature_tiles,
-            video_pool_stride=spec.video_pool_stride,
-            video_newline=spec.video_newline,
-            video_temporal_patch=spec.video_temporal_patch,
-            **kwargs,
-        )
-        config_id = getattr(config, "image_token_id", None)
-        if config_id is not None and config_id != processor.image_token_id:
-            raise ValueError(
-                f"{_NAME}: the tokenizer gives {processor.image_token!r} the id {processor.image_token_id} but the "
-                f"model config has image_token_id={config_id}. Set config.image_token_id to "
-                f"{processor.image_token_id} (or use the tokenizer the model was trained with)."
-            )
-        video_id = getattr(config, "video_token_id", None)
-        if video_id is not None and processor.video_token_id is not None and video_id != processor.video_token_id:
-            raise ValueError(
-                f"{_NAME}: the tokenizer gives {processor.video_token!r} the id {processor.video_token_id} but the "
-                f"model config has video_token_id={video_id}. Set config.video_token_id to {processor.video_token_id} "
-                "(or use the tokenizer the model was trained with)."
-            )
+        spec = VisualTokenSpec.from_config(config)
+        processor = cls(image_processor, tokenizer, video_processor, visual_token_spec=spec, **kwargs)
+        for kind in ("image", "video"):
+            config_id, token_id = getattr(config, f"{kind}_token_id", None), getattr(processor, f"{kind}_token_id")
+            if config_id is not None and token_id is not None and config_id != token_id:
+                token = getattr(processor, f"{kind}_token")
+                raise ValueError(
+                    f"{_NAME}: the tokenizer gives {token!r} the id {token_id} but the model config has "
+                    f"{kind}_token_id={config_id}. Set config.{kind}_token_id to {token_id} (or use the tokenizer the "
+                    "model was trained with)."
+                )
         return processor
 
     # ------------------------------------------------------------------ token counts
-
-    @property
-    def visual_token_spec(self) -> VisualTokenSpec:
-        conv = tuple(self.projector_conv) if self.projector_conv is not None else None
-        return VisualTokenSpec(
-            self.patch_size, self.num_prefix_tokens, self.vision_feature_select_strategy, self.vision_pooled_grid, conv,
-            getattr(self, "num_vision_maps", 1),
-            anyres_max_feature_tiles=getattr(self, "anyres_max_feature_tiles", None),
-            video_pool_stride=getattr(self, "video_pool_stride", None),
-            video_newline=getattr(self, "video_newline", False),
-            video_temporal_patch=getattr(self, "video_temporal_patch", 1),
-        )
 
     def num_image_tokens(self, height: int, width: int) -> int:
         """Image tokens for one image of `height` x `width` pixels as fed to the encoder."""
         return count_image_tokens(self.visual_token_spec, int(height), int(width))
 
-    def _check_longllava_anyres(self) -> None:
-        """The longllava AnyRes layout puts plain-text `\n`s between the global view and tile rows; the model must
-        then pack every tile whole, row by row, with no learned newline and no un-padding (`anyres_merge="flat"`)."""
-        if self.image_newline or self.anyres_unpad or self.anyres_merge != "flat":
-            raise ValueError(
-                f"{_NAME}: the 'longllava' image layout writes an AnyRes image as the global view, then its tile rows "
-                "separated by a '\\n' text token, so the model must pack whole tiles row by row without its own "
-                f"newline or un-padding; got image_newline={self.image_newline}, anyres_unpad={self.anyres_unpad}, "
-                f"anyres_merge={self.anyres_merge!r}. Set image_newline=False, anyres_unpad=False, anyres_merge='flat' "
-                "in the model config (and build the processor with from_model_config), or use image_layout='llava'."
-            )
-
     def _image_runs(self, image_size: Any, grid: Any, tile_size: tuple[int, int]) -> list[int]:
-        """Placeholder runs of one image in this processor's image layout (`token_counts.layout_pieces`).
-
-        Single resolution (`grid` None): `count_image_tokens`. AnyRes: `anyres.anyres_token_count`, the function the
-        model checks its packing against; the longllava layout splits the same count into global view + tile rows.
-        """
-        spec = self.visual_token_spec
-        if grid is None:
-            return [count_image_tokens(spec, int(tile_size[0]), int(tile_size[1]))]
-        size, grid = tuple(int(v) for v in image_size), tuple(int(v) for v in grid)
-        if self.image_layout != "longllava":
-            count = anyres_token_count(spec, size, grid, tile_size, newline=self.image_newline, unpad=self.anyres_unpad)
-            return [count]
-        self._check_longllava_anyres()
-        total = anyres_token_count(spec, size, grid, tile_size, newline=False, unpad=False)
-        tiles = anyres_token_count(spec, size, grid, tile_size, newline=False, unpad=False, base_view=False)
-        rows = grid[0]
-        return [total - tiles] + [tiles // rows] * rows
+        """Placeholder runs of one image in this processor's image layout (`anyres.image_runs`)."""
+        return image_runs(self.visual_token_spec, self._image_token_layout.name, tile_size, image_size, grid)
 
     def image_token_count(self, height: int, width: int, include_markers: bool = True, **overrides: Any) -> int:
         """Tokens of one image of original size `height` x `width`, without processing pixels.
@@ -535,7 +406,7 @@ class HybridVLMProcessor(ProcessorMixin):
             grid = image_inputs["image_grids"][image_idx]
             image_size = image_inputs["image_sizes"][image_idx]
         runs = self._image_runs(image_size, grid, tile_size)
-        return _render(layout_pieces(self._image_token_layout, "image", runs), self.image_token)
+        return render(layout_pieces(self._image_token_layout, "image", runs), self.image_token)
 
     def num_video_tokens(self, num_frames: int, height: int, width: int, include_markers: bool = True) -> int:
         """Tokens of one video of `num_frames` frames of `height` x `width` pixels as fed to the encoder.
@@ -556,7 +427,7 @@ class HybridVLMProcessor(ProcessorMixin):
         num_frames, _, height, width = video_inputs["pixel_values_videos"][video_idx].shape
         runs = video_runs(self.visual_token_spec, int(num_frames), int(height), int(width))
         pieces = layout_pieces(self._video_token_layout, "video", runs)
-        return _render(pieces, self.video_token)
+        return render(pieces, self.video_token)
 
     def _anyres_layout(self, height: int, width: int, image_processor: Any = None, **overrides: Any) -> Any:
         """The image processor's AnyRes grid for an image of this size (with per-call `overrides` such as
@@ -649,29 +520,37 @@ class HybridVLMProcessor(ProcessorMixin):
             raise ValueError(f"{_NAME} needs text (and optionally images).")
         texts = self._text_batch(text)
         video_inputs, video_replacements = self._process_videos(texts, videos, options["videos_kwargs"])
-        flat_images, per_sample = _flatten_sample_images(images, len(texts))
+        flat_images, per_sample = flatten_sample_images(images, len(texts))
         placeholder_counts = [sample.count(self.image_token) for sample in texts]
-        self._check_placeholders(placeholder_counts, flat_images, per_sample)
+        check_placeholders(placeholder_counts, flat_images, per_sample, self.image_token, "image")
 
         image_inputs: dict[str, Any] = {}
         replacements: list[str] = []
         if flat_images:
             image_inputs = dict(self.image_processor(flat_images, **image_kwargs))
             replacements = [self.replace_image_token(image_inputs, i) for i in range(len(flat_images))]
-        expanded, replacement_offsets = self._expand_placeholders(texts, replacements, video_replacements)
+        expanded, replacement_offsets = expand_placeholders(
+            texts,
+            [
+                (self.image_token, "image", replacements, self._image_token_layout),
+                (self.video_token, "video", video_replacements, self._video_token_layout),
+            ],
+        )
 
         want_offsets = bool(text_kwargs.get("return_offsets_mapping"))
         text_kwargs = self._no_second_bos(texts, text_kwargs)
         encoding = self.tokenizer(expanded, **text_kwargs)
         input_ids = [list(row) for row in encoding["input_ids"]]
-        self._check_visual_tokens(input_ids, expanded, texts, text_kwargs)
+        check_visual_tokens_kept(self.tokenizer, input_ids, expanded, texts, text_kwargs, self.image_token, "image")
         if video_replacements:
-            self._check_visual_tokens(input_ids, expanded, texts, text_kwargs, kind="video")
+            check_visual_tokens_kept(
+                self.tokenizer, input_ids, expanded, texts, text_kwargs, self.video_token, "video"
+            )
 
         data: dict[str, Any] = dict(encoding)
         if want_offsets and not options["return_text_replacement_offsets"]:
             data["offset_mapping"] = [
-                _map_offsets_to_input(offsets, replacement_offsets[i])
+                map_offsets_to_input(offsets, replacement_offsets[i])
                 for i, offsets in enumerate(encoding["offset_mapping"])
             ]
         if options["return_mm_token_type_ids"]:
@@ -695,72 +574,51 @@ class HybridVLMProcessor(ProcessorMixin):
             output["text_replacement_offsets"] = replacement_offsets
         return output
 
-    def _image_kwarg_names(self) -> set[str]:
-        """Per-call options the image processor takes (its declared kwargs and saved parameters)."""
-        names = set(getattr(getattr(self.image_processor, "valid_kwargs", None), "__annotations__", {}))
-        names |= set(ImagesKwargs.__annotations__) | set(getattr(self.image_processor, "_param_names", ()))
-        return names - {"return_tensors"}
-
-    def _video_kwarg_names(self) -> set[str]:
-        """Per-call options the video processor takes (`video_layout` and the token spec are the processor's own)."""
-        names = set(getattr(getattr(self.video_processor, "valid_kwargs", None), "__annotations__", {}))
-        names |= set(getattr(self.video_processor, "_param_names", ())) | {"video_metadata", "return_metadata"}
-        return names - {"return_tensors", "visual_token_spec", "video_layout"}
+    def _call_kwarg_names(self) -> set[str]:
+        """Every keyword `__call__` routes: the modalities' declared options and the nested dict names."""
+        names = set(_NESTED_KWARGS)
+        for modality in ("text_kwargs", "images_kwargs", "videos_kwargs"):
+            names |= set(HybridVLMProcessorKwargs.__annotations__[modality].__annotations__)
+        return names
 
     def _split_kwargs(
         self, kwargs: dict[str, Any], explicit: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """Route flat and nested keyword arguments to the tokenizer, the image and video processors or the processor.
+        """Route flat and nested keyword arguments with transformers' `_merge_kwargs` (`HybridVLMProcessorKwargs`).
 
         Returns (tokenizer kwargs, image processor kwargs, processor options); the video processor's kwargs are in
-        `options["videos_kwargs"]`. A flat key both processors take goes to both (frame `size`, normalisation ...).
-        A key given both flat and nested with different values is an error, as in transformers' processors.
+        `options["videos_kwargs"]`. A key given both flat and nested with different values is an error.
         """
-        nested = {name: dict(kwargs.pop(name, None) or {}) for name in _NESTED_KWARGS}
-        if nested["audio_kwargs"]:
-            raise ValueError(f"{_NAME} does not take audio; got audio_kwargs={nested['audio_kwargs']}.")
-        image_keys = self._image_kwarg_names()
-        video_keys = self._video_kwarg_names()
-        options: dict[str, Any] = {name: False for name in _PROCESSOR_TEXT_OPTIONS}
-        options["return_tensors"] = None
-        text_kwargs: dict[str, Any] = {}
-        image_kwargs = {k: v for k, v in nested["images_kwargs"].items() if k != "return_tensors"}
-        video_kwargs = {k: v for k, v in nested["videos_kwargs"].items() if k != "return_tensors"}
-        nested_text = {**nested["common_kwargs"], **nested["text_kwargs"]}
-        for key, value in nested_text.items():
-            (options if key in options else text_kwargs)[key] = value
-
-        flat = {key: value for key, value in explicit.items() if value is not None}
-        flat.update(kwargs)
-        unknown = []
-        for key, value in flat.items():
-            if key in options or key in _TOKENIZER_KWARGS:
-                routes = [((options if key in options else text_kwargs), nested_text, "text_kwargs")]
-            else:
-                routes = []
-                if key in image_keys and key not in _VIDEO_ONLY_OPTIONS:
-                    routes.append((image_kwargs, nested["images_kwargs"], "images_kwargs"))
-                if key in video_keys:
-                    routes.append((video_kwargs, nested["videos_kwargs"], "videos_kwargs"))
-            if not routes:
-                if key not in _IGNORED_KWARGS:
-                    unknown.append(key)
-                continue
-            for target, source, name in routes:
-                if key in source and source[key] != value:
+        for key in _IGNORED_KWARGS:
+            kwargs.pop(key, None)
+        if kwargs.get("audio_kwargs"):
+            raise ValueError(f"{_NAME} does not take audio; got audio_kwargs={kwargs['audio_kwargs']}.")
+        kwargs.pop("audio_kwargs", None)
+        kwargs.update({key: value for key, value in explicit.items() if value is not None})
+        for name in _NESTED_KWARGS:
+            nested = dict(kwargs.get(name) or {})
+            for key in [k for k in nested if k in kwargs]:
+                if nested[key] != kwargs[key]:
                     raise TypeError(
                         f"{_NAME}: `{key}` was passed both as a keyword and in {name}, with different values."
                     )
-                target[key] = value
-        if unknown:
-            logger.warning_once(f"{_NAME}: ignoring unknown keyword argument(s) {sorted(unknown)}.")
-        # video_metadata (per-video frame indices, timestamps) is no model input: only on request.
+                del nested[key]  # the same value flat: the flat key reaches this modality anyway
+            if name in kwargs:
+                kwargs[name] = nested
+        # No tokenizer_init_kwargs: transformers would copy every init setting of the tokenizer whose name any
+        # modality declares into that modality (a 5.x tokenizer's `backend="tokenizers"` into the video `backend`).
+        merged = merge_processor_kwargs(self, HybridVLMProcessorKwargs, **kwargs)
+        text_kwargs, image_kwargs, video_kwargs = (
+            merged[name] for name in ("text_kwargs", "images_kwargs", "videos_kwargs")
+        )
+        options: dict[str, Any] = {"return_tensors": text_kwargs.pop("return_tensors", None)}
+        for name in _TEXT_OPTIONS:  # transformers 5 also keeps them flat in the merged dict
+            options[name] = bool(text_kwargs.pop(name, merged.get(name, False)))
+        text_kwargs.pop("sanitize_control_tokens", None)
+        for modality_kwargs in (image_kwargs, video_kwargs):
+            modality_kwargs.pop("return_tensors", None)
         options["return_metadata"] = bool(video_kwargs.pop("return_metadata", False))
         options["videos_kwargs"] = video_kwargs
-
-        text_kwargs.setdefault("padding", False)
-        # 4.x tokenizers also return token_type_ids; the model has no use for them.
-        text_kwargs.setdefault("return_token_type_ids", False)
         if text_kwargs.get("return_overflowing_tokens"):
             raise ValueError(
                 f"{_NAME}: return_overflowing_tokens would split prompts across rows and separate image tokens from "
@@ -797,131 +655,6 @@ class HybridVLMProcessor(ProcessorMixin):
             return list(text)
         raise TypeError(f"{_NAME}: text must be a string or a list of strings, got {type(text).__name__}.")
 
-    def _check_placeholders(
-        self, counts: list[int], flat_items: list[Any], per_sample: list[list[Any]] | None, kind: str = "image"
-    ) -> None:
-        """One placeholder per image (video), per sample when the items came per sample, else in total."""
-        token = self.image_token if kind == "image" else self.video_token
-        hint = (
-            f"Put one {token} in the text where each {kind} goes (apply_chat_template does this for "
-            f'{{"type": "{kind}"}} blocks), or pass exactly the {kind}s the text refers to.'
-        )
-        if per_sample is not None:
-            for index, (count, sample_items) in enumerate(zip(counts, per_sample)):
-                if count != len(sample_items):
-                    raise ValueError(
-                        f"{_NAME}: sample {index} has {count} {token} placeholder(s) in its text but "
-                        f"{len(sample_items)} {kind}(s) were given for it. {hint}"
-                    )
-            return
-        total = sum(counts)
-        if total == len(flat_items):
-            return
-        if not flat_items and kind == "image":
-            raise ValueError(
-                f"{_NAME}: the text has {total} {token} placeholder(s) (per sample: {counts}) but no images were "
-                f"given. Pass images=..., or remove the placeholders."
-            )
-        given = f"{len(flat_items)} {kind}(s) were given" if flat_items else f"no {kind}s were given"
-        raise ValueError(
-            f"{_NAME}: the text has {total} {token} placeholder(s) (per sample: {counts}) but {given}. {hint}"
-        )
-
-    def _expand_placeholders(
-        self, texts: list[str], replacements: list[str], video_replacements: Sequence[str] = ()
-    ) -> tuple[list[str], list[list[dict[str, Any]]]]:
-        """Replace the i-th image (video) placeholder of the batch by `replacements[i]` (`video_replacements[i]`) in
-        one pass over each text; record where (5.x offset format), so offsets map back to the caller's text."""
-        kinds = [
-            (token, kind, iter(pending))
-            for token, kind, pending in (
-                (self.image_token, "image", replacements),
-                (self.video_token, "video", video_replacements),
-            )
-            if pending
-        ]
-        expanded: list[str] = []
-        all_offsets: list[list[dict[str, Any]]] = []
-        for sample in texts:
-            pieces: list[str] = []
-            offsets: list[dict[str, Any]] = []
-            last = new_length = 0
-            next_at = [sample.find(token) for token, _, _ in kinds]
-            while any(at != -1 for at in next_at):
-                start, which = min((at, k) for k, at in enumerate(next_at) if at != -1)
-                token, kind, pending = kinds[which]
-                end = start + len(token)
-                replacement = self._unwrapped(next(pending), sample, start, end, kind)
-                pieces.append(sample[last:start])
-                new_start = new_length + (start - last)
-                offsets.append(
-                    {
-                        "type": kind,
-                        "span": (start, end),
-                        "new_span": (new_start, new_start + len(replacement)),
-                        "text": token,
-                        "replacement": replacement,
-                    }
-                )
-                pieces.append(replacement)
-                new_length = new_start + len(replacement)
-                last = end
-                next_at = [sample.find(t, end) if at != -1 else -1 for (t, _, _), at in zip(kinds, next_at)]
-            pieces.append(sample[last:])
-            expanded.append("".join(pieces))
-            all_offsets.append(offsets)
-        return expanded, all_offsets
-
-    def _unwrapped(self, replacement: str, sample: str, start: int, end: int, kind: str) -> str:
-        """In the qwen2vl layout, a placeholder the prompt already wraps in `<|vision_start|>`/`<|vision_end|>`
-        (Qwen2-VL's own templates write `<|vision_start|><|image_pad|><|vision_end|>`) gets the expansion without those
-        markers, not twice."""
-        layout = self._image_token_layout if kind == "image" else self._video_token_layout
-        if layout.name != "qwen2vl":
-            return replacement
-        first, _, last = layout_segments(layout, kind)
-        if not (replacement.startswith(first) and replacement.endswith(last)):
-            return replacement
-        if sample.endswith(first, 0, start) and sample.startswith(last, end):
-            return replacement[len(first) : len(replacement) - len(last)]
-        return replacement
-
-    def _check_visual_tokens(
-        self,
-        input_ids: list[list[int]],
-        expanded: list[str],
-        texts: list[str],
-        text_kwargs: dict[str, Any],
-        kind: str = "image",
-    ) -> None:
-        """Every sample must still hold all its image (or video) tokens after tokenization; truncation must not cut
-        them."""
-        token, token_id = (self.image_token, self.image_token_id) if kind == "image" else (
-            self.video_token, self.video_token_id
-        )
-        fewer = "drop images from this sample" if kind == "image" else (
-            "sample fewer frames (num_frames=..., max_visual_tokens=...)"
-        )
-        for index, (ids, sample) in enumerate(zip(input_ids, expanded)):
-            expected = sample.count(token)
-            found = ids.count(token_id)
-            if found == expected:
-                continue
-            num_items = texts[index].count(token)
-            if text_kwargs.get("truncation") not in (None, False, "do_not_truncate"):
-                untruncated = {k: v for k, v in text_kwargs.items() if k not in ("truncation", "max_length", "padding")}
-                needed = len(self.tokenizer(sample, **untruncated)["input_ids"])
-                limit = text_kwargs.get("max_length") or self.tokenizer.model_max_length
-                raise ValueError(
-                    f"{_NAME}: truncation to max_length={limit} would cut visual tokens of sample {index}: it keeps "
-                    f"{found} of its {expected} {kind} tokens ({num_items} {kind}(s)); the sample needs {needed} "
-                    f"tokens. Raise max_length to at least that, {fewer}, or disable truncation."
-                )
-            raise ValueError(
-                f"{_NAME}: sample {index} should hold {expected} {kind} tokens (id {token_id}) after "
-                f"tokenization but holds {found}. Does the text contain the {kind} token in another form?"
-            )
-
     def _process_videos(
         self, texts: list[str], videos: Any, video_kwargs: dict[str, Any]
     ) -> tuple[dict[str, Any], list[str]]:
@@ -929,8 +662,8 @@ class HybridVLMProcessor(ProcessorMixin):
         counts = [sample.count(self.video_token) for sample in texts]
         if videos is None and not any(counts):
             return {}, []
-        flat, per_sample = _flatten_sample_videos(videos, len(texts))
-        self._check_placeholders(counts, flat, per_sample, kind="video")
+        flat, per_sample = flatten_sample_videos(videos, len(texts))
+        check_placeholders(counts, flat, per_sample, self.video_token, "video")
         if not flat:
             return {}, []
         if self.video_token_id is None:
@@ -938,7 +671,7 @@ class HybridVLMProcessor(ProcessorMixin):
                 f"{_NAME}: the tokenizer does not know the video token {self.video_token!r}. Add it as a special token "
                 "(tokenizer.add_special_tokens), resize the model's embeddings and set config.video_token_id."
             )
-        _single_token_id(self.tokenizer, self.video_token, "the video token")
+        single_token_id(self.tokenizer, self.video_token, "the video token")
         kwargs = dict(video_kwargs)
         # The video processor needs the token spec and the layout to turn a max_visual_tokens budget into frames.
         kwargs.update(
@@ -968,16 +701,16 @@ class HybridVLMProcessor(ProcessorMixin):
         videos = kwargs.pop("videos", None)
         tokenize = bool(kwargs.get("tokenize", False))
         routes_kwargs = CHAT_TEMPLATE_TAKES_PROCESSOR_KWARGS
-        frames = _has_frame_blocks(conversation)
+        frames = has_frame_blocks(conversation)
         if images is not None or videos is not None or (tokenize and not routes_kwargs) or frames:
-            conversation = _prepare_conversations(
+            conversation = prepare_conversations(
                 conversation, images, blocks_for_strings=not routes_kwargs, videos=videos
             )
         if routes_kwargs and tokenize:
             # 5.x routes unknown kwargs to __call__ anyway, but warns on every call (TRL's collator passes padding=).
             processor_kwargs = dict(kwargs.pop("processor_kwargs", None) or {})
-            known = _TOKENIZER_KWARGS | _PROCESSOR_TEXT_OPTIONS | self._image_kwarg_names() | set(_NESTED_KWARGS)
-            known |= self._video_kwarg_names()
+            # the parent's own parameters (return_tensors, ...) stay with it
+            known = self._call_kwarg_names() - set(inspect.signature(ProcessorMixin.apply_chat_template).parameters)
             for key in [k for k in kwargs if k in known]:
                 if key in processor_kwargs:
                     raise TypeError(f"{_NAME}: `{key}` was passed both as a keyword and in processor_kwargs.")
@@ -1049,201 +782,6 @@ def _nest_auto_map(processor_config: Path) -> None:
         write_text_atomic(processor_config, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _copy_conversation(conversation: list[dict[str, Any]], blocks_for_strings: bool) -> list[dict[str, Any]]:
-    """Copies of the messages (the caller's dicts are never modified); optionally string content -> a text block."""
-    copied = []
-    for message in conversation:
-        message = dict(message)
-        content = message.get("content")
-        if isinstance(content, str) and blocks_for_strings:
-            message["content"] = [{"type": "text", "text": content}]
-        elif isinstance(content, (list, tuple)):
-            message["content"] = [_frames_block(block) if isinstance(block, dict) else block for block in content]
-        copied.append(message)
-    return copied
-
-
-def _frames_block(block: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a content block; a video block given as ``"frames"`` (images or image paths, in order) becomes one
-    whose ``"video"`` is that list of frames (transformers' loaders know no ``frames`` key)."""
-    block = dict(block)
-    if block.get("type") != "video" or "frames" not in block:
-        return block
-    if any(key in block for key in ("video", "url", "path")):
-        raise ValueError(f'{_NAME}: a video block has both "frames" and a video source; give one of them.')
-    frames = block.pop("frames")
-    if isinstance(frames, (str, os.PathLike)) or not isinstance(frames, (list, tuple)) or not frames:
-        raise ValueError(f'{_NAME}: a video block\'s "frames" must be a non-empty list of images or image paths.')
-    loaded = []
-    for frame in frames:
-        if isinstance(frame, (str, os.PathLike)):
-            from PIL import Image
-
-            with Image.open(frame) as opened:
-                frame = opened.convert("RGB")
-        loaded.append(frame)
-    block["video"] = loaded
-    return block
-
-
-def _has_frame_blocks(conversation: Any) -> bool:
-    """Whether any message (of one conversation or a batch) has a video block given as ``"frames"``."""
-    stack = [conversation]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if item.get("type") == "video" and "frames" in item:
-                return True
-            content = item.get("content")
-            if isinstance(content, (list, tuple)):
-                stack.extend(content)
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return False
-
-
-def _prepare_conversations(conversation: Any, images: Any, blocks_for_strings: bool, videos: Any = None) -> Any:
-    """Put separately given images (videos) into the image (video) blocks that carry none; keep the batch shape."""
-    is_batched = (
-        isinstance(conversation, (list, tuple))
-        and bool(conversation)
-        and (isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "content"))
-    )
-    conversations = [
-        _copy_conversation(c, blocks_for_strings) for c in (conversation if is_batched else [conversation])
-    ]
-    if images is not None:
-        bare = [
-            [
-                block
-                for message in conv
-                for block in (message.get("content") if isinstance(message.get("content"), list) else [])
-                if isinstance(block, dict)
-                and block.get("type") == "image"
-                and not any(key in block for key in ("image", "url", "path", "base64"))
-            ]
-            for conv in conversations
-        ]
-        flat, per_conversation = _flatten_sample_images(images, len(conversations))
-        groups = per_conversation if per_conversation is not None else [flat]
-        targets = bare if per_conversation is not None else [[b for blocks in bare for b in blocks]]
-        for index, (blocks, given) in enumerate(zip(targets, groups)):
-            if len(blocks) != len(given):
-                where = f"conversation {index}" if per_conversation is not None else "the conversation(s)"
-                raise ValueError(
-                    f"{_NAME}: {where} has {len(blocks)} image block(s) without image data but {len(given)} image(s) "
-                    'were passed with images=. Give one image per {"type": "image"} block.'
-                )
-            for block, image in zip(blocks, given):
-                block["image"] = image
-    if videos is not None:
-        bare = [
-            [
-                block
-                for message in conv
-                for block in (message.get("content") if isinstance(message.get("content"), list) else [])
-                if isinstance(block, dict)
-                and block.get("type") == "video"
-                and not any(key in block for key in ("video", "url", "path"))
-            ]
-            for conv in conversations
-        ]
-        flat, per_conversation = _flatten_sample_videos(videos, len(conversations))
-        groups = per_conversation if per_conversation is not None else [flat]
-        targets = bare if per_conversation is not None else [[b for blocks in bare for b in blocks]]
-        for index, (blocks, given) in enumerate(zip(targets, groups)):
-            if len(blocks) != len(given):
-                where = f"conversation {index}" if per_conversation is not None else "the conversation(s)"
-                raise ValueError(
-                    f"{_NAME}: {where} has {len(blocks)} video block(s) without video data but {len(given)} video(s) "
-                    'were passed with videos=. Give one video per {"type": "video"} block.'
-                )
-            for block, video in zip(blocks, given):
-                block["video"] = video
-    return conversations if is_batched else conversations[0]
-
-
-def _flatten_sample_videos(videos: Any, num_samples: int) -> tuple[list[Any], list[list[Any]] | None]:
-    """Flat list of videos, and the per-sample lists when `videos` was nested (one list of videos per text).
-
-    A list of frames is one video, not a sample: a nested list is per-sample only when its items are lists of videos.
-    """
-    if videos is None:
-        return [], None
-    if not isinstance(videos, (list, tuple)) or is_video(videos):
-        return make_video_list(videos), None
-    items = list(videos)
-    if items and all(isinstance(item, (list, tuple)) and not is_video(item) for item in items):
-        if len(items) != num_samples:
-            raise ValueError(
-                f"{_NAME}: `videos` holds {len(items)} per-sample video lists but there are {num_samples} text "
-                "sample(s). Pass one list per text (use [] for a sample without videos)."
-            )
-        per_sample = [make_video_list(sample) if sample else [] for sample in items]
-        return [video for sample in per_sample for video in sample], per_sample
-    return make_video_list(items), None
-
-
-def _render(pieces: Sequence[str | int], placeholder: str) -> str:
-    """Layout pieces -> text: a run of n placeholder tokens is the placeholder n times."""
-    return "".join(piece if isinstance(piece, str) else placeholder * piece for piece in pieces)
-
-
-def _measure_layout(tokenizer: Any, layout: str, kind: str, markers: str, placeholder: str | None) -> TokenLayout:
-    """The layout with the token cost of each of its text segments measured where it sits, next to placeholder
-    tokens (the tokenizer splits text at special tokens, so that is exactly what the expansion costs on its own).
-
-    With `markers="special"` (and always for qwen2vl, whose markers every Qwen2-VL tokenizer has) each marker must be
-    one token of the tokenizer.
-    """
-    name = canonical_layout(layout)
-    if name == "longllava-chat" and markers != "text":
-        raise ValueError(
-            f"{_NAME}: the 'longllava-chat' video layout reproduces LongLLaVA's chat prompt, whose markers are plain "
-            "text (and one of them, '</img', is cut short); use it with layout_markers='text', or use the "
-            "'longllava' layout for special-token markers."
-        )
-    if markers == "special" or name == "qwen2vl":
-        for marker in LAYOUT_MARKERS[name]:
-            try:
-                _single_token_id(tokenizer, marker, f"a marker of the {name!r} {kind} layout")
-            except ValueError as error:
-                hint = ""
-                if name == "longllava":
-                    hint = " (A converted LongLLaVA checkpoint, whose markers were plain text: layout_markers='text'.)"
-                raise ValueError(f"{error}{hint}") from None
-    if placeholder is None:  # no placeholder token to measure against: videos are refused later anyway
-        return TokenLayout(name, markers)
-    costs: dict[str, int] = {}
-    for segments in all_layout_segments(name, kind):
-        for segment, text in zip(segments, ("{s}{p}", "{p}{s}{p}", "{p}{s}")):
-            if segment and segment not in costs:
-                probe = text.format(s=segment, p=placeholder)
-                costs[segment] = len(tokenizer.encode(probe, add_special_tokens=False)) - probe.count(placeholder)
-    return TokenLayout(name, markers, tuple(costs.items()))
-
-
-def _token_id_or_none(tokenizer: Any, token: str) -> int | None:
-    """The id of `token`, or None when the tokenizer does not know it."""
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    if token_id is None or token_id == tokenizer.unk_token_id:
-        return None
-    return int(token_id)
-
-
-def _single_token_id(tokenizer: Any, token: str, role: str) -> int:
-    """The id of `token`, which must be one never-split token of the tokenizer (a special token)."""
-    token_id = _token_id_or_none(tokenizer, token)
-    if token_id is None:
-        raise ValueError(
-            f"{_NAME}: the tokenizer does not know {token!r} ({role}). Add it as a special token "
-            "(tokenizer.add_special_tokens) and resize the model's embeddings."
-        )
-    if tokenizer.encode(token, add_special_tokens=False) != [token_id]:
-        raise ValueError(f"{_NAME}: the tokenizer splits {token!r} ({role}) into several tokens; make it special.")
-    return token_id
-
-
 def _sub_processor_names(cls: type) -> list[str]:
     """The processor's sub-processor attributes, in `__init__` order (4.x: `attributes`; 5.x: from the signature)."""
     return processor_attribute_names(cls)
@@ -1256,4 +794,4 @@ def _without_video_processor(cls: type) -> type:
     return processor_view_with_attributes(cls, names)
 
 
-__all__ = ["HybridVLMProcessor"]
+__all__ = ["HybridVLMProcessor", "HybridVLMProcessorKwargs"]

@@ -8,7 +8,7 @@ register tokens, pooling), which otherwise surfaces as a shape error deep inside
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from numbers import Integral
 from typing import Any
 
@@ -92,21 +92,39 @@ def projector_output_grid(
 
 
 
+# vision_feature_select_strategy: "default" drops the encoder's prefix tokens (CLS, registers), "full" keeps them.
+FEATURE_SELECT_STRATEGIES = ("default", "full")
+# anyres_merge: "spatial" stitches an AnyRes image's tiles into one feature map (LLaVA-NeXT); "flat" keeps every tile
+# whole, the global view first, then tile after tile row by row (LongLLaVA).
+ANYRES_MERGES = ("spatial", "flat")
+
+
 @dataclass(frozen=True)
 class VisualTokenSpec:
-    """What the token count of one image depends on; the processor stores it, the model derives it."""
+    """Everything the token count of one image or video depends on; the model derives it from its config
+    (:meth:`from_config`), the processor stores it (saved as a nested dict in ``processor_config.json``).
+
+    A new token rule is a field here (with a default that means "off"), read from the config in :meth:`from_config`
+    and used by the counting functions of this module; the processor saves, loads and passes the spec as a whole.
+    """
 
     patch_size: int
     num_prefix_tokens: int
     vision_feature_select_strategy: str = "default"
-    # Side each view's patch grid is pooled to, by the model (`vision_pooled_grid`) or inside the projector
-    # (`pool2d_mlp` / `pool1d_mlp`: `projector_pooled_grid`); LongLLaVA: 24x24 -> 12x12. None: no pooling.
+    # Side each view's patch grid is pooled to, whoever pools it: the model before the projector (the config's
+    # `vision_pooled_grid`) or the projector itself (`pool2d_mlp` / `pool1d_mlp`: the config's `projector_pooled_grid`).
+    # LongLLaVA: 24x24 -> 12x12. None: no pooling.
     pooled_grid: int | None = None
     # (kernel, stride) of the `conv2d_adapter` projector, which shrinks each view's grid; None for other projectors.
     projector_conv: tuple[int, int] | None = None
     # Patch maps per image that reach the LM one after another: the number of encoders with
     # `vision_fusion="sequence"` (MambaVLM's visual long sequence), else 1.
     num_maps: int = 1
+    # AnyRes packing (the config's fields of the same name): a learned newline after every row of stitched tile
+    # features, un-padding of the stitched map, and how tiles are merged (ANYRES_MERGES).
+    image_newline: bool = False
+    anyres_unpad: bool = True
+    anyres_merge: str = "spatial"
     # LLaVA-OneVision's "anyres_max_N": the un-padded tile feature map is scaled down (bilinear) to about N views'
     # worth of tokens when it is more than 1.1x larger. None: no cap.
     anyres_max_feature_tiles: int | None = None
@@ -117,6 +135,31 @@ class VisualTokenSpec:
     # Consecutive video frames encoded together as one temporal patch (Qwen2-VL's tower, and so Vamba: 2): a video
     # gets one token grid per group, and its frame count must be a multiple of this.
     video_temporal_patch: int = 1
+
+    def __post_init__(self) -> None:
+        for name, low in (("patch_size", 1), ("num_prefix_tokens", 0), ("num_maps", 1), ("video_temporal_patch", 1)):
+            _check_int(getattr(self, name), name, low)
+        for name in ("pooled_grid", "anyres_max_feature_tiles", "video_pool_stride"):
+            if getattr(self, name) is not None:
+                _check_int(getattr(self, name), name, 1)
+        if self.vision_feature_select_strategy not in FEATURE_SELECT_STRATEGIES:
+            raise ValueError(
+                f"VisualTokenSpec: unknown vision_feature_select_strategy {self.vision_feature_select_strategy!r}; "
+                f"use one of {list(FEATURE_SELECT_STRATEGIES)}."
+            )
+        if self.anyres_merge not in ANYRES_MERGES:
+            raise ValueError(
+                f"VisualTokenSpec: unknown anyres_merge {self.anyres_merge!r}; use one of {list(ANYRES_MERGES)}."
+            )
+        if self.projector_conv is not None:
+            conv = tuple(self.projector_conv)  # a JSON list when loaded
+            if len(conv) != 2:
+                raise ValueError(f"VisualTokenSpec: projector_conv is (kernel, stride), got {self.projector_conv!r}.")
+            for value in conv:
+                _check_int(value, "projector_conv", 1)
+            object.__setattr__(self, "projector_conv", conv)
+        for name in ("image_newline", "anyres_unpad", "video_newline"):
+            object.__setattr__(self, name, bool(getattr(self, name)))
 
     @classmethod
     def from_config(cls, config: Any) -> VisualTokenSpec:
@@ -137,14 +180,41 @@ class VisualTokenSpec:
             pooled_grid=pooled_grid,
             projector_conv=projector_conv,
             num_maps=_sequence_maps(config),
+            image_newline=bool(getattr(config, "image_newline", False)),
+            anyres_unpad=bool(getattr(config, "anyres_unpad", True)),
+            anyres_merge=getattr(config, "anyres_merge", "spatial"),
             anyres_max_feature_tiles=getattr(config, "anyres_max_feature_tiles", None),
             video_pool_stride=getattr(config, "video_pool_stride", None),
             video_newline=bool(getattr(config, "video_newline", False)),
             video_temporal_patch=vision_temporal_patch(vision_config),
         )
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VisualTokenSpec:
+        """The spec from :meth:`to_dict`'s output (as read back from JSON); unknown keys are an error."""
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, dict):
+            raise TypeError(f"VisualTokenSpec.from_dict needs a dict, got {type(data).__name__}.")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"VisualTokenSpec: unknown field(s) {unknown}; known: {[f.name for f in fields(cls)]}. Was it saved by "
+                "a newer hybrid_vlm?"
+            )
+        return cls(**data)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON-able fields (``projector_conv`` as a list)."""
+        data = asdict(self)
+        if data["projector_conv"] is not None:
+            data["projector_conv"] = list(data["projector_conv"])
+        return data
+
+
+def _check_int(value: Any, name: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+        raise ValueError(f"VisualTokenSpec: {name} must be an int >= {low}, got {value!r}.")
 
 
 def _sequence_maps(config: Any) -> int:
@@ -348,6 +418,68 @@ def _marker_tokens(layout: TokenLayout, kind: str, num_runs: int) -> int:
     start, between, end = layout_segments(layout, kind, num_runs)
     return sum(times * layout.cost(segment) for segment, times in ((start, 1), (between, num_runs - 1), (end, 1))
                if segment and times)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layouts against a tokenizer: what each marker segment costs, and the single-token checks.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def measure_token_layout(tokenizer: Any, layout: str, kind: str, markers: str, placeholder: str | None) -> TokenLayout:
+    """The layout with the token cost of each of its text segments measured where it sits, next to placeholder
+    tokens (the tokenizer splits text at special tokens, so that is exactly what the expansion costs on its own).
+
+    With `markers="special"` (and always for qwen2vl, whose markers every Qwen2-VL tokenizer has) each marker must be
+    one token of the tokenizer.
+    """
+    name = canonical_layout(layout)
+    if name == "longllava-chat" and markers != "text":
+        raise ValueError(
+            "HybridVLMProcessor: the 'longllava-chat' video layout reproduces LongLLaVA's chat prompt, whose markers "
+            "are plain text (and one of them, '</img', is cut short); use it with layout_markers='text', or use the "
+            "'longllava' layout for special-token markers."
+        )
+    if markers == "special" or name == "qwen2vl":
+        for marker in LAYOUT_MARKERS[name]:
+            try:
+                single_token_id(tokenizer, marker, f"a marker of the {name!r} {kind} layout")
+            except ValueError as error:
+                hint = ""
+                if name == "longllava":
+                    hint = " (A converted LongLLaVA checkpoint, whose markers were plain text: layout_markers='text'.)"
+                raise ValueError(f"{error}{hint}") from None
+    if placeholder is None:  # no placeholder token to measure against: videos are refused later anyway
+        return TokenLayout(name, markers)
+    costs: dict[str, int] = {}
+    for segments in all_layout_segments(name, kind):
+        for segment, text in zip(segments, ("{s}{p}", "{p}{s}{p}", "{p}{s}")):
+            if segment and segment not in costs:
+                probe = text.format(s=segment, p=placeholder)
+                costs[segment] = len(tokenizer.encode(probe, add_special_tokens=False)) - probe.count(placeholder)
+    return TokenLayout(name, markers, tuple(costs.items()))
+
+
+def token_id_or_none(tokenizer: Any, token: str) -> int | None:
+    """The id of `token`, or None when the tokenizer does not know it."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        return None
+    return int(token_id)
+
+
+def single_token_id(tokenizer: Any, token: str, role: str) -> int:
+    """The id of `token`, which must be one never-split token of the tokenizer (a special token)."""
+    token_id = token_id_or_none(tokenizer, token)
+    if token_id is None:
+        raise ValueError(
+            f"HybridVLMProcessor: the tokenizer does not know {token!r} ({role}). Add it as a special token "
+            "(tokenizer.add_special_tokens) and resize the model's embeddings."
+        )
+    if tokenizer.encode(token, add_special_tokens=False) != [token_id]:
+        raise ValueError(
+            f"HybridVLMProcessor: the tokenizer splits {token!r} ({role}) into several tokens; make it special."
+        )
+    return token_id
 
 
 def capped_feature_size(height: int, width: int, max_tiles: int | None, view_tokens: int) -> tuple[int, int]:
