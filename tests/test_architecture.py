@@ -194,3 +194,16 @@ def test_the_ssm_option_schema_matches_the_mixers():
     for name, mixer in MIXERS.items():
         parameters = set(inspect.signature(mixer.__init__).parameters) - {"self", "hidden_size", "layer_idx"}
         assert SSM_MIXER_OPTIONS[name] == parameters | {"norm_eps"}, name
+
+
+@pytest.mark.parametrize("entry", ["configuration_hybrid_vlm", "modeling_hybrid_vlm", "processing_hybrid_vlm",
+                                   "image_processing_hybrid_vlm", "video_processing_hybrid_vlm"])
+def test_the_declared_remote_code_files_are_what_transformers_resolves(entry):
+    """A saved folder carries `REMOTE_CODE_FILES[entry]`; transformers' loader (on the installed line) must need
+    exactly those files for the entry."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    from hybrid_vlm.remote_code import REMOTE_CODE_FILES
+
+    resolved = {Path(p).stem for p in get_relative_import_files(str(PACKAGE / f"{entry}.py"))}
+    assert set(REMOTE_CODE_FILES[entry]) == resolved

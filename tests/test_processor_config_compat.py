@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-from hybrid_vlm.tokenization_utils import load_tiny_tokenizer
 from transformers import AutoProcessor
 
 import hybrid_vlm
 from hybrid_vlm import HybridVLMProcessor, preset_config
+from hybrid_vlm.tiny_tokenizer import load_tiny_tokenizer
 from hybrid_vlm.token_counts import VisualTokenSpec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "processor_flat_keys"

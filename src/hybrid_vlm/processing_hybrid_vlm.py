@@ -46,7 +46,6 @@ from .configuration_hybrid_vlm import HybridVLMConfig
 from .image_processing_hybrid_vlm import HybridVLMImageProcessor, HybridVLMImageProcessorKwargs
 from .model_types import has_ssm_layers  # noqa: F401  (configuration's imports, for 4.x remote code: see there)
 from .multimodal_inputs import flatten_sample_images, flatten_sample_videos, has_frame_blocks, prepare_conversations
-from .projectors import build_projector  # noqa: F401
 from .prompt_expansion import (
     check_placeholders,
     check_visual_tokens_kept,
@@ -54,9 +53,7 @@ from .prompt_expansion import (
     map_offsets_to_input,
     render,
 )
-from .qwen2vl_vision import Qwen2VLVisionEncoder  # noqa: F401  (configuration's imports, for 4.x remote code)
 from .remote_code import write_processor_remote_code, write_text_atomic
-from .ssm import SSMBlock  # noqa: F401
 from .token_counts import (
     IMAGE_LAYOUTS,
     MARKER_STYLES,
@@ -73,7 +70,6 @@ from .token_counts import (
     video_runs,
 )
 from .tokenizer_files import make_tokenizer_files_portable
-from .vamba import VambaLanguageModel  # noqa: F401
 from .video_decoding import open_video  # noqa: F401  (the video processor's imports, for 4.x remote code)
 from .video_processing_hybrid_vlm import (
     VIDEO_PROCESSOR_FILE,
@@ -81,7 +77,6 @@ from .video_processing_hybrid_vlm import (
     HybridVLMVideoProcessorKwargs,
 )
 from .video_sampling import SAMPLING_RULES  # noqa: F401
-from .vision_encoders import VISION_FUSIONS  # noqa: F401  (configuration's imports, for 4.x remote code)
 
 logger = logging.get_logger(__name__)
 

@@ -13,8 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from transformers.dynamic_module_utils import get_relative_import_files
-
 PACKAGE_DIR = Path(__file__).parent
 
 MODEL_AUTO_MAP = {
@@ -28,6 +26,29 @@ PROCESSOR_AUTO_MAP = {
     "AutoProcessor": "processing_hybrid_vlm.HybridVLMProcessor",
     "AutoImageProcessor": "image_processing_hybrid_vlm.HybridVLMImageProcessor",
     "AutoVideoProcessor": "video_processing_hybrid_vlm.HybridVLMVideoProcessor",
+}
+
+
+_CONFIG_FILES = ("compat", "config_options", "model_types", "token_counts")
+_IMAGE_FILES = ("anyres", "config_options", "model_types", "token_counts")
+_VIDEO_FILES = (*_IMAGE_FILES, "compat", "image_processing_hybrid_vlm", "remote_code", "video_decoding",
+                "video_sampling")
+# What a checkpoint folder carries for each entry module of `auto_map`: every module the entry imports, directly or
+# through another (transformers 4.57 copies only an entry's direct relative imports into its module cache, so each
+# entry imports all of them itself). The configuration side is torch-free: a config loads without model code.
+# tests/test_architecture.py checks each list against transformers' own `get_relative_import_files`.
+REMOTE_CODE_FILES: dict[str, tuple[str, ...]] = {
+    "configuration_hybrid_vlm": _CONFIG_FILES,
+    "image_processing_hybrid_vlm": _IMAGE_FILES,
+    "video_processing_hybrid_vlm": tuple(sorted(set(_VIDEO_FILES))),
+    "processing_hybrid_vlm": tuple(sorted({
+        *_CONFIG_FILES, *_VIDEO_FILES, "chat_templates", "configuration_hybrid_vlm", "multimodal_inputs",
+        "prompt_expansion", "tokenizer_files", "video_processing_hybrid_vlm",
+    })),
+    "modeling_hybrid_vlm": tuple(sorted({
+        *_CONFIG_FILES, "anyres", "caching", "chunked_prefill", "configuration_hybrid_vlm", "hub", "path_report",
+        "precision", "projectors", "qwen2vl_vision", "remote_code", "ssm", "ssm_engine", "vamba", "vision_encoders",
+    })),
 }
 
 
@@ -55,15 +76,11 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
 
 
 def _copy_modules(entry_modules: list[str], save_directory: Path) -> list[str]:
-    """Copy the given modules and everything they import relatively."""
-    files: set[Path] = set()
-    for module in entry_modules:
-        module_file = PACKAGE_DIR / f"{module}.py"
-        files.add(module_file)
-        files.update(Path(f) for f in get_relative_import_files(str(module_file)))
-    for file in sorted(files):
-        shutil.copyfile(file, save_directory / file.name)
-    return sorted(f.name for f in files)
+    """Copy the given entry modules and the modules `REMOTE_CODE_FILES` declares for them."""
+    names = sorted({name for entry in entry_modules for name in (entry, *REMOTE_CODE_FILES[entry])})
+    for name in names:
+        shutil.copyfile(PACKAGE_DIR / f"{name}.py", save_directory / f"{name}.py")
+    return [f"{name}.py" for name in names]
 
 
 def _add_auto_map(json_path: Path, auto_map: dict[str, str]) -> None:
