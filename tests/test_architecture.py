@@ -207,3 +207,10 @@ def test_the_declared_remote_code_files_are_what_transformers_resolves(entry):
 
     resolved = {Path(p).stem for p in get_relative_import_files(str(PACKAGE / f"{entry}.py"))}
     assert set(REMOTE_CODE_FILES[entry]) == resolved
+
+
+def test_the_projector_schema_names_every_projector_class():
+    from hybrid_vlm.config_options import PROJECTOR_TYPES
+    from hybrid_vlm.projectors import PROJECTOR_CLASSES
+
+    assert tuple(PROJECTOR_CLASSES) == PROJECTOR_TYPES
