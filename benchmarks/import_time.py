@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -25,6 +26,9 @@ STATEMENTS = {
     "import hybrid_vlm; AutoConfig lookup": [
         sys.executable, "-c",
         "import hybrid_vlm; from transformers import AutoConfig; AutoConfig.for_model('hybrid_vlm')",
+    ],
+    "from transformers import PreTrainedModel (model code)": [
+        sys.executable, "-c", "import torch; from transformers import PreTrainedModel",
     ],
     "from hybrid_vlm import HybridVLMForConditionalGeneration": [
         sys.executable, "-c", "from hybrid_vlm import HybridVLMForConditionalGeneration",
@@ -43,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=10, help="rounds (each runs every statement once)")
     args = parser.parse_args(argv)
     statements = dict(STATEMENTS)
-    cli = shutil.which("hybrid-vlm")
+    cli = shutil.which("hybrid-vlm", path=str(Path(sys.executable).parent)) or shutil.which("hybrid-vlm")
     if cli is not None:
         statements["hybrid-vlm --help"] = [cli, "--help"]
     for command in statements.values():  # warm the file cache; not counted
