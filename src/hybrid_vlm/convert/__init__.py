@@ -16,46 +16,36 @@ no torch.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from ..lazy_exports import lazy_exports
 
 # public name -> the module of this package that defines it
 _EXPORTS = {
-    "CheckpointReader": "reader",
-    "ConversionError": "errors",
-    "ConversionReport": "report",
-    "ConvertOptions": "options",
-    "DEFAULT_MAX_SHARD_SIZE": "options",
-    "KINDS": "sources",
-    "MappingPlan": "rules",
-    "Recipe": "common",
-    "Rule": "rules",
-    "SOURCE_KINDS": "sources",
-    "SourceTensor": "reader",
-    "UnconvertedVambaCheckpointError": "sources.vamba",
-    "add_convert_subcommand": "cli",
-    "build_vamba": "build",
-    "check_unconverted_vamba": "sources.vamba",
-    "convert": "engine",
-    "convert_vamba_language_state_dict": "sources.vamba",
-    "detect_unconverted_vamba": "sources.vamba",
-    "map_vamba_language_keys": "sources.vamba",
-    "parse_size": "writer",
-    "plan_mapping": "rules",
-    "run_convert": "cli",
-    "vamba_language_rules": "sources.vamba",
+    "CheckpointReader": ".reader",
+    "ConversionError": ".errors",
+    "ConversionReport": ".report",
+    "ConvertOptions": ".options",
+    "DEFAULT_MAX_SHARD_SIZE": ".options",
+    "KINDS": ".sources",
+    "MappingPlan": ".rules",
+    "Recipe": ".common",
+    "Rule": ".rules",
+    "SOURCE_KINDS": ".sources",
+    "SourceTensor": ".reader",
+    "UnconvertedVambaCheckpointError": ".sources.vamba",
+    "add_convert_subcommand": ".cli",
+    "build_vamba": ".build",
+    "check_unconverted_vamba": ".sources.vamba",
+    "convert": ".engine",
+    "convert_vamba_language_state_dict": ".sources.vamba",
+    "detect_unconverted_vamba": ".sources.vamba",
+    "map_vamba_language_keys": ".sources.vamba",
+    "parse_size": ".writer",
+    "plan_mapping": ".rules",
+    "run_convert": ".cli",
+    "vamba_language_rules": ".sources.vamba",
 }
 
 __all__ = sorted(_EXPORTS)
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
 
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
