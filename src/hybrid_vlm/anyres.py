@@ -31,7 +31,7 @@ from transformers.models.llava_next.modeling_llava_next import (
     unpad_image,
 )
 
-from .config_options import as_size, check_pinpoints
+from .config_options import anyres_positive_int, as_size, check_pinpoints
 from .token_counts import VisualTokenSpec, capped_feature_size, count_image_tokens, projector_output_grid
 
 # Far beyond any real use (8000 x 8000 px at 336 px tiles is 24 x 24 = 576 tiles) but keeps the candidate list
@@ -51,12 +51,6 @@ class AnyResLayout(NamedTuple):
 # ---------------------------------------------------------------------------------------------- validation helpers
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"AnyRes: {name} must be a positive int, got {value!r}.")
-    return int(value)
-
-
 def _as_grid(grid: Any) -> tuple[int, int]:
     return as_size(grid, "grid (rows, cols)")
 
@@ -69,7 +63,7 @@ def grid_resolution(grid: Any, tile_size: Any) -> tuple[int, int]:
 
 def check_max_tiles(max_tiles: Any) -> int:
     """Validate the "at most N tiles" setting."""
-    max_tiles = _positive_int(max_tiles, "max_tiles")
+    max_tiles = anyres_positive_int(max_tiles, "max_tiles")
     if max_tiles > MAX_TILES_LIMIT:
         raise ValueError(f"AnyRes: max_tiles={max_tiles} is above the supported limit of {MAX_TILES_LIMIT}.")
     return max_tiles

@@ -149,10 +149,11 @@ def as_size(value: Any, name: str = "size") -> tuple[int, int]:
         value = (value, value)
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise ValueError(f"AnyRes: {name} must be (height, width), got {value!r}.")
-    return _anyres_positive_int(value[0], f"{name}[0]"), _anyres_positive_int(value[1], f"{name}[1]")
+    return anyres_positive_int(value[0], f"{name}[0]"), anyres_positive_int(value[1], f"{name}[1]")
 
 
-def _anyres_positive_int(value: Any, name: str) -> int:
+def anyres_positive_int(value: Any, name: str) -> int:
+    """`value` as an int, or a `ValueError` naming the AnyRes setting when it is not a positive int."""
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
         raise ValueError(f"AnyRes: {name} must be a positive int, got {value!r}.")
     return int(value)
